@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs everything and runs the proxy on config/example.toml (development keys and the
+# SQLite inventory are created on first run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec .venv/bin/stirshaken-proxy run --config "${CONFIG:-config/example.toml}"

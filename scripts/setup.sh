@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what stirshaken-proxy needs on a fresh Debian machine: SIPp and secsipidx from
+# Debian's packages, and the package itself in a virtual environment (.venv).
+# Usage: scripts/setup.sh [test]   ("test" adds the test and lint tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+need=()
+command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+command -v secsipidx >/dev/null 2>&1 || need+=(secsipidx)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+extra=""
+[ "${1:-}" = "test" ] && extra="[test]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".${extra}"

@@ -1,0 +1,1 @@
+"""The pure proxy engine: receive(data, peer, now) -> actions."""

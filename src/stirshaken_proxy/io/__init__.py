@@ -1,0 +1,1 @@
+"""The I/O shell: sockets, HTTP, metrics. Everything here is glue around the pure engine."""

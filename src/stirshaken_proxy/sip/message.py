@@ -1,0 +1,464 @@
+"""SIP messages: parse from bytes, validate, edit against the original bytes, serialise.
+
+A message keeps its original bytes. Edits (insert, remove or replace a header line, a new
+start line) are recorded by position and applied on serialise, so every header line nobody
+touched goes out byte-identical, folding and odd spacing included.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from .errors import SipError, reason_phrase
+from .uri import NameAddr, is_token, parse_name_addr, parse_params, parse_uri, split_values
+
+# RFC 3261 §7.3.3 and later RFCs (y = Identity, RFC 8224 §7.1).
+COMPACT_FORMS: dict[str, str] = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "y": "identity",
+    "o": "event",
+    "r": "refer-to",
+    "b": "referred-by",
+    "u": "allow-events",
+    "x": "session-expires",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+}
+_SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-length")
+_REQUIRED = ("via", "from", "to", "call-id", "cseq")
+_MAX_CSEQ = 2**32 - 1
+_WS = " \t"
+_VIA_RE = re.compile(
+    r"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([A-Za-z0-9.!%*_+`'~-]+)[ \t]+"
+    r"(\[[0-9A-Fa-f:.]+\]|[^ \t;:]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*(?:;(.*))?$",
+    re.DOTALL,
+)
+BRANCH_COOKIE = "z9hG4bK"
+
+
+class Header:
+    """One header line (continuation lines included) of the original message."""
+
+    __slots__ = ("end", "name", "start", "value")
+
+    def __init__(self, name: str, value: str, start: int, end: int) -> None:
+        self.name = name  # canonical: lower case, compact form expanded
+        self.value = value  # unfolded, surrounding whitespace stripped
+        self.start = start  # offset of the line in the original bytes
+        self.end = end  # offset after its final CRLF
+
+
+class Via:
+    """One Via value (RFC 3261 §20.42)."""
+
+    __slots__ = ("branch", "host", "params", "port", "text", "transport")
+
+    def __init__(self, text: str) -> None:
+        m = _VIA_RE.match(text)
+        if m is None:
+            raise SipError(400, "malformed Via")
+        self.text = text
+        self.transport = m.group(1).upper()
+        self.host = m.group(2).lower()
+        self.port = int(m.group(3)) if m.group(3) else None
+        if self.port is not None and self.port > 65535:
+            raise SipError(400, "malformed Via port")
+        self.params = parse_params(m.group(4), "Via") if m.group(4) is not None else {}
+        self.branch = self.params.get("branch") or ""
+
+    @property
+    def rfc3261_branch(self) -> bool:
+        """True when the branch carries the magic cookie and something after it (§8.1.1.7)."""
+        return self.branch.startswith(BRANCH_COOKIE) and len(self.branch) > len(BRANCH_COOKIE)
+
+    @property
+    def sent_by(self) -> tuple[str, int]:
+        return self.host, self.port or 5060
+
+    def response_address(self) -> tuple[str, int] | None:
+        """Where a response is sent: received/rport when present (RFC 3581), else None."""
+        received = self.params.get("received")
+        rport = self.params.get("rport")
+        if received and rport and rport.isdigit():
+            return received, int(rport)
+        return None
+
+
+class SipMessage:
+    """A parsed request or response over its original bytes, with recorded edits."""
+
+    __slots__ = (
+        "_append",
+        "_edits",
+        "_prepend",
+        "_start_line",
+        "_top_via",
+        "_vias",
+        "body_end",
+        "body_start",
+        "call_id",
+        "cseq",
+        "cseq_method",
+        "head_end",
+        "headers",
+        "index",
+        "is_request",
+        "line_end",
+        "method",
+        "raw",
+        "reason",
+        "status",
+        "uri",
+    )
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.is_request = True
+        self.method = ""
+        self.uri = ""
+        self.status = 0
+        self.reason = ""
+        self.headers: list[Header] = []
+        self.index: dict[str, list[int]] = {}
+        self.line_end = 0  # offset after the start line's CRLF
+        self.head_end = 0  # offset of the CRLF that ends the header section
+        self.body_start = 0
+        self.body_end = 0
+        self.call_id = ""
+        self.cseq = 0
+        self.cseq_method = ""
+        self._vias: list[Via] | None = None
+        self._top_via: Via | None = None
+        self._edits: dict[int, bytes | None] = {}
+        self._prepend: list[bytes] = []
+        self._append: list[bytes] = []
+        self._start_line: bytes | None = None
+
+    # -- reading -----------------------------------------------------------------------
+    def get(self, name: str) -> str | None:
+        idx = self.index.get(name)
+        return self.headers[idx[0]].value if idx else None
+
+    def get_all(self, name: str) -> list[str]:
+        return [self.headers[i].value for i in self.index.get(name, ())]
+
+    def values(self, name: str) -> list[str]:
+        """All comma-separated values of a header across its lines, in order."""
+        out: list[str] = []
+        for i in self.index.get(name, ()):
+            out.extend(split_values(self.headers[i].value))
+        return out
+
+    def has(self, name: str) -> bool:
+        return name in self.index
+
+    @property
+    def body(self) -> bytes:
+        return self.raw[self.body_start : self.body_end]
+
+    def vias(self) -> list[Via]:
+        if self._vias is None:
+            self._vias = [Via(v) for v in self.values("via")]
+        return self._vias
+
+    def top_via(self) -> Via:
+        if self._top_via is None:
+            idx = self.index.get("via")
+            if not idx:
+                raise SipError(400, "no Via")
+            first = self.headers[idx[0]].value
+            self._top_via = Via(first if "," not in first else split_values(first)[0])
+        return self._top_via
+
+    def from_(self) -> NameAddr:
+        return parse_name_addr(self.get("from") or "")
+
+    def to(self) -> NameAddr:
+        return parse_name_addr(self.get("to") or "")
+
+    def header_line(self, i: int) -> bytes:
+        h = self.headers[i]
+        return self.raw[h.start : h.end]
+
+    def raw_lines(self, name: str) -> list[bytes]:
+        return [self.header_line(i) for i in self.index.get(name, ())]
+
+    def current_lines(self, name: str) -> list[bytes]:
+        """The lines of a header as serialise will write them (recorded edits applied;
+        lines added with prepend/append are not included)."""
+        out: list[bytes] = []
+        for i in self.index.get(name, ()):
+            line = self._edits.get(i, self.header_line(i)) if self._edits else self.header_line(i)
+            if line is not None:
+                out.append(line)
+        return out
+
+    # -- edits ---------------------------------------------------------------------------
+    def prepend_header(self, line: bytes) -> None:
+        """Insert a header line (with CRLF) at the top of the header section."""
+        self._prepend.append(line)
+
+    def append_header(self, line: bytes) -> None:
+        self._append.append(line)
+
+    def remove_header(self, i: int) -> None:
+        self._edits[i] = None
+
+    def replace_header(self, i: int, line: bytes) -> None:
+        self._edits[i] = line
+
+    def remove_all(self, name: str) -> int:
+        idx = self.index.get(name, ())
+        for i in idx:
+            self._edits[i] = None
+        return len(idx)
+
+    def set_start_line(self, line: bytes) -> None:
+        self._start_line = line
+
+    def serialize(self) -> bytes:
+        raw = self.raw
+        parts: list[bytes] = [
+            self._start_line if self._start_line is not None else raw[: self.line_end]
+        ]
+        if self._prepend:
+            # Inserted lines go top-down in the order they were added last-first, so the last
+            # one prepended is on top (as a proxy's own Via must be).
+            parts.extend(reversed(self._prepend))
+        pos = self.line_end
+        if self._edits:
+            headers = self.headers
+            for i in sorted(self._edits):
+                h = headers[i]
+                parts.append(raw[pos : h.start])
+                edit = self._edits[i]
+                if edit is not None:
+                    parts.append(edit)
+                pos = h.end
+        parts.append(raw[pos : self.head_end])
+        parts.extend(self._append)
+        if "content-length" not in self.index:
+            parts.append(b"Content-Length: %d\r\n" % (self.body_end - self.body_start))
+        parts.append(b"\r\n")
+        parts.append(raw[self.body_start : self.body_end])
+        return b"".join(parts)
+
+
+def _canonical(name: str) -> str:
+    low = name.lower()
+    return COMPACT_FORMS.get(low, low) if len(low) == 1 else low
+
+
+def parse_message(data: bytes, *, max_size: int = 65535, stream: bool = False) -> SipMessage:
+    """Parse and validate one SIP message.
+
+    Over UDP (``stream=False``) octets after Content-Length are ignored (RFC 3261 §18.3); a
+    missing Content-Length means the body runs to the end of the datagram. Raises SipError.
+    """
+    msg = SipMessage(data)
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        # A datagram whose header section is not closed by an empty line: take it as headers
+        # only when it ends in CRLF (RFC 4475 §3.1.2.15 sends such a message).
+        if stream or not data.endswith(b"\r\n"):
+            raise SipError(400, "header section not terminated")
+        end = len(data) - 2
+        body_start = len(data)
+    else:
+        body_start = end + 4
+    head = data[:end].decode("latin-1")
+    lines = head.split("\r\n")
+    first = lines[0]
+    msg.line_end = len(first) + 2
+    msg.head_end = end + 2
+    is_response = first.startswith("SIP/")
+    msg.is_request = not is_response
+    try:
+        _parse_headers(msg, lines)
+        if is_response:
+            _parse_status_line(msg, first)
+        else:
+            _parse_request_line(msg, first)
+        if len(data) > max_size:
+            # Checked after the headers so the 513 can be addressed (RFC 3261 §18.1.1).
+            raise SipError(513, "message larger than max_message_size")
+        _validate(msg, data, body_start, stream)
+    except SipError as exc:
+        if is_response:
+            exc.status = None  # a bad response is dropped, never answered
+        exc.message = msg
+        raise
+    return msg
+
+
+def _parse_headers(msg: SipMessage, lines: list[str]) -> None:
+    headers = msg.headers
+    index = msg.index
+    pos = msg.line_end
+    cur_name = ""
+    cur_value = ""
+    cur_start = -1
+    for line in lines[1:]:
+        if line and line[0] in _WS:
+            if cur_start < 0:
+                raise SipError(400, "continuation line before the first header")
+            cur_value += " " + line.strip(_WS)
+            pos += len(line) + 2
+            continue
+        if cur_start >= 0:
+            _add_header(headers, index, cur_name, cur_value, cur_start, pos)
+        colon = line.find(":")
+        if colon <= 0:
+            raise SipError(400, "header line without a name and colon")
+        name = line[:colon].rstrip(_WS)
+        if not is_token(name):
+            raise SipError(400, "malformed header name")
+        cur_name = _canonical(name)
+        cur_value = line[colon + 1 :].strip(_WS)
+        cur_start = pos
+        pos += len(line) + 2
+    if cur_start >= 0:
+        _add_header(headers, index, cur_name, cur_value, cur_start, pos)
+
+
+def _add_header(
+    headers: list[Header], index: dict[str, list[int]], name: str, value: str, start: int, end: int
+) -> None:
+    index.setdefault(name, []).append(len(headers))
+    headers.append(Header(name, value, start, end))
+
+
+def _parse_request_line(msg: SipMessage, line: str) -> None:
+    parts = line.split(" ")
+    if len(parts) != 3 or not all(parts):
+        raise SipError(400, "malformed Request-Line (must be Method SP Request-URI SP Version)")
+    method, uri, version = parts
+    if version != "SIP/2.0":
+        if version.upper().startswith("SIP/"):
+            raise SipError(505, f"unsupported SIP version {version[:16]}")
+        raise SipError(400, "malformed SIP version")
+    if not is_token(method):
+        raise SipError(400, "malformed method")
+    if uri.startswith("<"):
+        raise SipError(400, "Request-URI enclosed in <>")
+    parsed = parse_uri(uri)
+    if parsed.is_sip and parsed.headers:
+        # RFC 4475 §3.1.2.11: never forward escaped headers in a Request-URI.
+        raise SipError(400, "Request-URI carries escaped headers")
+    msg.method = method
+    msg.uri = uri
+
+
+def _parse_status_line(msg: SipMessage, line: str) -> None:
+    version, sp, rest = line.partition(" ")
+    code, sp2, reason = rest.partition(" ")
+    if version != "SIP/2.0" or not sp or not sp2 or len(code) != 3 or not code.isdigit():
+        raise SipError(None, "malformed Status-Line")
+    status = int(code)
+    if not 100 <= status <= 699:
+        raise SipError(None, "status code out of range")
+    msg.is_request = False
+    msg.status = status
+    msg.reason = reason
+
+
+def _validate(msg: SipMessage, data: bytes, body_start: int, stream: bool) -> None:
+    index = msg.index
+    for name in _REQUIRED:
+        if name not in index:
+            raise SipError(400, f"missing required header {name}")
+    for name in _SINGLE:
+        idx = index.get(name)
+        if idx and (
+            len(idx) > 1 or (name in ("from", "to") and len(split_values(msg.headers[idx[0]].value)) > 1)
+        ):
+            raise SipError(400, f"more than one {name}")
+    cseq_text = msg.headers[index["cseq"][0]].value
+    num, _, cmethod = cseq_text.partition(" ")
+    cmethod = cmethod.strip(_WS)
+    if not num.isdigit() or not is_token(cmethod):
+        raise SipError(400, "malformed CSeq")
+    cseq = int(num)
+    if cseq > _MAX_CSEQ:
+        raise SipError(400, "CSeq number larger than 2**32-1")
+    msg.cseq = cseq
+    msg.cseq_method = cmethod
+    if msg.is_request:
+        if cmethod != msg.method:
+            raise SipError(400, "CSeq method does not match the Request-Line")
+    else:
+        msg.method = cmethod
+    msg.call_id = msg.headers[index["call-id"][0]].value
+    if not msg.call_id:
+        raise SipError(400, "empty Call-ID")
+    mf = index.get("max-forwards")
+    if mf and not msg.headers[mf[0]].value.isdigit():
+        raise SipError(400, "malformed Max-Forwards")
+    # From and To must be well-formed name-addr/addr-spec values; so must every Contact
+    # value that is not '*'.
+    parse_name_addr(msg.headers[index["from"][0]].value)
+    parse_name_addr(msg.headers[index["to"][0]].value)
+    for i in index.get("contact", ()):
+        for v in split_values(msg.headers[i].value):
+            if v != "*":
+                parse_name_addr(v)
+    msg.top_via()
+    available = len(data) - body_start
+    cl = index.get("content-length")
+    if cl:
+        text = msg.headers[cl[0]].value
+        if not text.isdigit():
+            raise SipError(400, "malformed Content-Length", fatal_stream=True)
+        length = int(text)
+        if length > available:
+            raise SipError(400, "Content-Length larger than the message", fatal_stream=True)
+    elif stream:
+        raise SipError(400, "no Content-Length on a stream transport", fatal_stream=True)
+    else:
+        length = available
+    msg.body_start = body_start
+    msg.body_end = body_start + length
+
+
+def make_response(
+    request: SipMessage,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    extra: Iterable[bytes] = (),
+    body: bytes = b"",
+) -> bytes:
+    """A response built by this element to a request (RFC 3261 §8.2.6).
+
+    Via, From, Call-ID and CSeq lines are copied byte for byte; To gets our tag when it has
+    none and the response is not 100 (§8.2.6.2).
+    """
+    phrase = reason if reason is not None else reason_phrase(status)
+    parts = [b"SIP/2.0 %d %s\r\n" % (status, phrase.encode("utf-8"))]
+    parts.extend(request.raw_lines("via"))
+    parts.extend(request.raw_lines("from"))
+    to_idx = request.index.get("to")
+    if to_idx:
+        to_value = request.headers[to_idx[0]].value
+        if to_tag and status > 100 and ";tag=" not in to_value.replace(" ", "").lower():
+            parts.append(b"To: %s;tag=%s\r\n" % (to_value.encode("latin-1"), to_tag.encode()))
+        else:
+            parts.append(request.header_line(to_idx[0]))
+    parts.extend(request.raw_lines("call-id"))
+    parts.extend(request.raw_lines("cseq"))
+    parts.extend(extra)
+    parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+    parts.append(body)
+    return b"".join(parts)

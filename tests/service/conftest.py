@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Ports, Service, have_sipp, write_config
+
+requires_sipp = pytest.mark.skipif(not have_sipp(), reason="sipp (Debian sip-tester) not installed")
+
+
+@pytest.fixture
+def ports() -> Ports:
+    return Ports.pick()
+
+
+@pytest.fixture
+def service(tmp_path: Path, ports: Ports) -> Iterator[Service]:
+    cfg = write_config(tmp_path / "proxy.toml", ports)
+    svc = Service(cfg, ports.admin, tmp_path / "proxy.log")
+    svc.start()
+    yield svc
+    rc = svc.stop()
+    assert rc == 0, svc.log()
+    assert "Traceback" not in svc.log(), svc.log()

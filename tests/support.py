@@ -1,0 +1,221 @@
+"""Helpers for tests that run the real service and real SIPp on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "sipp_scenarios"
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (bound to 0, then released)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((HOST, 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind((HOST, port))
+                except OSError:
+                    continue
+            return int(port)
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class Ports:
+    dialer: int
+    carrier: int
+    carrier_next_hop: int
+    dialer_next_hop: int
+    admin: int
+
+    @classmethod
+    def pick(cls) -> Ports:
+        picked: set[int] = set()
+        values = []
+        while len(values) < 5:
+            p = free_port()
+            if p not in picked:
+                picked.add(p)
+                values.append(p)
+        return cls(*values)
+
+
+def write_config(path: Path, ports: Ports, *, extra: str = "", carrier_transport: str = "udp",
+                 dialer_transport: str = "udp", dialer_sources: str = '["127.0.0.1/32"]',
+                 sip: str = "") -> Path:
+    path.write_text(f"""
+[dialer]
+listen = "{HOST}:{ports.dialer}"
+next_hop = "{HOST}:{ports.dialer_next_hop}"
+next_hop_transport = "{dialer_transport}"
+allowed_sources = {dialer_sources}
+
+[carrier]
+listen = "{HOST}:{ports.carrier}"
+next_hop = "{HOST}:{ports.carrier_next_hop}"
+next_hop_transport = "{carrier_transport}"
+allow_any_source = true
+
+[sip]
+{sip}
+
+[transport]
+shutdown_grace = 1.0
+
+[admin]
+listen = "{HOST}:{ports.admin}"
+
+[log]
+level = "warning"
+{extra}
+""")
+    return path
+
+
+class Service:
+    """The real service, run as a child process on a config file."""
+
+    def __init__(self, config: Path, admin_port: int, log_path: Path) -> None:
+        self.config = config
+        self.admin_port = admin_port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stirshaken_proxy", "run", "--config", str(self.config)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited: {self.log_path.read_text()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(
+                        f"http://{HOST}:{self.admin_port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.1)
+        raise RuntimeError(f"service not ready: {self.log_path.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_service(config: Path, admin_port: int, log_path: Path) -> Iterator[Service]:
+    svc = Service(config, admin_port, log_path)
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def have_sipp() -> bool:
+    return shutil.which("sipp") is not None
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    successful: int
+    failed: int
+    retransmissions: int
+    output: str
+
+
+class SippUas:
+    """A SIPp UAS in the background (stops after the scenario's calls or at the time limit)."""
+
+    def __init__(self, scenario: str, port: int, workdir: Path, *, transport: str = "u1",
+                 extra: tuple[str, ...] = (), time_limit: int = 120) -> None:
+        self.args = ["sipp", "-sf", str(SCENARIOS / scenario), "-i", HOST, "-p", str(port),
+                     "-t", transport, "-nostdin", "-timeout", f"{time_limit}s",
+                     "-trace_err", "-error_file", str(workdir / f"uas-{port}-err.log"),
+                     "-trace_msg", "-message_file", str(workdir / f"uas-{port}-msg.log"),
+                     *extra]
+        self.workdir = workdir
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> SippUas:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, cwd=self.workdir)
+        time.sleep(0.3)
+        return self
+
+    def messages(self) -> str:
+        path = self.workdir / f"uas-{self.port}-msg.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)  # SIPp: stop gracefully
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def run_uac(scenario: str, target_port: int, local_port: int, workdir: Path, *, calls: int,
+            rate: int, caller: str = "12025550100", callee: str = "12025550199",
+            transport: str = "u1", hold_ms: int = 50, time_limit: int = 120,
+            extra: tuple[str, ...] = ()) -> SippResult:
+    stat = workdir / f"uac-{local_port}-stat.csv"
+    args = ["sipp", f"{HOST}:{target_port}", "-sf", str(SCENARIOS / scenario), "-i", HOST,
+            "-p", str(local_port), "-t", transport, "-s", callee, "-key", "caller", caller,
+            "-d", str(hold_ms), "-m", str(calls), "-r", str(rate), "-l", str(max(rate * 4, 50)),
+            "-nostdin", "-timeout", f"{time_limit}s", "-timeout_error",
+            "-trace_stat", "-stf", str(stat), "-fd", "1",
+            "-trace_err", "-error_file", str(workdir / f"uac-{local_port}-err.log"), *extra]
+    proc = subprocess.run(args, capture_output=True, cwd=workdir, timeout=time_limit + 30,
+                          check=False)
+    successful = failed = retrans = 0
+    if stat.exists():
+        with open(stat, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter=";"))
+        if rows:
+            last = rows[-1]
+            successful = int(last["SuccessfulCall(C)"])
+            failed = int(last["FailedCall(C)"])
+            retrans = int(last["Retransmissions(C)"])
+    out = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+    return SippResult(proc.returncode, successful, failed, retrans, out)
+
+
+def env_without_proxy() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
