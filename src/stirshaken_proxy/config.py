@@ -43,6 +43,7 @@ class TransportConfig:
     max_tcp_pending_bytes: int = 1 << 20
     shutdown_grace: float = 2.0
     workers: int = 1
+    gc_threshold: int = 50_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +84,7 @@ _TRANSPORT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "max_tcp_pending_bytes": ((int,), 1 << 20),
     "shutdown_grace": ((int, float), 2.0),
     "workers": ((int,), 1),
+    "gc_threshold": ((int,), 50_000),
 }
 _ADMIN_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "listen": ((str,), "127.0.0.1:8080"),
@@ -221,7 +223,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
               "timer_c")
     transport = _section(src, data, "transport", _TRANSPORT_KEYS)
     _positive(src, "transport", transport, "max_tcp_connections", "tcp_idle_timeout",
-              "tcp_connect_timeout", "max_tcp_pending_bytes", "workers")
+              "tcp_connect_timeout", "max_tcp_pending_bytes", "workers", "gc_threshold")
     if transport["shutdown_grace"] < 0:
         raise src.error("transport", "shutdown_grace", "must not be negative")
     admin = _section(src, data, "admin", _ADMIN_KEYS)

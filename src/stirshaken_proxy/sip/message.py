@@ -11,7 +11,15 @@ import re
 from collections.abc import Iterable
 
 from .errors import SipError, reason_phrase
-from .uri import NameAddr, is_token, parse_name_addr, parse_params, parse_uri, split_values
+from .uri import (
+    NameAddr,
+    is_token,
+    parse_name_addr,
+    parse_params,
+    parse_uri,
+    split_values,
+    valid_name_addr,
+)
 
 # RFC 3261 §7.3.3 and later RFCs (y = Identity, RFC 8224 §7.1).
 COMPACT_FORMS: dict[str, str] = {
@@ -255,9 +263,24 @@ class SipMessage:
         return b"".join(parts)
 
 
-def _canonical(name: str) -> str:
-    low = name.lower()
-    return COMPACT_FORMS.get(low, low) if len(low) == 1 else low
+# Header names as written -> canonical names, for names seen before (bounded).
+_NAMES: dict[str, str] = {}
+_NAMES_LIMIT = 4096
+
+
+def _canonical(raw_name: str) -> str:
+    """Canonical name of a header name as written (trailing whitespace allowed before the
+    colon); SipError(400) if it is not a token."""
+    canonical = _NAMES.get(raw_name)
+    if canonical is None:
+        name = raw_name.rstrip(_WS)
+        if not is_token(name):
+            raise SipError(400, "malformed header name")
+        low = name.lower()
+        canonical = COMPACT_FORMS.get(low, low) if len(low) == 1 else low
+        if len(_NAMES) < _NAMES_LIMIT:
+            _NAMES[raw_name] = canonical
+    return canonical
 
 
 def parse_message(data: bytes, *, max_size: int = 65535, stream: bool = False) -> SipMessage:
@@ -277,15 +300,15 @@ def parse_message(data: bytes, *, max_size: int = 65535, stream: bool = False) -
         body_start = len(data)
     else:
         body_start = end + 4
-    head = data[:end].decode("latin-1")
-    lines = head.split("\r\n")
-    first = lines[0]
-    msg.line_end = len(first) + 2
+    head = data[: end + 2].decode("latin-1")
+    eol = head.find("\r\n")
+    first = head[:eol]
+    msg.line_end = eol + 2
     msg.head_end = end + 2
     is_response = first.startswith("SIP/")
     msg.is_request = not is_response
     try:
-        _parse_headers(msg, lines)
+        _parse_headers(msg, head[eol + 2 :])
         if is_response:
             _parse_status_line(msg, first)
         else:
@@ -302,41 +325,50 @@ def parse_message(data: bytes, *, max_size: int = 65535, stream: bool = False) -
     return msg
 
 
-def _parse_headers(msg: SipMessage, lines: list[str]) -> None:
+def _parse_headers(msg: SipMessage, head: str) -> None:
+    """Index the header lines of ``head`` (the header section after the start line, each
+    line ending in CRLF). Offsets are relative to the original bytes."""
     headers = msg.headers
     index = msg.index
+    names = _NAMES
     pos = msg.line_end
-    cur_name = ""
-    cur_value = ""
-    cur_start = -1
-    for line in lines[1:]:
-        if line and line[0] in _WS:
-            if cur_start < 0:
-                raise SipError(400, "continuation line before the first header")
-            cur_value += " " + line.strip(_WS)
-            pos += len(line) + 2
-            continue
-        if cur_start >= 0:
-            _add_header(headers, index, cur_name, cur_value, cur_start, pos)
+    lines = head.split("\r\n")
+    lines.pop()  # the empty string after the final CRLF
+    if "\r\n " in head or "\r\n\t" in head or head[:1] in (" ", "\t"):
+        lines = _unfold(lines)
+    for line in lines:
         colon = line.find(":")
         if colon <= 0:
             raise SipError(400, "header line without a name and colon")
-        name = line[:colon].rstrip(_WS)
-        if not is_token(name):
-            raise SipError(400, "malformed header name")
-        cur_name = _canonical(name)
-        cur_value = line[colon + 1 :].strip(_WS)
-        cur_start = pos
-        pos += len(line) + 2
-    if cur_start >= 0:
-        _add_header(headers, index, cur_name, cur_value, cur_start, pos)
+        raw_name = line[:colon]
+        name = names.get(raw_name) or _canonical(raw_name)
+        end = pos + len(line) + 2
+        value = line[colon + 1 :]
+        if "\r\n" in value:
+            value = _FOLD_RE.sub(" ", value)  # unfold (RFC 3261 §7.3.1)
+        idx = index.get(name)
+        if idx is None:
+            index[name] = [len(headers)]
+        else:
+            idx.append(len(headers))
+        headers.append(Header(name, value.strip(_WS), pos, end))
+        pos = end
 
 
-def _add_header(
-    headers: list[Header], index: dict[str, list[int]], name: str, value: str, start: int, end: int
-) -> None:
-    index.setdefault(name, []).append(len(headers))
-    headers.append(Header(name, value, start, end))
+_FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
+
+
+def _unfold(lines: list[str]) -> list[str]:
+    """Join continuation lines to their header line, keeping the CRLFs (so lengths add up)."""
+    out: list[str] = []
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            if not out:
+                raise SipError(400, "continuation line before the first header")
+            out[-1] += "\r\n" + line
+        else:
+            out.append(line)
+    return out
 
 
 def _parse_request_line(msg: SipMessage, line: str) -> None:
@@ -407,12 +439,13 @@ def _validate(msg: SipMessage, data: bytes, body_start: int, stream: bool) -> No
         raise SipError(400, "malformed Max-Forwards")
     # From and To must be well-formed name-addr/addr-spec values; so must every Contact
     # value that is not '*'.
-    parse_name_addr(msg.headers[index["from"][0]].value)
-    parse_name_addr(msg.headers[index["to"][0]].value)
+    valid_name_addr(msg.headers[index["from"][0]].value)
+    valid_name_addr(msg.headers[index["to"][0]].value)
     for i in index.get("contact", ()):
-        for v in split_values(msg.headers[i].value):
+        value = msg.headers[i].value
+        for v in (value,) if "," not in value else split_values(value):
             if v != "*":
-                parse_name_addr(v)
+                valid_name_addr(v)
     msg.top_via()
     available = len(data) - body_start
     cl = index.get("content-length")

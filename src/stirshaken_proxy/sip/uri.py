@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .errors import SipError
@@ -12,8 +13,11 @@ TOKEN_CHARS = frozenset(
 _WS = " \t"
 
 
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+
+
 def is_token(text: str) -> bool:
-    return bool(text) and all(c in TOKEN_CHARS for c in text)
+    return _TOKEN_RE.match(text) is not None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -114,6 +118,21 @@ class NameAddr:
     @property
     def tag(self) -> str | None:
         return self.params.get("tag")
+
+
+# The everyday form, `["Name"|token ...] <uri>;param=value...`, checked in one step.
+_SIMPLE_NAME_ADDR = re.compile(
+    r"""(?:"[^"\\\r\n]*"[ \t]*|(?:[A-Za-z0-9\-.!%*_+`'~]+[ \t]+)*)"""
+    r"""<([^<>\s"]+:[^<>\s"]+)>((?:[ \t]*;[ \t]*[A-Za-z0-9\-.!%*_+`'~]+"""
+    r"""(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*)\Z""")
+
+
+def valid_name_addr(value: str) -> bool:
+    """True when a From/To/Contact value is well-formed (fast path for the common forms)."""
+    if _SIMPLE_NAME_ADDR.match(value) is not None:
+        return True
+    parse_name_addr(value)
+    return True
 
 
 def parse_name_addr(value: str) -> NameAddr:
