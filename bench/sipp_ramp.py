@@ -1,6 +1,7 @@
 """SIPp rate ramp through the real service: INVITE/100/180/200/ACK/BYE/200 at rising rates.
 
     .venv/bin/python -m bench.sipp_ramp [--rates 100,200,400] [--seconds 5] [--hold-ms 500]
+                                        [--sign]
 
 For each offered rate it prints the calls placed, failed calls, retransmissions seen by the UAC
 and the proxy's CPU time per call (user + system, from /proc). Everything runs on 127.0.0.1;
@@ -14,7 +15,15 @@ import os
 import tempfile
 from pathlib import Path
 
-from tests.support import Ports, Service, SippUas, free_port, run_uac, write_config
+from tests.support import (
+    Ports,
+    Service,
+    SippUas,
+    free_port,
+    run_uac,
+    signing_config,
+    write_config,
+)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -24,13 +33,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def ramp(rates: list[int], seconds: int, hold_ms: int, scenario: str = "uac.xml",
-         extra_config: str = "", caller: str = "12025550100") -> list[dict[str, float]]:
+def ramp(rates: list[int], seconds: int, hold_ms: int, *, sign: bool = False,
+         scenario: str = "uac.xml", caller: str = "12025550142") -> list[dict[str, float]]:
     rows: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ports = Ports.pick()
-        cfg = write_config(work / "proxy.toml", ports, extra=extra_config)
+        extra = signing_config(work, ports) if sign else ""
+        cfg = write_config(work / "proxy.toml", ports, extra=extra)
         svc = Service(cfg, ports.admin, work / "proxy.log")
         svc.start()
         try:
@@ -62,8 +72,10 @@ def main() -> None:
     parser.add_argument("--rates", default="100,200,400,600,800,1000,1200,1500")
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--hold-ms", type=int, default=500)
+    parser.add_argument("--sign", action="store_true",
+                        help="sign every INVITE (account demo, owned calling number: attest A)")
     args = parser.parse_args()
-    ramp([int(r) for r in args.rates.split(",")], args.seconds, args.hold_ms)
+    ramp([int(r) for r in args.rates.split(",")], args.seconds, args.hold_ms, sign=args.sign)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,35 @@ class Ports:
         return cls(*values)
 
 
+def signing_config(tmp: Path, ports: Ports, *, numbers: str = '["+1 202 555 0100..0199"]',
+                   refresh: float = 0.2) -> str:
+    """Config text for signing: development keys made in ``tmp``, account demo on 127.0.0.1."""
+    from stirshaken_proxy.stir.certs import init_dev_pki
+
+    keys = tmp / "keys"
+    if not (keys / "key.pem").exists():
+        init_dev_pki(keys, spc="123A")
+    return f"""
+[store]
+path = "{tmp / 'inventory.db'}"
+refresh_interval = {refresh}
+
+[[signing]]
+name = "default"
+key = "{keys / 'key.pem'}"
+certificate = "{keys / 'cert.pem'}"
+chain = "{keys / 'chain.pem'}"
+x5u = "http://{HOST}:{ports.admin}/certs/shaken.pem"
+serve_path = "/certs/shaken.pem"
+
+[[accounts]]
+name = "demo"
+origid = "5f3f3f7a-4c1b-4d1e-9a37-0d2c9b6a1e01"
+sources = ["127.0.0.1/32"]
+numbers = {numbers}
+"""
+
+
 def write_config(path: Path, ports: Ports, *, extra: str = "", carrier_transport: str = "udp",
                  dialer_transport: str = "udp", dialer_sources: str = '["127.0.0.1/32"]',
                  sip: str = "") -> Path:

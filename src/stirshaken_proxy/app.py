@@ -9,11 +9,18 @@ import signal
 import time
 from typing import Any
 
+from aiohttp import web
+
 from .config import Config
+from .engine.outbound import OutboundAuthenticator
 from .engine.proxy import CARRIER, DIALER, ProxyEngine, RequestHook
+from .engine.sources import SourceFilter
 from .io.admin import AdminServer
 from .io.transports import TcpConnection, TcpManager, UdpEndpoint
+from .policy.accounts import AccountDirectory
 from .sip.transport import Peer, Send
+from .stir.passport import Signer, SigningIdentity
+from .store.sqlite import NumberStore
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +41,16 @@ class Application:
         self._stop = asyncio.Event()
         self._ready = False
         self.readiness_checks: dict[str, Any] = {}
+        self.auth: OutboundAuthenticator | None = None
+        self.store: NumberStore | None = None
+        self._store_ok = False
+        self._refresh: asyncio.Task[None] | None = None
 
     # -- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.config.auth is not None:
+            await self._start_auth()
         ec = self.config.engine
         tc = self.config.transport
         for side_cfg in (ec.dialer, ec.carrier):
@@ -59,6 +72,7 @@ class Application:
         if self.config.admin.enabled:
             self.admin = AdminServer(self.config.admin.host, self.config.admin.port,
                                      readiness=self.readiness)
+            self._add_certificate_routes(self.admin)
             await self.admin.start()
         self._housekeeping = loop.create_task(self._housekeep())
         # Transactions live for 32 s (Timers J, L, M): with the default thresholds the cyclic
@@ -102,9 +116,12 @@ class Application:
         self.engine.shutdown()
         if self._timer is not None:
             self._timer.cancel()
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        for task in (self._housekeeping, self._refresh):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.store is not None:
+            self.store.close()
         for manager in self.tcp.values():
             await manager.close()
         for endpoint in self.udp.values():
@@ -113,6 +130,64 @@ class Application:
         if self.admin is not None:
             await self.admin.stop()
         log.info("stopped")
+
+    # -- the authentication service ---------------------------------------------------------
+    async def _start_auth(self) -> None:
+        ac = self.config.auth
+        assert ac is not None
+        self.store = await asyncio.to_thread(NumberStore, ac.store_path)
+        inventory = await asyncio.to_thread(self.store.load, ac.numbers)
+        self._store_ok = True
+        directory = AccountDirectory(list(ac.accounts))
+        signers = {s.name: Signer(SigningIdentity(name=s.name, key=s.key, x5u=s.x5u))
+                   for s in ac.signing}
+        self.auth = OutboundAuthenticator(directory=directory, signers=signers,
+                                          inventory=inventory, policy=ac.policy,
+                                          stats=self.engine.stats)
+        self.engine.request_hook = self.auth
+        # Traffic from an account's sources is admitted on the dialer side.
+        dialer = self.config.engine.dialer
+        self.engine.set_source_filter(DIALER, SourceFilter(
+            dialer.allowed_sources + directory.all_sources(), allow_any=dialer.allow_any_source))
+        self.readiness_checks["keys"] = lambda: bool(signers)
+        self.readiness_checks["store"] = lambda: self._store_ok
+        self._refresh = asyncio.get_running_loop().create_task(self._refresh_inventory())
+        log.info("signing for %d accounts, inventory of %d blocks (version %d)",
+                 len(ac.accounts), len(inventory), inventory.version)
+
+    async def _refresh_inventory(self) -> None:
+        """Reload the inventory when the store's version changes (no query per call)."""
+        ac = self.config.auth
+        assert ac is not None and self.store is not None and self.auth is not None
+        store, auth = self.store, self.auth
+        while True:
+            await asyncio.sleep(ac.refresh_interval)
+            try:
+                version = await asyncio.to_thread(store.version)
+                if version != auth.inventory.version:
+                    auth.inventory = await asyncio.to_thread(store.load, ac.numbers)
+                    log.info("inventory reloaded: %d blocks (version %d)",
+                             len(auth.inventory), version)
+                self._store_ok = True
+            except Exception as exc:  # noqa: BLE001 - keep serving from memory
+                if self._store_ok:
+                    log.warning("number store unreachable, serving the last inventory: %s", exc)
+                self._store_ok = False
+
+    def _add_certificate_routes(self, admin: AdminServer) -> None:
+        """The development certificate repository: each chain at its serve_path."""
+        if self.config.auth is None:
+            return
+        for signing in self.config.auth.signing:
+            if not signing.serve_path or signing.chain is None:
+                continue
+            body = signing.chain.read_bytes()
+
+            async def serve(request: web.Request, body: bytes = body) -> web.Response:
+                return web.Response(body=body, content_type="application/pem-certificate-chain",
+                                    headers={"Cache-Control": "max-age=86400"})
+
+            admin.add_route(signing.serve_path, serve)
 
     async def _housekeep(self) -> None:
         idle = self.config.transport.tcp_idle_timeout

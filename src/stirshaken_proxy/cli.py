@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import AuthConfig, Config, ConfigError, load_config
+from .store.sqlite import NumberStore
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
+EXIT_DATA = 4
 
 
 def _err(text: str) -> None:
@@ -25,6 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="TOML configuration file")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", required=True)
+
+    keys = sub.add_parser("keys", help="key material")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    init = keys_sub.add_parser("init", help="create a development STI-CA and signing certificate")
+    init.add_argument("dir", help="directory to write ca.pem, cert.pem, chain.pem, key.pem into")
+    init.add_argument("--spc", required=True, help="service provider code for TNAuthList")
+    init.add_argument("--days", type=int, default=365, help="certificate validity in days")
+
+    numbers = sub.add_parser("numbers", help="the number inventory")
+    num_sub = numbers.add_subparsers(dest="numbers_command", required=True)
+    imp = num_sub.add_parser("import", help="import numbers and ranges from a CSV file")
+    imp.add_argument("--config", required=True)
+    imp.add_argument("csv", help="rows: tn (number or FIRST..LAST), account, label")
+    lst = num_sub.add_parser("list", help="list the inventory")
+    lst.add_argument("--config", required=True)
+    lst.add_argument("--account")
+    rm = num_sub.add_parser("remove", help="remove a number or range (ranges are split)")
+    rm.add_argument("--config", required=True)
+    rm.add_argument("tn", help="a number or FIRST..LAST")
     return parser
 
 
@@ -44,7 +66,79 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "check-config": cmd_check_config}
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .stir.certs import init_dev_pki
+
+    try:
+        pki = init_dev_pki(Path(args.dir), spc=args.spc, days=args.days)
+    except (FileExistsError, ValueError) as exc:
+        _err(f"keys init: {exc}")
+        return EXIT_USAGE
+    sys.stdout.write(f"STI-CA root:      {pki.ca_cert}\nsigning cert:     {pki.cert}\n"
+                     f"chain (for x5u):  {pki.chain}\nprivate key:      {pki.key} (0600)\n")
+    return EXIT_OK
+
+
+def _store(config: Config) -> tuple[NumberStore, AuthConfig]:
+    if config.auth is None:
+        raise ConfigError(f"{config.path}: no [[accounts]] and [[signing]]: there is no "
+                          "inventory to manage")
+    return NumberStore(config.auth.store_path), config.auth
+
+
+def cmd_numbers(args: argparse.Namespace) -> int:
+    from .policy.numbers import NumberFormatError, block_text, parse_block_text
+    from .store.sqlite import StoreError, parse_numbers_csv
+
+    config = load_config(args.config)
+    try:
+        store, auth = _store(config)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_DATA
+    try:
+        if args.numbers_command == "import":
+            path = Path(args.csv)
+            try:
+                text = path.read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError) as exc:
+                _err(f"{path}: cannot read: {exc}")
+                return EXIT_DATA
+            blocks = parse_numbers_csv(str(path), text,
+                                       accounts={a.name for a in auth.accounts},
+                                       country_code=auth.policy.country_code,
+                                       existing=[*auth.numbers, *store.blocks()])
+            store.add(blocks, fixed=auth.numbers)
+            count = sum(b.size for b in blocks)
+            sys.stdout.write(f"imported {len(blocks)} entries ({count} numbers) from {path}\n")
+        elif args.numbers_command == "list":
+            for b in [*auth.numbers, *store.blocks(args.account)]:
+                if args.account and b.account != args.account:
+                    continue
+                sys.stdout.write(f"{block_text(b)}\t{b.account}\t{b.label}\n")
+        else:
+            try:
+                first, last = parse_block_text(args.tn, country_code=auth.policy.country_code)
+            except NumberFormatError as exc:
+                _err(str(exc))
+                return EXIT_DATA
+            removed = store.remove(first, last)
+            sys.stdout.write(f"removed {args.tn} (from {len(removed)} entries)\n")
+    except StoreError as exc:
+        if hasattr(exc, "problems"):
+            for problem in exc.problems:
+                _err(str(problem))
+            _err("nothing was imported")
+        else:
+            _err(str(exc))
+        return EXIT_DATA
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "keys": cmd_keys,
+            "numbers": cmd_numbers}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,11 +9,19 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .engine.outbound import AuthPolicy
 from .engine.proxy import CARRIER, DIALER, EngineConfig, SideConfig
+from .policy.accounts import Account
+from .policy.inventory import NumberBlock
+from .policy.numbers import NumberFormatError, block_text, overlapping, parse_block_text
+from .stir.certs import load_private_key
 from .transaction import TimerConfig
 
 
@@ -47,9 +55,31 @@ class TransportConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SigningConfig:
+    name: str
+    key_path: Path
+    key: ec.EllipticCurvePrivateKey
+    x5u: str
+    certificate: Path | None = None
+    chain: Path | None = None
+    serve_path: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    store_path: Path
+    refresh_interval: float
+    signing: tuple[SigningConfig, ...]
+    accounts: tuple[Account, ...]
+    numbers: tuple[NumberBlock, ...]  # numbers owned by accounts, written in the config
+    policy: AuthPolicy
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     path: Path
     engine: EngineConfig
+    auth: AuthConfig | None = None
     transport: TransportConfig = field(default_factory=TransportConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -94,6 +124,31 @@ _LOG_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "level": ((str,), "info"),
     "format": ((str,), "text"),
 }
+_STORE_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "path": ((str,), "var/stirshaken.db"),
+    "refresh_interval": ((int, float), 2.0),
+}
+_SIGNING_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "name": ((str,), "default"),
+    "key": ((str,), None),
+    "x5u": ((str,), None),
+    "certificate": ((str,), ""),
+    "chain": ((str,), ""),
+    "serve_path": ((str,), ""),
+}
+_ACCOUNT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "name": ((str,), None),
+    "origid": ((str,), None),
+    "sources": ((list,), []),
+    "signing": ((str,), "default"),
+    "gateway": ((bool,), False),
+    "numbers": ((list,), []),
+}
+_AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "unsigned_calls": ((str,), "forward"),
+    "max_date_skew": ((int,), 60),
+    "country_code": ((str,), "1"),
+}
 # Sections that later parts of the service validate themselves (see extra_sections).
 _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     DIALER: _SIDE_KEYS,
@@ -102,6 +157,10 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "transport": _TRANSPORT_KEYS,
     "admin": _ADMIN_KEYS,
     "log": _LOG_KEYS,
+    "store": _STORE_KEYS,
+    "signing": _SIGNING_KEYS,
+    "accounts": _ACCOUNT_KEYS,
+    "auth": _AUTH_KEYS,
 }
 
 
@@ -112,11 +171,18 @@ class _Source:
         self.path = path
         self.lines = text.splitlines()
 
-    def line_of(self, section: str, key: str | None = None) -> int | None:
+    def line_of(self, section: str, key: str | None = None, entry: int = 0) -> int | None:
+        """Line of ``key`` in ``[section]`` (or in the ``entry``-th ``[[section]]``)."""
         header = re.compile(r"^\s*\[\[?\s*" + re.escape(section) + r"\s*\]\]?\s*(#.*)?$")
         in_section = False
+        seen = -1
         for n, line in enumerate(self.lines, 1):
             if header.match(line):
+                seen += 1
+                if seen < entry:
+                    continue
+                if seen > entry:
+                    return None
                 if key is None:
                     return n
                 in_section = True
@@ -128,34 +194,47 @@ class _Source:
                     return n
         return None
 
-    def error(self, section: str, key: str | None, problem: str) -> ConfigError:
-        line = self.line_of(section, key) or self.line_of(section)
+    def error(self, section: str, key: str | None, problem: str,
+              entry: int | None = None) -> ConfigError:
+        e = entry or 0
+        line = self.line_of(section, key, e) or self.line_of(section, None, e)
         where = f"{self.path}:{line}" if line else str(self.path)
-        name = f"[{section}] {key}" if key else f"[{section}]"
+        table = f"[[{section}]] #{e + 1}" if entry is not None else f"[{section}]"
+        name = f"{table} {key}" if key else table
         return ConfigError(f"{where}: {name}: {problem}")
 
 
 def _section(src: _Source, data: dict[str, Any], name: str,
-             schema: dict[str, tuple[tuple[type, ...], Any]]) -> dict[str, Any]:
-    raw = data.get(name, {})
+             schema: dict[str, tuple[tuple[type, ...], Any]], *, entry: int | None = None,
+             raw: Any = None) -> dict[str, Any]:
+    """Validate one table against its schema: unknown keys, types, required keys, defaults."""
+    if raw is None:
+        raw = data.get(name, {})
     if not isinstance(raw, dict):
-        raise src.error(name, None, "must be a table")
+        raise src.error(name, None, "must be a table", entry)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in schema:
             known = ", ".join(sorted(schema))
-            raise src.error(name, key, f"unknown key (known keys: {known})")
+            raise src.error(name, key, f"unknown key (known keys: {known})", entry)
         types, _ = schema[key]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             want = " or ".join(t.__name__ for t in types)
-            raise src.error(name, key, f"must be {want}, not {type(value).__name__}")
+            raise src.error(name, key, f"must be {want}, not {type(value).__name__}", entry)
         out[key] = value
     for key, (_, default) in schema.items():
         if key not in out:
             if default is None:
-                raise src.error(name, key, "is required")
+                raise src.error(name, key, "is required", entry)
             out[key] = default
     return out
+
+
+def _array(src: _Source, data: dict[str, Any], name: str) -> list[Any]:
+    raw = data.get(name, [])
+    if not isinstance(raw, list):
+        raise src.error(name, None, f"must be an array of tables ([[{name}]])")
+    return raw
 
 
 def parse_hostport(src: _Source, section: str, key: str, text: str) -> tuple[str, int]:
@@ -181,17 +260,11 @@ def _side(src: _Source, name: str, values: dict[str, Any]) -> SideConfig:
     nh_host, nh_port = parse_hostport(src, name, "next_hop", values["next_hop"])
     if values["next_hop_transport"] not in ("udp", "tcp"):
         raise src.error(name, "next_hop_transport", "must be \"udp\" or \"tcp\"")
-    cidrs = []
-    for item in values["allowed_sources"]:
-        try:
-            cidrs.append(str(ipaddress.ip_network(item, strict=False)))
-        except (TypeError, ValueError):
-            raise src.error(name, "allowed_sources",
-                            f"{item!r} is not an IP address or CIDR") from None
+    cidrs = _cidrs(src, name, "allowed_sources", values["allowed_sources"])
     return SideConfig(
         name=name, host=host, port=port, advertise_host=adv_host, advertise_port=adv_port,
         next_hop_host=nh_host, next_hop_port=nh_port,
-        next_hop_transport=values["next_hop_transport"], allowed_sources=tuple(cidrs),
+        next_hop_transport=values["next_hop_transport"], allowed_sources=cidrs,
         allow_any_source=values["allow_any_source"])
 
 
@@ -233,6 +306,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
         raise src.error("log", "level", "must be debug, info, warning or error")
     if log["format"] not in ("text", "json"):
         raise src.error("log", "format", "must be \"text\" or \"json\"")
+    auth = _auth(src, data) if "signing" in data or "accounts" in data else None
     timers = TimerConfig(t1=float(sip["t1"]), t2=float(sip["t2"]), t4=float(sip["t4"]),
                          timer_c=float(sip["timer_c"]))
     engine = EngineConfig(
@@ -240,8 +314,98 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
         max_message_size=sip["max_message_size"], max_transactions=sip["max_transactions"],
         retry_after=sip["retry_after"], server_name=sip["server_name"])
     return Config(
-        path=path, engine=engine,
+        path=path, engine=engine, auth=auth,
         transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
         admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"]),
         log=LogConfig(level=log["level"], format=log["format"]),
         raw=data)
+
+
+def _cidrs(src: _Source, section: str, key: str, values: list[Any],
+           entry: int | None = None) -> tuple[str, ...]:
+    out = []
+    for item in values:
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except (TypeError, ValueError):
+            raise src.error(section, key, f"{item!r} is not an IP address or CIDR",
+                            entry) from None
+    return tuple(out)
+
+
+def _auth(src: _Source, data: dict[str, Any]) -> AuthConfig:
+    store = _section(src, data, "store", _STORE_KEYS)
+    _positive(src, "store", store, "refresh_interval")
+    policy = _section(src, data, "auth", _AUTH_KEYS)
+    if policy["unsigned_calls"] not in ("forward", "reject"):
+        raise src.error("auth", "unsigned_calls", "must be \"forward\" or \"reject\"")
+    if policy["max_date_skew"] <= 0:
+        raise src.error("auth", "max_date_skew", "must be greater than 0")
+    if not policy["country_code"].isdigit():
+        raise src.error("auth", "country_code", "must be digits, e.g. \"1\"")
+    signing: dict[str, SigningConfig] = {}
+    for i, raw in enumerate(_array(src, data, "signing")):
+        v = _section(src, data, "signing", _SIGNING_KEYS, entry=i, raw=raw)
+        if v["name"] in signing:
+            raise src.error("signing", "name", f"duplicate name {v['name']!r}", i)
+        if not re.match(r"https?://[^\s?#]+\Z", v["x5u"]):
+            raise src.error("signing", "x5u", "must be an https:// URL without query or "
+                            "fragment (http:// only for development)", i)
+        key_path = Path(v["key"])
+        try:
+            key = load_private_key(key_path)
+        except FileNotFoundError:
+            raise src.error("signing", "key", f"{key_path} does not exist (create development "
+                            "keys with: stirshaken-proxy keys init DIR --spc CODE)", i) from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise src.error("signing", "key", f"{key_path}: not a usable private key: {exc}",
+                            i) from None
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise src.error("signing", "key", f"{key_path}: ES256 needs a P-256 key", i)
+        for opt in ("certificate", "chain"):
+            if v[opt] and not Path(v[opt]).is_file():
+                raise src.error("signing", opt, f"{v[opt]} does not exist", i)
+        if v["serve_path"] and (not v["serve_path"].startswith("/") or not v["chain"]):
+            raise src.error("signing", "serve_path", "must start with / and needs chain", i)
+        signing[v["name"]] = SigningConfig(
+            name=v["name"], key_path=key_path, key=key, x5u=v["x5u"],
+            certificate=Path(v["certificate"]) if v["certificate"] else None,
+            chain=Path(v["chain"]) if v["chain"] else None, serve_path=v["serve_path"])
+    accounts: list[Account] = []
+    numbers: list[NumberBlock] = []
+    for i, raw in enumerate(_array(src, data, "accounts")):
+        v = _section(src, data, "accounts", _ACCOUNT_KEYS, entry=i, raw=raw)
+        if any(a.name == v["name"] for a in accounts):
+            raise src.error("accounts", "name", f"duplicate name {v['name']!r}", i)
+        try:
+            uuid.UUID(v["origid"])
+        except ValueError:
+            raise src.error("accounts", "origid", f"{v['origid']!r} is not a UUID", i) from None
+        if v["signing"] not in signing:
+            known = ", ".join(sorted(signing)) or "none configured"
+            raise src.error("accounts", "signing",
+                            f"no [[signing]] named {v['signing']!r} (known: {known})", i)
+        for text in v["numbers"]:
+            try:
+                first, last = parse_block_text(str(text), country_code=policy["country_code"])
+            except NumberFormatError as exc:
+                raise src.error("accounts", "numbers", str(exc), i) from None
+            numbers.append(NumberBlock(first=first, last=last, account=v["name"],
+                                       label="config"))
+        accounts.append(Account(name=v["name"], origid=v["origid"],
+                                sources=_cidrs(src, "accounts", "sources", v["sources"], i),
+                                signing=v["signing"], gateway=v["gateway"]))
+    clash = overlapping(numbers)
+    if clash is not None:
+        entry = next(i for i, a in enumerate(accounts) if a.name == clash[1].account)
+        raise src.error("accounts", "numbers",
+                        f"{block_text(clash[1])} ({clash[1].account}) overlaps "
+                        f"{block_text(clash[0])} ({clash[0].account})", entry)
+    if not signing:
+        raise ConfigError(f"{src.path}: [[accounts]] need at least one [[signing]] identity")
+    return AuthConfig(
+        store_path=Path(store["path"]), refresh_interval=float(store["refresh_interval"]),
+        signing=tuple(signing.values()), accounts=tuple(accounts), numbers=tuple(numbers),
+        policy=AuthPolicy(unsigned_calls=policy["unsigned_calls"],
+                          max_date_skew=policy["max_date_skew"],
+                          country_code=policy["country_code"]))

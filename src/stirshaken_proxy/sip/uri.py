@@ -13,6 +13,8 @@ TOKEN_CHARS = frozenset(
 _WS = " \t"
 
 
+_BAD_URI_CHARS = re.compile(r"[ \t\r\n<>]")
+_BAD_HOST_CHARS = re.compile(r"[ \t,;?@]")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 
 
@@ -58,7 +60,7 @@ def parse_uri(text: str) -> Uri:
     if not colon or not scheme or not scheme[0].isalpha():
         raise SipError(400, "URI has no scheme")
     scheme = scheme.lower()
-    if any(c in rest for c in " \t\r\n<>"):
+    if _BAD_URI_CHARS.search(rest) is not None:
         raise SipError(400, "whitespace or angle bracket inside a URI")
     if scheme == "tel":
         number, semi, ptext = rest.partition(";")
@@ -98,7 +100,7 @@ def split_hostport(hostport: str) -> tuple[str, int | None]:
         porttext = tail[1:] if tail else ""
     else:
         host, _, porttext = hostport.partition(":")
-    if not host or any(c in host for c in " \t,;?@"):
+    if not host or _BAD_HOST_CHARS.search(host) is not None:
         raise SipError(400, "malformed host")
     if not porttext:
         return host.lower(), None

@@ -1,0 +1,157 @@
+"""The authentication service (RFC 8224 §6.1, ATIS-1000074): sign outbound INVITEs.
+
+For each initial INVITE from the dialer side: drop any Identity the customer sent, recognise
+the account by source address, canonicalise the calling and called numbers, decide the
+attestation from the inventory, check or add Date, sign, and add the Identity header.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from ..policy.accounts import AccountDirectory
+from ..policy.attestation import Decision, decide
+from ..policy.inventory import Inventory
+from ..sip.errors import SipError
+from ..sip.message import SipMessage
+from ..sip.numbers import canonical_tn
+from ..sip.transport import Peer
+from ..sip.uri import parse_name_addr
+from ..stir.passport import Signer
+from .proxy import DIALER, Rejection
+
+log = logging.getLogger(__name__)
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# RFC 3261 §20.17: rfc1123-date, and only "GMT" (RFC 4475 §3.1.2.12).
+_DATE_RE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d{2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    r" (\d{4}) (\d{2}):(\d{2}):(\d{2}) GMT\Z")
+
+
+def format_date(t: int) -> str:
+    """RFC 3261 §20.17 Date for Unix time ``t`` (locale-independent)."""
+    g = time.gmtime(t)
+    return (f"{_DAYS[g.tm_wday]}, {g.tm_mday:02d} {_MONTHS[g.tm_mon - 1]} {g.tm_year:04d} "
+            f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} GMT")
+
+
+def parse_date(text: str) -> int | None:
+    """Unix time of an RFC 3261 Date value, or None when it is not one."""
+    m = _DATE_RE.match(text.strip())
+    if m is None:
+        return None
+    d, mon, y, h, mi, s = m.groups()
+    try:
+        return calendar.timegm((int(y), _MONTHS.index(mon) + 1, int(d), int(h), int(mi),
+                                int(s), 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthPolicy:
+    unsigned_calls: str = "forward"  # a call we cannot sign: "forward" it unsigned or "reject"
+    max_date_skew: int = 60  # RFC 8224 §6.1 / §6.2.1: Date more than this off is refused
+    country_code: str = "1"
+
+
+class OutboundAuthenticator:
+    """A RequestHook (see engine.proxy) that signs initial INVITEs from the dialer side."""
+
+    def __init__(self, *, directory: AccountDirectory, signers: dict[str, Signer],
+                 inventory: Inventory, policy: AuthPolicy, stats: Counter[str]) -> None:
+        self.directory = directory
+        self.signers = signers
+        self.inventory = inventory
+        self.policy = policy
+        self.stats = stats
+        self._date_cache: tuple[int, bytes] = (-1, b"")
+        self.last_decision: Decision | None = None  # for tests and the CLI
+
+    def __call__(self, msg: SipMessage, source: Peer, now: float) -> Rejection | None:
+        if source.side != DIALER:
+            return None
+        if msg.has("identity"):
+            # A customer never gets to place its own PASSporT on our trunk.
+            self.stats["identity_removed_from_dialer"] += msg.remove_all("identity")
+        if msg.method != "INVITE" or "tag=" in (msg.get("to") or ""):
+            return None  # SHAKEN signs initial INVITEs only
+        account = self.directory.by_source(source.host)
+        if account is None:
+            return self._unsigned(msg, "unknown_account")
+        orig = self._orig_tn(msg)
+        if orig is None:
+            return self._unsigned(msg, "no_calling_number")
+        dest = canonical_tn(msg.uri, country_code=self.policy.country_code)
+        if dest is None:
+            to = msg.get("to")
+            dest = canonical_tn(parse_name_addr(to).uri, country_code=self.policy.country_code) \
+                if to else None
+        if dest is None:
+            return self._unsigned(msg, "no_called_number")
+        date_text = msg.get("date")
+        if date_text is not None:
+            date = parse_date(date_text)
+            if date is None:
+                self.stats["sign_refused_bad_date"] += 1
+                return Rejection(status=400, reason="Bad Request (Date)")
+            if abs(date - now) > self.policy.max_date_skew:
+                self.stats["sign_refused_stale_date"] += 1
+                return Rejection(status=403, reason="Stale Date")
+            iat = date  # RFC 8224 §4.1: iat carries the Date value
+        else:
+            iat = int(now)
+            msg.append_header(self._date_line(iat))
+        decision = decide(account, orig, self.inventory)
+        signer = self.signers[account.signing]
+        token = signer.sign(attest=decision.level, orig=orig, dest=[dest], iat=iat,
+                            origid=account.origid)
+        msg.append_header(signer.identity_header(token))
+        self.stats[f"signed_{decision.level.value}_{decision.reason.value}"] += 1
+        self.last_decision = decision
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("signed %s %s->%s attest %s (%s)", msg.call_id, orig, dest,
+                      decision.level.value, decision.reason.value,
+                      extra={"call_id": msg.call_id, "account": account.name,
+                             "attest": decision.level.value, "reason": decision.reason.value})
+        return None
+
+    def _orig_tn(self, msg: SipMessage) -> str | None:
+        """The calling number: P-Asserted-Identity (a tel or sip URI with a number), else From."""
+        cc = self.policy.country_code
+        for value in msg.values("p-asserted-identity"):
+            try:
+                tn = canonical_tn(parse_name_addr(value).uri, country_code=cc)
+            except SipError:
+                continue
+            if tn is not None:
+                return tn
+        from_value = msg.get("from")
+        if from_value is None:
+            return None
+        return canonical_tn(parse_name_addr(from_value).uri, country_code=cc)
+
+    def _unsigned(self, msg: SipMessage, reason: str) -> Rejection | None:
+        self.stats[f"unsigned_{reason}"] += 1
+        if self.policy.unsigned_calls == "reject":
+            if reason == "no_calling_number":
+                return Rejection(status=433, reason="Anonymity Disallowed")
+            return Rejection(status=403, reason="Forbidden")
+        return None
+
+    def _date_line(self, t: int) -> bytes:
+        cached_t, line = self._date_cache
+        if cached_t != t:
+            line = b"Date: " + format_date(t).encode() + b"\r\n"
+            self._date_cache = (t, line)
+        return line
+
+
+__all__ = ["AuthPolicy", "OutboundAuthenticator", "format_date", "parse_date"]

@@ -1,0 +1,1 @@
+"""Accounts, the number inventory, attestation (pure)."""

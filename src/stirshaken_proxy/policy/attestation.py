@@ -1,0 +1,41 @@
+"""The attestation decision (ATIS-1000074 §5.2.3), pure and explainable."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..stir.passport import Attestation
+from .accounts import Account
+from .inventory import Inventory
+
+
+class Reason(enum.Enum):
+    """Why a call got its attestation; used as a metrics label and in logs."""
+
+    OWNED_NUMBER = "owned_number"  # A: the account owns the calling number
+    NUMBER_NOT_IN_INVENTORY = "number_not_in_inventory"  # B: nobody we know owns it
+    NUMBER_OF_ANOTHER_ACCOUNT = "number_of_another_account"  # B: another account owns it
+    GATEWAY = "gateway"  # C: the call entered through a gateway
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decision:
+    level: Attestation
+    reason: Reason
+    account: str
+    owner: str | None  # the account that owns the number, when one does
+
+
+def decide(account: Account, orig_tn: str, inventory: Inventory) -> Decision:
+    """A when the account owns the number; B when it does not (never A for a number that
+    another account owns); C for gateway traffic."""
+    owner = inventory.owner(orig_tn)
+    if account.gateway:
+        return Decision(level=Attestation.C, reason=Reason.GATEWAY, account=account.name,
+                        owner=owner)
+    if owner == account.name:
+        return Decision(level=Attestation.A, reason=Reason.OWNED_NUMBER, account=account.name,
+                        owner=owner)
+    reason = Reason.NUMBER_NOT_IN_INVENTORY if owner is None else Reason.NUMBER_OF_ANOTHER_ACCOUNT
+    return Decision(level=Attestation.B, reason=reason, account=account.name, owner=owner)

@@ -1,0 +1,1 @@
+"""STIR/SHAKEN: PASSporT and Identity header, signing, verification, certificates (pure CPU)."""

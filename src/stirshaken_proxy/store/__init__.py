@@ -1,0 +1,1 @@
+"""Persistence: the number inventory (SQLite by default)."""

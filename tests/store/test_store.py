@@ -1,0 +1,95 @@
+"""The SQLite inventory and the CSV import: errors name file, line and field; nothing is
+half-imported; changes bump the version the service polls."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from stirshaken_proxy.policy.inventory import NumberBlock
+from stirshaken_proxy.store.sqlite import (
+    SCHEMA_VERSION,
+    ImportError_,
+    NumberStore,
+    StoreError,
+    parse_numbers_csv,
+)
+
+ACCOUNTS = {"acme", "beta"}
+
+
+def test_created_on_first_use_with_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "inv.db"
+    store = NumberStore(path)
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    NumberStore(path).close()  # reopening migrates nothing and keeps the data
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "inv.db"
+    NumberStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    with pytest.raises(StoreError, match="newer than this program"):
+        NumberStore(path)
+
+
+def test_import_list_remove_and_version(tmp_path: Path) -> None:
+    store = NumberStore(tmp_path / "inv.db")
+    v0 = store.version()
+    blocks = parse_numbers_csv("n.csv", "tn,account,label\n+1 202 555 0100..0199,acme,main\n"
+                               "13105550000,beta,\n", accounts=ACCOUNTS)
+    store.add(blocks)
+    assert store.version() == v0 + 1
+    inv = store.load()
+    assert inv.owner("12025550142") == "acme" and inv.owner("13105550000") == "beta"
+    store.remove("12025550150", "12025550159")
+    assert [(b.first, b.last) for b in store.blocks("acme")] == [
+        ("12025550100", "12025550149"), ("12025550160", "12025550199")]
+    assert store.version() == v0 + 2
+    with pytest.raises(StoreError, match="not in the inventory"):
+        store.remove("19995550000", "19995550000")
+    with pytest.raises(StoreError, match="overlaps"):
+        store.add([NumberBlock(first="12025550140", last="12025550140", account="beta")])
+    assert store.version() == v0 + 2  # a refused change changes nothing
+
+
+CSV_ERRORS = [
+    ("tn,account,label\nabc,acme,\n", "n.csv:2: tn: 'abc' is not a telephone number"),
+    ("12025550100,nobody\n", "n.csv:1: account: unknown account 'nobody' (configured: acme, beta)"),
+    ("12025550100\n", "n.csv:1: row: expected 2 or 3 columns (tn, account, label), got 1"),
+    ("12025550100..0099,acme\n", "n.csv:1: tn: range 12025550100..12025550099 ends before it "
+                                 "starts"),
+    ("12025550100..0199,acme\n\n12025550150,beta\n",
+     "n.csv:3: tn: 12025550150 overlaps 12025550100..12025550199 (line 1)"),
+    ("13105550000,acme\n", "n.csv:1: tn: 13105550000 overlaps 13105550000 (already in the "
+                           "inventory for beta)"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), CSV_ERRORS)
+def test_csv_errors(text: str, message: str) -> None:
+    existing = [NumberBlock(first="13105550000", last="13105550000", account="beta")]
+    with pytest.raises(ImportError_) as info:
+        parse_numbers_csv("n.csv", text, accounts=ACCOUNTS, existing=existing)
+    assert str(info.value.problems[0]) == message
+    assert "nothing was imported" in str(info.value)
+
+
+def test_every_overlap_inside_a_wide_range_is_reported() -> None:
+    text = "12025550100..0199,acme\n12025550120,acme\n12025550150,acme\n12025550200,acme\n"
+    with pytest.raises(ImportError_) as info:
+        parse_numbers_csv("n.csv", text, accounts=ACCOUNTS)
+    assert [p.line for p in info.value.problems] == [2, 3]
+
+
+def test_every_bad_row_is_reported_and_nothing_is_imported(tmp_path: Path) -> None:
+    text = "12025550100,acme\nbad,acme\n12025550101,acme\n12025550102,ghost\n"
+    with pytest.raises(ImportError_) as info:
+        parse_numbers_csv("n.csv", text, accounts=ACCOUNTS)
+    assert [p.line for p in info.value.problems] == [2, 4]

@@ -1,0 +1,104 @@
+"""Configuration errors name the file, the line and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stirshaken_proxy.config import ConfigError, load_config
+from stirshaken_proxy.stir.certs import init_dev_pki
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE = """\
+[dialer]
+listen = "127.0.0.1:5060"
+next_hop = "127.0.0.1:5082"
+
+[carrier]
+listen = "127.0.0.1:5062"
+next_hop = "127.0.0.1:5080"
+
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "proxy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    init_dev_pki(tmp_path / "var" / "keys", spc="123A")
+    config = load_config(ROOT / "config" / "example.toml")
+    assert config.engine.dialer.port == 5060 and config.engine.carrier.next_hop_port == 5080
+    assert config.admin.port == 8080
+    assert config.auth is not None and config.auth.accounts[0].name == "demo"
+    assert config.auth.numbers[0].first == "12025550100"
+    assert config.auth.numbers[0].last == "12025550199"
+
+
+ERRORS = [
+    (BASE + "[sip]\nmax_transactionz = 5\n",
+     ":10: [sip] max_transactionz: unknown key (known keys: "),
+    (BASE + "[sip]\nt1 = \"fast\"\n", ":10: [sip] t1: must be int or float, not str"),
+    (BASE + "[sip]\nmax_transactions = 0\n", ":10: [sip] max_transactions: must be greater"),
+    (BASE + "[bogus]\n", ":9: [bogus]: unknown section"),
+    (BASE.replace('listen = "127.0.0.1:5062"', 'listen = "127.0.0.1"'),
+     ":6: [carrier] listen: must be host:port, not '127.0.0.1'"),
+    (BASE.replace('next_hop = "127.0.0.1:5082"', 'next_hop = "127.0.0.1:5082"\n'
+                  'allowed_sources = ["10.0.0.300/8"]'),
+     ":4: [dialer] allowed_sources: '10.0.0.300/8' is not an IP address or CIDR"),
+    (BASE + "[log]\nlevel = \"loud\"\n", ":10: [log] level: must be debug, info, warning"),
+    (BASE + "[transport]\ntcp = 1\n", ":10: [transport] tcp: must be bool, not int"),
+    (BASE + "[sip\n", "TOML syntax error"),
+    ('[dialer]\nlisten = "127.0.0.1:5060"\n', ":1: [dialer] next_hop: is required"),
+    (BASE.replace("[carrier]", "[carrierz]"), ":5: [carrierz]: unknown section (known: "),
+    (BASE.split("[carrier]")[0], "section [carrier] is required"),
+    (BASE + '[[signing]]\nkey = "missing.pem"\nx5u = "https://a.example/c.pem"\n',
+     ":10: [[signing]] #1 key: missing.pem does not exist (create development keys with"),
+    (BASE + '[[signing]]\nkey = "KEY"\nx5u = "https://a.example/c.pem?x=1"\n',
+     ":11: [[signing]] #1 x5u: must be an https:// URL without query or fragment"),
+    (BASE + '[[signing]]\nkey = "KEY"\nx5u = "https://a.example/c.pem"\n\n'
+     '[[accounts]]\nname = "a"\norigid = "5f3f3f7a-4c1b-4d1e-9a37-0d2c9b6a1e01"\n\n'
+     '[[accounts]]\nname = "b"\norigid = "not-a-uuid"\n',
+     ":19: [[accounts]] #2 origid: 'not-a-uuid' is not a UUID"),
+    (BASE + '[[signing]]\nkey = "KEY"\nx5u = "https://a.example/c.pem"\n\n'
+     '[[accounts]]\nname = "a"\norigid = "5f3f3f7a-4c1b-4d1e-9a37-0d2c9b6a1e01"\n'
+     'signing = "reseller"\n',
+     ":16: [[accounts]] #1 signing: no [[signing]] named 'reseller' (known: default)"),
+    (BASE + '[[signing]]\nkey = "KEY"\nx5u = "https://a.example/c.pem"\n\n'
+     '[[accounts]]\nname = "a"\norigid = "5f3f3f7a-4c1b-4d1e-9a37-0d2c9b6a1e01"\n'
+     'numbers = ["12025550100..0199", "1202555 0150"]\n',
+     ":16: [[accounts]] #1 numbers: 12025550150 (a) overlaps 12025550100..12025550199 (a)"),
+    (BASE + '[[signing]]\nkey = "KEY"\nx5u = "https://a.example/c.pem"\n\n'
+     '[[accounts]]\nname = "a"\norigid = "5f3f3f7a-4c1b-4d1e-9a37-0d2c9b6a1e01"\n'
+     'numbers = ["nope"]\n',
+     ":16: [[accounts]] #1 numbers: 'nope' is not a telephone number"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), ERRORS)
+def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    pki = init_dev_pki(tmp_path / "keys", spc="1")
+    path = write(tmp_path, text.replace("KEY", str(pki.key)))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(str(path)), info.value
+    assert message in str(info.value), info.value
+
+
+def test_wrong_kind_of_key(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = tmp_path / "p384.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    path = write(tmp_path, BASE + f'[[signing]]\nkey = "{pem}"\nx5u = "https://a.example/c"\n')
+    with pytest.raises(ConfigError, match=r":10: \[\[signing\]\] #1 key: .* ES256 needs a P-256"):
+        load_config(path)
