@@ -109,11 +109,11 @@ def signing_engine(tmp: Path) -> ProxyEngine:
                       sources=("127.0.0.1/32",))
     signer = Signer(SigningIdentity(name="default", key=load_private_key(tmp / "key.pem"),
                                     x5u="https://certs.example/shaken.pem"))
-    e.request_hook = OutboundAuthenticator(
+    e.request_hooks.append(OutboundAuthenticator(
         directory=AccountDirectory([account]), signers={"default": signer},
         inventory=Inventory([NumberBlock(first="12025550100", last="12025550199",
                                          account="demo")]),
-        policy=AuthPolicy(), stats=e.stats)
+        policy=AuthPolicy(), stats=e.stats))
     return e
 
 

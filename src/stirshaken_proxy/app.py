@@ -6,20 +6,25 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 import time
 from typing import Any
 
 from aiohttp import web
 
 from .config import Config
+from .engine.inbound import InboundVerifier
 from .engine.outbound import OutboundAuthenticator
 from .engine.proxy import CARRIER, DIALER, ProxyEngine, RequestHook
 from .engine.sources import SourceFilter
 from .io.admin import AdminServer
+from .io.fetcher import Fetcher
 from .io.transports import TcpConnection, TcpManager, UdpEndpoint
 from .policy.accounts import AccountDirectory
-from .sip.transport import Peer, Send
+from .sip.transport import Action, Fetch, Peer, Send
+from .stir.credentials import CredentialCache, TrustStore
 from .stir.passport import Signer, SigningIdentity
+from .stir.verify import Verifier
 from .store.sqlite import NumberStore
 
 log = logging.getLogger(__name__)
@@ -28,9 +33,9 @@ log = logging.getLogger(__name__)
 class Application:
     """Runs one ProxyEngine on real sockets. All engine calls happen on the event loop thread."""
 
-    def __init__(self, config: Config, *, request_hook: RequestHook | None = None) -> None:
+    def __init__(self, config: Config, *, request_hooks: tuple[RequestHook, ...] = ()) -> None:
         self.config = config
-        self.engine = ProxyEngine(config.engine, request_hook=request_hook)
+        self.engine = ProxyEngine(config.engine, request_hooks=request_hooks)
         self.counters: dict[str, int] = {}
         self.udp: dict[str, UdpEndpoint] = {}
         self.tcp: dict[str, TcpManager] = {}
@@ -45,12 +50,16 @@ class Application:
         self.store: NumberStore | None = None
         self._store_ok = False
         self._refresh: asyncio.Task[None] | None = None
+        self.fetcher: Fetcher | None = None
+        self.inbound: InboundVerifier | None = None
 
     # -- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.config.auth is not None:
             await self._start_auth()
+        if self.config.verify is not None:
+            self._start_verify()
         ec = self.config.engine
         tc = self.config.transport
         for side_cfg in (ec.dialer, ec.carrier):
@@ -122,6 +131,8 @@ class Application:
                 await asyncio.gather(task, return_exceptions=True)
         if self.store is not None:
             self.store.close()
+        if self.fetcher is not None:
+            await self.fetcher.close()
         for manager in self.tcp.values():
             await manager.close()
         for endpoint in self.udp.values():
@@ -144,7 +155,7 @@ class Application:
         self.auth = OutboundAuthenticator(directory=directory, signers=signers,
                                           inventory=inventory, policy=ac.policy,
                                           stats=self.engine.stats)
-        self.engine.request_hook = self.auth
+        self.engine.request_hooks.append(self.auth)
         # Traffic from an account's sources is admitted on the dialer side.
         dialer = self.config.engine.dialer
         self.engine.set_source_filter(DIALER, SourceFilter(
@@ -154,6 +165,29 @@ class Application:
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_inventory())
         log.info("signing for %d accounts, inventory of %d blocks (version %d)",
                  len(ac.accounts), len(inventory), inventory.version)
+
+    def _start_verify(self) -> None:
+        vc = self.config.verify
+        assert vc is not None
+        cache = CredentialCache(max_entries=vc.cache_entries)
+        trust = TrustStore(list(vc.anchors), list(vc.crls))
+        verifier = Verifier(cache=cache, url_policy=vc.url_policy, window=vc.freshness,
+                            country_code=vc.policy.country_code)
+        self.inbound = InboundVerifier(verifier=verifier, policy=vc.policy,
+                                       stats=self.engine.stats)
+        self.engine.request_hooks.append(self.inbound)
+        ssl_context = ssl.create_default_context()
+        if vc.tls_ca_file is not None:
+            ssl_context.load_verify_locations(cafile=str(vc.tls_ca_file))
+        self.fetcher = Fetcher(policy=vc.url_policy, crl_policy=vc.crl_policy, cache=cache,
+                               trust=trust, config=vc.fetch, ssl_context=ssl_context,
+                               on_done=self._credential_ready, counters=self.counters)
+        self.readiness_checks["trust_anchors"] = lambda: bool(vc.anchors)
+        log.info("verifying inbound calls against %d trust anchors", len(vc.anchors))
+
+    def _credential_ready(self, url: str) -> None:
+        self._execute(self.engine.credential_ready(url, time.time()))
+        self._arm_timer()
 
     async def _refresh_inventory(self) -> None:
         """Reload the inventory when the store's version changes (no query per call)."""
@@ -208,14 +242,18 @@ class Application:
         self._execute(actions)
         self._arm_timer()
 
-    def _execute(self, actions: list[Send]) -> None:
-        for data, peer in actions:
-            if peer.transport == "udp":
-                self.udp[peer.side].send(data, peer.host, peer.port)
-            else:
-                manager = self.tcp.get(peer.side)
-                if manager is not None:
-                    manager.send(data, peer.host, peer.port)
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if type(action) is Send:
+                data, peer = action
+                if peer.transport == "udp":
+                    self.udp[peer.side].send(data, peer.host, peer.port)
+                else:
+                    manager = self.tcp.get(peer.side)
+                    if manager is not None:
+                        manager.send(data, peer.host, peer.port)
+            elif type(action) is Fetch and self.fetcher is not None:
+                self.fetcher.request(action.url)
 
     def _arm_timer(self) -> None:
         deadline = self.engine.next_deadline()
@@ -240,7 +278,7 @@ class Application:
         self._arm_timer()
 
 
-def run_app(config: Config, *, request_hook: RequestHook | None = None) -> None:
+def run_app(config: Config) -> None:
     """Run the service in the foreground (uvloop when it is installed)."""
     try:
         import uvloop
@@ -250,7 +288,7 @@ def run_app(config: Config, *, request_hook: RequestHook | None = None) -> None:
         loop_factory = uvloop.new_event_loop
 
     async def main() -> None:
-        app = Application(config, request_hook=request_hook)
+        app = Application(config)
         await app.run()
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:

@@ -14,14 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from .engine.inbound import VerifyPolicy
 from .engine.outbound import AuthPolicy
 from .engine.proxy import CARRIER, DIALER, EngineConfig, SideConfig
+from .io.fetcher import FetchConfig
 from .policy.accounts import Account
 from .policy.inventory import NumberBlock
 from .policy.numbers import NumberFormatError, block_text, overlapping, parse_block_text
 from .stir.certs import load_private_key
+from .stir.x5u import UrlPolicy
 from .transaction import TimerConfig
 
 
@@ -76,10 +80,25 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class VerifyConfig:
+    policy: VerifyPolicy
+    url_policy: UrlPolicy
+    crl_policy: UrlPolicy
+    fetch: FetchConfig
+    anchors: tuple[x509.Certificate, ...]
+    crls: tuple[x509.CertificateRevocationList, ...]
+    freshness: int
+    cache_entries: int
+    max_parked: int
+    tls_ca_file: Path | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     path: Path
     engine: EngineConfig
     auth: AuthConfig | None = None
+    verify: VerifyConfig | None = None
     transport: TransportConfig = field(default_factory=TransportConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -149,6 +168,27 @@ _AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "max_date_skew": ((int,), 60),
     "country_code": ((str,), "1"),
 }
+_VERIFY_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "enabled": ((bool,), True),
+    "on_failure": ((str,), "mark"),
+    "on_missing": ((str,), "mark"),
+    "freshness": ((int,), 60),
+    "trust_anchors": ((list,), None),
+    "crl_files": ((list,), []),
+    "fetch_timeout": ((int, float), 2.0),
+    "fetch_max_bytes": ((int,), 65536),
+    "cache_max_age": ((int, float), 86400.0),
+    "cache_default_age": ((int, float), 3600.0),
+    "negative_cache_age": ((int, float), 30.0),
+    "cache_entries": ((int,), 10000),
+    "max_in_flight": ((int,), 64),
+    "max_parked": ((int,), 10000),
+    "allowed_ports": ((list,), [443, 8443]),
+    "allow_networks": ((list,), []),
+    "allow_http": ((bool,), False),
+    "tls_ca_file": ((str,), ""),
+    "attestation_header": ((bool,), True),
+}
 # Sections that later parts of the service validate themselves (see extra_sections).
 _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     DIALER: _SIDE_KEYS,
@@ -161,6 +201,7 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "signing": _SIGNING_KEYS,
     "accounts": _ACCOUNT_KEYS,
     "auth": _AUTH_KEYS,
+    "verify": _VERIFY_KEYS,
 }
 
 
@@ -307,14 +348,16 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
     if log["format"] not in ("text", "json"):
         raise src.error("log", "format", "must be \"text\" or \"json\"")
     auth = _auth(src, data) if "signing" in data or "accounts" in data else None
+    verify = _verify(src, data) if "verify" in data else None
     timers = TimerConfig(t1=float(sip["t1"]), t2=float(sip["t2"]), t4=float(sip["t4"]),
                          timer_c=float(sip["timer_c"]))
     engine = EngineConfig(
         dialer=sides[DIALER], carrier=sides[CARRIER], timers=timers,
         max_message_size=sip["max_message_size"], max_transactions=sip["max_transactions"],
+        max_parked=verify.max_parked if verify else 10_000,
         retry_after=sip["retry_after"], server_name=sip["server_name"])
     return Config(
-        path=path, engine=engine, auth=auth,
+        path=path, engine=engine, auth=auth, verify=verify,
         transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
         admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"]),
         log=LogConfig(level=log["level"], format=log["format"]),
@@ -409,3 +452,63 @@ def _auth(src: _Source, data: dict[str, Any]) -> AuthConfig:
         policy=AuthPolicy(unsigned_calls=policy["unsigned_calls"],
                           max_date_skew=policy["max_date_skew"],
                           country_code=policy["country_code"]))
+
+
+def _load_pem_certs(src: _Source, key: str, paths: list[Any]) -> list[x509.Certificate]:
+    certs: list[x509.Certificate] = []
+    for item in paths:
+        path = Path(str(item))
+        try:
+            certs.extend(x509.load_pem_x509_certificates(path.read_bytes()))
+        except FileNotFoundError:
+            raise src.error("verify", key, f"{path} does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise src.error("verify", key, f"{path}: not PEM certificates: {exc}") from None
+    return certs
+
+
+def _verify(src: _Source, data: dict[str, Any]) -> VerifyConfig | None:
+    v = _section(src, data, "verify", _VERIFY_KEYS)
+    if not v["enabled"]:
+        return None
+    for key in ("on_failure", "on_missing"):
+        if v[key] not in ("mark", "reject"):
+            raise src.error("verify", key, "must be \"mark\" or \"reject\"")
+    _positive(src, "verify", v, "freshness", "fetch_timeout", "fetch_max_bytes",
+              "cache_max_age", "cache_default_age", "negative_cache_age", "cache_entries",
+              "max_in_flight", "max_parked")
+    anchors = _load_pem_certs(src, "trust_anchors", v["trust_anchors"])
+    if not anchors:
+        raise src.error("verify", "trust_anchors", "needs at least one STI-CA root certificate")
+    crls: list[x509.CertificateRevocationList] = []
+    for item in v["crl_files"]:
+        path = Path(str(item))
+        try:
+            raw = path.read_bytes()
+            crls.append(x509.load_pem_x509_crl(raw) if raw.lstrip().startswith(b"-----")
+                        else x509.load_der_x509_crl(raw))
+        except (OSError, ValueError) as exc:
+            raise src.error("verify", "crl_files", f"{path}: not a CRL: {exc}") from None
+    ports = v["allowed_ports"]
+    if not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
+        raise src.error("verify", "allowed_ports", "must be port numbers")
+    nets = _cidrs(src, "verify", "allow_networks", v["allow_networks"])
+    tls_ca = Path(v["tls_ca_file"]) if v["tls_ca_file"] else None
+    if tls_ca is not None and not tls_ca.is_file():
+        raise src.error("verify", "tls_ca_file", f"{tls_ca} does not exist")
+    country = data.get("auth", {}).get("country_code", "1")
+    return VerifyConfig(
+        policy=VerifyPolicy(on_failure=v["on_failure"], on_missing=v["on_missing"],
+                            attestation_header=v["attestation_header"],
+                            country_code=str(country)),
+        url_policy=UrlPolicy(ports=tuple(ports), allow_networks=nets,
+                             allow_http=v["allow_http"]),
+        # CRL distribution points are plain http on port 80 as a rule.
+        crl_policy=UrlPolicy(ports=tuple({80, *ports}), allow_networks=nets, allow_http=True),
+        fetch=FetchConfig(timeout=float(v["fetch_timeout"]), max_bytes=v["fetch_max_bytes"],
+                          max_age=float(v["cache_max_age"]),
+                          default_age=float(v["cache_default_age"]),
+                          negative_age=float(v["negative_cache_age"]),
+                          max_in_flight=v["max_in_flight"]),
+        anchors=tuple(anchors), crls=tuple(crls), freshness=v["freshness"],
+        cache_entries=v["cache_entries"], max_parked=v["max_parked"], tls_ca_file=tls_ca)

@@ -61,7 +61,7 @@ def setup(keys: dict[str, Path], policy: AuthPolicy | None = None):  # type: ign
     auth = OutboundAuthenticator(directory=AccountDirectory([ACME, RESELLER, GATEWAY]),
                                  signers=signers, inventory=inventory,
                                  policy=policy or AuthPolicy(), stats=stats)
-    e.request_hook = auth
+    e.request_hooks.append(auth)
     e.set_source_filter("dialer", SourceFilter(("127.0.0.0/8",)))
     return e, auth
 

@@ -240,7 +240,7 @@ def test_hook_can_reject_and_edit() -> None:
         return Rejection(status=403, reason="Caller Not Allowed")
 
     e = engine()
-    e.request_hook = hook
+    e.request_hooks.append(hook)
     fwd = e.receive(invite(), UAC, 0.0)[1]
     assert parsed(fwd).get("identity") == "x"
     other = invite(branch="z9hG4bKo2", call_id=b"c2").replace(b"12025550100", b"12025550111")

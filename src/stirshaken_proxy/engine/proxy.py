@@ -13,10 +13,11 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..sip.errors import SipError
 from ..sip.message import SipMessage, make_response, parse_message
-from ..sip.transport import Peer, Send
+from ..sip.transport import Action, Fetch, Peer, Send
 from ..sip.uri import parse_name_addr, parse_uri, split_values
 from ..transaction import (
     ClientInvite,
@@ -64,6 +65,7 @@ class EngineConfig:
     timers: TimerConfig = field(default_factory=TimerConfig)
     max_message_size: int = 65535
     max_transactions: int = 100_000
+    max_parked: int = 10_000  # requests waiting for a credential fetch; past this, 503
     retry_after: int = 5
     server_name: str = "stirshaken-proxy"
 
@@ -77,9 +79,29 @@ class Rejection:
     headers: tuple[bytes, ...] = ()
 
 
+@dataclass(frozen=True, kw_only=True)
+class Defer:
+    """A hook needs these credentials fetched before it can decide; ask again after."""
+
+    urls: tuple[str, ...]
+
+
 # A hook sees each new request before it is forwarded. It may edit the message (add Identity,
-# Date, …) and returns None to forward it or a Rejection to answer it.
-RequestHook = Callable[[SipMessage, Peer, float], Rejection | None]
+# Date, verstat, …) and returns None to forward it, a Rejection to answer it, or Defer.
+RequestHook = Callable[[SipMessage, Peer, float], Rejection | Defer | None]
+
+
+class _Parked:
+    """A request waiting for credentials, with the server transaction that answers it."""
+
+    __slots__ = ("msg", "server", "source", "urls")
+
+    def __init__(self, msg: SipMessage, source: Peer, server: ServerTransaction,
+                 urls: tuple[str, ...]) -> None:
+        self.msg = msg
+        self.source = source
+        self.server = server
+        self.urls = set(urls)
 
 
 class _Context:
@@ -118,14 +140,16 @@ class _Context:
 class ProxyEngine:
     """Transaction-stateful proxy. Implements the TransactionUser protocol for its transactions."""
 
-    def __init__(self, config: EngineConfig, *, request_hook: RequestHook | None = None) -> None:
+    def __init__(self, config: EngineConfig, *, request_hooks: tuple[RequestHook, ...] = ()
+                 ) -> None:
         self.config = config
         self.sides = {DIALER: config.dialer, CARRIER: config.carrier}
         self.timers = TimerHeap()
         self.server_txns: dict[tuple[object, ...], ServerTransaction] = {}
         self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
         self.stats: Counter[str] = Counter()
-        self.request_hook = request_hook
+        # Hooks run in order on each new request; the first decision that is not None wins.
+        self.request_hooks: list[RequestHook] = list(request_hooks)
         self._filters = {
             name: SourceFilter(side.allowed_sources, allow_any=side.allow_any_source)
             for name, side in self.sides.items()
@@ -147,6 +171,8 @@ class ProxyEngine:
         self._server_header = b"Server: " + config.server_name.encode() + b"\r\n"
         # While draining for shutdown, new dialogs are refused; transactions in flight finish.
         self.draining = False
+        self._waiting: dict[str, list[_Parked]] = {}  # x5u URL -> requests waiting for it
+        self._parked = 0
 
     # -- configuration-derived bytes ----------------------------------------------------
     @staticmethod
@@ -163,8 +189,8 @@ class ProxyEngine:
         self._filters[side] = source_filter
 
     # -- the engine's interface --------------------------------------------------------
-    def receive(self, data: bytes, source: Peer, now: float) -> list[Send]:
-        out: list[Send] = []
+    def receive(self, data: bytes, source: Peer, now: float) -> list[Action]:
+        out: list[Action] = []
         try:
             msg = parse_message(data, max_size=self.config.max_message_size,
                                 stream=source.reliable)
@@ -184,8 +210,8 @@ class ProxyEngine:
             self._bad_message(exc, source, out)
         return out
 
-    def on_timers(self, now: float) -> list[Send]:
-        out: list[Send] = []
+    def on_timers(self, now: float) -> list[Action]:
+        out: list[Action] = []
         for txn, name in self.timers.pop_due(now):
             if txn.state is not State.TERMINATED:
                 txn.timer_fired(name, now, out)
@@ -199,7 +225,7 @@ class ProxyEngine:
         return len(self.server_txns) + len(self.client_txns)
 
     # -- errors ---------------------------------------------------------------------------
-    def _bad_message(self, exc: SipError, source: Peer, out: list[Send]) -> None:
+    def _bad_message(self, exc: SipError, source: Peer, out: list[Action]) -> None:
         self.stats["malformed"] += 1
         msg: SipMessage | None = exc.message
         log.debug("malformed message from %s:%d: %s", source.host, source.port, exc.detail)
@@ -221,7 +247,7 @@ class ProxyEngine:
         from_tag = msg.from_().tag
         return ("2543", msg.call_id, from_tag, msg.cseq, via.text, method)
 
-    def _on_request(self, msg: SipMessage, source: Peer, now: float, out: list[Send]) -> None:
+    def _on_request(self, msg: SipMessage, source: Peer, now: float, out: list[Action]) -> None:
         method = msg.method
         if not self._filters[source.side].allows(source.host):
             self.stats[f"refused_source_{source.side}"] += 1
@@ -255,15 +281,54 @@ class ProxyEngine:
         if method == "CANCEL":
             self._on_cancel(msg, txn, now, out)
             return
-        rejection = self._check(msg, source, now)
-        if rejection is not None:
-            self.stats[f"rejected_{rejection.status}"] += 1
-            data = self._respond(msg, rejection.status, rejection.reason, extra=rejection.headers)
-            txn.send_response(data, rejection.status, now, out)
+        self._decide(msg, source, txn, now, out)
+
+    def _decide(self, msg: SipMessage, source: Peer, txn: ServerTransaction, now: float,
+                out: list[Any]) -> None:
+        """Run the checks and the hook; then answer, forward, or park for a fetch."""
+        decision = self._check(msg, source, now)
+        if isinstance(decision, Defer):
+            if self._parked >= self.config.max_parked:
+                self.stats["overload_503"] += 1
+                data = self._respond(msg, 503, extra=(
+                    b"Retry-After: %d\r\n" % self.config.retry_after,))
+                txn.send_response(data, 503, now, out)
+                return
+            parked = _Parked(msg, source, txn, decision.urls)
+            self._parked += 1
+            for url in decision.urls:
+                waiting = self._waiting.get(url)
+                if waiting is None:
+                    self._waiting[url] = [parked]
+                    out.append(Fetch(url))  # one fetch in flight per URL
+                else:
+                    waiting.append(parked)
+            return
+        if decision is not None:
+            self.stats[f"rejected_{decision.status}"] += 1
+            data = self._respond(msg, decision.status, decision.reason, extra=decision.headers)
+            txn.send_response(data, decision.status, now, out)
             return
         self._forward_stateful(msg, source, txn, now, out)
 
-    def _check(self, msg: SipMessage, source: Peer, now: float) -> Rejection | None:
+    def credential_ready(self, url: str, now: float) -> list[Action]:
+        """The fetch of ``url`` finished (the verifier's cache has its outcome): resume the
+        requests that waited for it."""
+        out: list[Action] = []
+        for parked in self._waiting.pop(url, ()):
+            parked.urls.discard(url)
+            if parked.urls:
+                continue
+            self._parked -= 1
+            if parked.server.state is State.PROCEEDING:  # not cancelled or timed out meanwhile
+                self._decide(parked.msg, parked.source, parked.server, now, out)
+        return out
+
+    @property
+    def parked(self) -> int:
+        return self._parked
+
+    def _check(self, msg: SipMessage, source: Peer, now: float) -> Rejection | Defer | None:
         """Checks of RFC 3261 §16.3 and this element's own policy, in order."""
         scheme = msg.uri.partition(":")[0].lower()
         if scheme not in ("sip", "sips", "tel"):
@@ -279,8 +344,10 @@ class ProxyEngine:
         mf = msg.get("max-forwards")
         if mf is not None and int(mf) == 0:
             return Rejection(status=483)
-        if self.request_hook is not None:
-            return self.request_hook(msg, source, now)
+        for hook in self.request_hooks:
+            decision = hook(msg, source, now)
+            if decision is not None:
+                return decision
         return None
 
     def _addressed_to_us(self, msg: SipMessage) -> bool:
@@ -337,7 +404,7 @@ class ProxyEngine:
         return uri.is_sip and (uri.host, uri.port or 5060) in self._local
 
     def _forward_stateful(self, msg: SipMessage, source: Peer, server: ServerTransaction,
-                          now: float, out: list[Send]) -> None:
+                          now: float, out: list[Action]) -> None:
         branch = self._new_branch()
         via, dest = self._prepare_forward(msg, source, branch)
         data = msg.serialize()
@@ -365,13 +432,13 @@ class ProxyEngine:
         self.stats[f"forwarded_{dest.side}_{msg.method}"] += 1
         client.start(now, out)  # type: ignore[attr-defined]
 
-    def _forward_stateless(self, msg: SipMessage, source: Peer, out: list[Send]) -> None:
+    def _forward_stateless(self, msg: SipMessage, source: Peer, out: list[Action]) -> None:
         _, dest = self._prepare_forward(msg, source, self._new_branch())
         self.stats[f"forwarded_{dest.side}_{msg.method}"] += 1
         out.append(Send(msg.serialize(), dest))
 
     def _on_cancel(self, msg: SipMessage, txn: ServerTransaction, now: float,
-                   out: list[Send]) -> None:
+                   out: list[Action]) -> None:
         """CANCEL (RFC 3261 §16.10): answer it here, cancel the pending branch downstream."""
         invite = self.server_txns.get(self._server_key(msg, "INVITE"))
         if invite is None:
@@ -379,6 +446,10 @@ class ProxyEngine:
             return
         txn.send_response(self._respond(msg, 200), 200, now, out)
         ctx = invite.context
+        if ctx is None and invite.state is State.PROCEEDING:
+            # Not forwarded yet (waiting for a credential fetch): it ends here (§16.10).
+            invite.send_response(self._respond(invite.request, 487), 487, now, out)
+            return
         if ctx is None or invite.state is not State.PROCEEDING or ctx.cancelled:
             return
         if ctx.provisional:
@@ -386,7 +457,7 @@ class ProxyEngine:
         else:
             ctx.cancel_pending = True  # §9.1: wait for a provisional response before CANCEL
 
-    def _send_cancel(self, ctx: _Context, now: float, out: list[Send]) -> None:
+    def _send_cancel(self, ctx: _Context, now: float, out: list[Action]) -> None:
         client = ctx.client
         if client is None or ctx.cancelled or ctx.ack_parts is None:
             return
@@ -406,7 +477,7 @@ class ProxyEngine:
         cancel.start(now, out)
 
     # -- responses ------------------------------------------------------------------------
-    def _on_response(self, msg: SipMessage, source: Peer, now: float, out: list[Send]) -> None:
+    def _on_response(self, msg: SipMessage, source: Peer, now: float, out: list[Action]) -> None:
         via = msg.top_via()
         client = self.client_txns.get((via.branch, msg.cseq_method))
         if client is None:
@@ -414,7 +485,7 @@ class ProxyEngine:
             return
         client.receive_response(msg, now, out)
 
-    def _forward_response_stateless(self, msg: SipMessage, out: list[Send]) -> None:
+    def _forward_response_stateless(self, msg: SipMessage, out: list[Action]) -> None:
         """§16.7: a response matching no transaction is forwarded statelessly, but only when
         the top Via is ours and the next one says (received/rport) where its sender was."""
         vias = msg.vias()
@@ -442,7 +513,7 @@ class ProxyEngine:
 
     # -- TransactionUser ------------------------------------------------------------------
     def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float,
-                    out: list[Send]) -> None:
+                    out: list[Action]) -> None:
         ctx: _Context = txn.context
         if ctx.kind == "cancel":
             return  # responses to our CANCEL stop here
@@ -459,7 +530,7 @@ class ProxyEngine:
         self._strip_top_via(msg)
         server.send_response(msg.serialize(), status, now, out)
 
-    def on_timeout(self, txn: Transaction, now: float, out: list[Send]) -> None:
+    def on_timeout(self, txn: Transaction, now: float, out: list[Action]) -> None:
         self.stats["transaction_timeouts"] += 1
         if not isinstance(txn, ClientTransaction):
             return
@@ -470,7 +541,7 @@ class ProxyEngine:
             # §16.7 step 6 / §16.8: a branch that timed out counts as a 408.
             server.send_response(self._respond(server.request, 408), 408, now, out)
 
-    def on_timer_c(self, txn: ClientInvite, now: float, out: list[Send]) -> None:
+    def on_timer_c(self, txn: ClientInvite, now: float, out: list[Action]) -> None:
         """§16.8: Timer C fired. CANCEL the branch; if it still has no final answer when
         Timer C fires again, give up on it and answer 408 upstream."""
         ctx: _Context = txn.context

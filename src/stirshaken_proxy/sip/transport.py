@@ -27,3 +27,12 @@ class Send(NamedTuple):
 
     data: bytes
     peer: Peer
+
+
+class Fetch(NamedTuple):
+    """Action: fetch this x5u credential and call the engine's ``credential_ready`` after."""
+
+    url: str
+
+
+Action = Send | Fetch

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ..sip.message import SipMessage
-from ..sip.transport import Peer, Send
+from ..sip.transport import Action, Peer, Send
 from .timers import TimerHeap
 
 
@@ -72,13 +72,13 @@ class TransactionUser(Protocol):
     timers: TimerHeap
 
     def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float,
-                    out: list[Send]) -> None: ...
+                    out: list[Action]) -> None: ...
 
-    def on_timeout(self, txn: Transaction, now: float, out: list[Send]) -> None: ...
+    def on_timeout(self, txn: Transaction, now: float, out: list[Action]) -> None: ...
 
     def on_terminated(self, txn: Transaction) -> None: ...
 
-    def on_timer_c(self, txn: ClientInvite, now: float, out: list[Send]) -> None: ...
+    def on_timer_c(self, txn: ClientInvite, now: float, out: list[Action]) -> None: ...
 
 
 Table = dict[tuple[State, Event], tuple[State, tuple[str, ...]]]
@@ -100,7 +100,7 @@ class Transaction:
         self.context: Any = None  # the proxy's per-request state
         self._interval = config.t1
 
-    def fire(self, event: Event, now: float, out: list[Send], payload: Any = None) -> bool:
+    def fire(self, event: Event, now: float, out: list[Action], payload: Any = None) -> bool:
         """Apply an event; False when the current state ignores it."""
         entry = self.TABLE.get((self.state, event))
         if entry is None:
@@ -113,7 +113,7 @@ class Transaction:
             self.tu.on_terminated(self)
         return True
 
-    def timer_fired(self, name: str, now: float, out: list[Send]) -> None:
+    def timer_fired(self, name: str, now: float, out: list[Action]) -> None:
         self.fire(_TIMER_EVENTS[name], now, out)
 
     def terminate(self) -> None:
@@ -133,7 +133,7 @@ class Transaction:
         for name in names:
             self.deadlines.pop(name, None)
 
-    def report_timeout(self, now: float, out: list[Send], _: Any) -> None:
+    def report_timeout(self, now: float, out: list[Action], _: Any) -> None:
         self.tu.on_timeout(self, now, out)
 
 
@@ -145,16 +145,16 @@ class ClientTransaction(Transaction):
         self.request = request
         self.ack: bytes | None = None
 
-    def receive_response(self, msg: SipMessage, now: float, out: list[Send]) -> None:
+    def receive_response(self, msg: SipMessage, now: float, out: list[Action]) -> None:
         status = msg.status
         event = (Event.PROVISIONAL if status < 200 else
                  Event.SUCCESS if status < 300 else Event.FAILURE)
         self.fire(event, now, out, msg)
 
-    def retransmit(self, now: float, out: list[Send], _: Any) -> None:
+    def retransmit(self, now: float, out: list[Action], _: Any) -> None:
         out.append(Send(self.request, self.peer))
 
-    def pass_up(self, now: float, out: list[Send], msg: Any) -> None:
+    def pass_up(self, now: float, out: list[Action], msg: Any) -> None:
         self.tu.on_response(self, msg, now, out)
 
 
@@ -192,7 +192,7 @@ class ClientInvite(ClientTransaction):
         # from which the ACK for a non-2xx response is built (§17.1.1.3).
         self.ack_parts = ack_parts
 
-    def start(self, now: float, out: list[Send]) -> None:
+    def start(self, now: float, out: list[Action]) -> None:
         out.append(Send(self.request, self.peer))
         if not self.peer.reliable:
             self._interval = self.config.t1
@@ -200,7 +200,7 @@ class ClientInvite(ClientTransaction):
         self._arm("timer_b", 64 * self.config.t1, now)
         self._arm("timer_c", self.config.timer_c, now)
 
-    def reset_timer_c(self, now: float, out: list[Send], msg: Any) -> None:
+    def reset_timer_c(self, now: float, out: list[Action], msg: Any) -> None:
         # §16.7 step 2: only provisional responses 101-199 reset Timer C.
         if msg.status > 100:
             self._arm("timer_c", self.config.timer_c, now)
@@ -208,25 +208,25 @@ class ClientInvite(ClientTransaction):
     def arm_timer_c(self, delay: float, now: float) -> None:
         self._arm("timer_c", delay, now)
 
-    def report_timer_c(self, now: float, out: list[Send], _: Any) -> None:
+    def report_timer_c(self, now: float, out: list[Action], _: Any) -> None:
         self.tu.on_timer_c(self, now, out)
 
-    def arm_timer_a(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_a(self, now: float, out: list[Action], _: Any) -> None:
         self._interval *= 2
         self._arm("timer_a", self._interval, now)
 
-    def stop_calling_timers(self, now: float, out: list[Send], _: Any) -> None:
+    def stop_calling_timers(self, now: float, out: list[Action], _: Any) -> None:
         self._disarm("timer_a", "timer_b")
 
-    def arm_timer_d(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_d(self, now: float, out: list[Action], _: Any) -> None:
         self._disarm("timer_a", "timer_b", "timer_c")
         self._arm("timer_d", 0.0 if self.peer.reliable else self.config.timer_d, now)
 
-    def arm_timer_m(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_m(self, now: float, out: list[Action], _: Any) -> None:
         self._disarm("timer_a", "timer_b", "timer_c")
         self._arm("timer_m", 64 * self.config.t1, now)
 
-    def send_ack(self, now: float, out: list[Send], msg: Any) -> None:
+    def send_ack(self, now: float, out: list[Action], msg: Any) -> None:
         if self.ack is None:
             head, middle, cseq = self.ack_parts
             to_idx = msg.index["to"][0]
@@ -261,21 +261,21 @@ class ClientNonInvite(ClientTransaction):
 
     __slots__ = ()
 
-    def start(self, now: float, out: list[Send]) -> None:
+    def start(self, now: float, out: list[Action]) -> None:
         out.append(Send(self.request, self.peer))
         if not self.peer.reliable:
             self._interval = self.config.t1
             self._arm("timer_e", self._interval, now)
         self._arm("timer_f", 64 * self.config.t1, now)
 
-    def arm_timer_e(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_e(self, now: float, out: list[Action], _: Any) -> None:
         self._interval = min(2 * self._interval, self.config.t2)
         self._arm("timer_e", self._interval, now)
 
-    def arm_timer_e_t2(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_e_t2(self, now: float, out: list[Action], _: Any) -> None:
         self._arm("timer_e", self.config.t2, now)
 
-    def arm_timer_k(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_k(self, now: float, out: list[Action], _: Any) -> None:
         self._disarm("timer_e", "timer_f")
         self._arm("timer_k", 0.0 if self.peer.reliable else self.config.t4, now)
 
@@ -288,19 +288,19 @@ class ServerTransaction(Transaction):
         self.request = request
         self.last_response: bytes | None = None
 
-    def receive_request(self, now: float, out: list[Send]) -> None:
+    def receive_request(self, now: float, out: list[Action]) -> None:
         self.fire(Event.REQUEST, now, out)
 
-    def send_response(self, data: bytes, status: int, now: float, out: list[Send]) -> bool:
+    def send_response(self, data: bytes, status: int, now: float, out: list[Action]) -> bool:
         event = (Event.SEND_PROVISIONAL if status < 200 else
                  Event.SEND_SUCCESS if status < 300 else Event.SEND_FAILURE)
         return self.fire(event, now, out, data)
 
-    def send(self, now: float, out: list[Send], data: Any) -> None:
+    def send(self, now: float, out: list[Action], data: Any) -> None:
         self.last_response = data
         out.append(Send(data, self.peer))
 
-    def resend_last(self, now: float, out: list[Send], _: Any) -> None:
+    def resend_last(self, now: float, out: list[Action], _: Any) -> None:
         if self.last_response is not None:
             out.append(Send(self.last_response, self.peer))
 
@@ -332,20 +332,20 @@ class ServerInvite(ServerTransaction):
 
     __slots__ = ()
 
-    def arm_timer_g(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_g(self, now: float, out: list[Action], _: Any) -> None:
         if self.peer.reliable:
             return
         self._arm("timer_g", self._interval, now)
         self._interval = min(2 * self._interval, self.config.t2)
 
-    def arm_timer_h(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_h(self, now: float, out: list[Action], _: Any) -> None:
         self._arm("timer_h", 64 * self.config.t1, now)
 
-    def arm_timer_i(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_i(self, now: float, out: list[Action], _: Any) -> None:
         self._disarm("timer_g", "timer_h")
         self._arm("timer_i", 0.0 if self.peer.reliable else self.config.t4, now)
 
-    def arm_timer_l(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_l(self, now: float, out: list[Action], _: Any) -> None:
         self._arm("timer_l", 64 * self.config.t1, now)
 
 
@@ -372,5 +372,5 @@ class ServerNonInvite(ServerTransaction):
 
     __slots__ = ()
 
-    def arm_timer_j(self, now: float, out: list[Send], _: Any) -> None:
+    def arm_timer_j(self, now: float, out: list[Action], _: Any) -> None:
         self._arm("timer_j", 0.0 if self.peer.reliable else 64 * self.config.t1, now)
