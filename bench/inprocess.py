@@ -25,7 +25,10 @@ from stirshaken_proxy.policy.inventory import Inventory, NumberBlock
 from stirshaken_proxy.sip.message import parse_message
 from stirshaken_proxy.sip.transport import Peer
 from stirshaken_proxy.stir.certs import init_dev_pki, load_private_key
+from stirshaken_proxy.stir.credentials import CredentialCache, TrustStore, build_credential
 from stirshaken_proxy.stir.passport import Signer, SigningIdentity
+from stirshaken_proxy.stir.verify import Verifier
+from stirshaken_proxy.stir.x5u import UrlPolicy
 
 INVITE = (
     b"INVITE sip:+12025550199@127.0.0.1:5060;user=phone SIP/2.0\r\n"
@@ -131,6 +134,40 @@ def bench_raw_es256(n: int) -> Callable[[], None]:
     return run
 
 
+def _verifier_with_warm_cache() -> tuple[Verifier, str, float]:
+    from tests.stir_pki import NOW, identity, make_pki, token
+
+    pki = make_pki()
+    url = "https://cert.example.org/good.pem"
+    cache = CredentialCache()
+    t = NOW.timestamp()
+    cache.put(url, build_credential(url, pki.leaves["good"].chain_pem, TrustStore([pki.root])),
+              t + 3600)
+    value = identity(token(pki.leaves["good"], url, iat=int(t)), url)
+    return Verifier(cache=cache, url_policy=UrlPolicy()), value, t
+
+
+def bench_verify_warm(n: int) -> Callable[[], None]:
+    verifier, value, t = _verifier_with_warm_cache()
+
+    def run() -> None:
+        for _ in range(n):
+            verifier.verify([value], orig="12025550100", dest="12025550199", date=None, now=t)
+    return run
+
+
+def bench_raw_es256_verify(n: int) -> Callable[[], None]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    algorithm = ec.ECDSA(hashes.SHA256())
+    signature = key.sign(b"x" * 300, algorithm)
+    public = key.public_key()
+
+    def run() -> None:
+        for _ in range(n):
+            public.verify(signature, b"x" * 300, algorithm)
+    return run
+
+
 def main() -> None:
     gc.set_threshold(50_000, 20, 100)  # as the service runs (transport.gc_threshold)
     rows = [
@@ -140,6 +177,8 @@ def main() -> None:
         ("engine: signed INVITE (parse+attest+sign+edit)",
          timeit(bench_engine_signed_invite, 20000)),
         ("raw ES256 sign (cryptography)", timeit(bench_raw_es256, 20000)),
+        ("verify Identity, warm cache (all checks)", timeit(bench_verify_warm, 5000)),
+        ("raw ES256 verify (cryptography)", timeit(bench_raw_es256_verify, 5000)),
     ]
     for name, us in rows:
         print(f"{name:45s} {us:8.2f} µs/message   {1e6 / us:10.0f} /s")  # noqa: T201

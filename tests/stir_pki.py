@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,49 +53,52 @@ class Pki:
 
 
 def _leaf(key_cn: str, *, issuer: x509.Certificate | None, issuer_key: ec.EllipticCurvePrivateKey,
-          spc: str | None = "123A", days: tuple[int, int] = (-30, 365),
+          now: dt.datetime, spc: str | None = "123A", days: tuple[int, int] = (-30, 365),
           crl_url: str | None = None, extra_chain: bytes = b"") -> Leaf:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = issue_certificate(
         subject_cn=key_cn, key=key, issuer_cert=issuer,
         issuer_key=issuer_key if issuer is not None else key, ca=False, spc=spc,
-        not_before=NOW + dt.timedelta(days=days[0]), not_after=NOW + dt.timedelta(days=days[1]),
+        not_before=now + dt.timedelta(days=days[0]), not_after=now + dt.timedelta(days=days[1]),
         crl_url=crl_url)
     return Leaf(key=key, cert=cert, chain_pem=cert.public_bytes(PEM) + extra_chain)
 
 
-def make_pki(crl_url: str | None = None) -> Pki:
+def make_pki(crl_url: str | None = None, now: dt.datetime = NOW) -> Pki:
+    """A trusted root and leaves for every case; validity is set around ``now``."""
     root_key = ec.generate_private_key(ec.SECP256R1())
     root = issue_certificate(subject_cn="Test STI-CA", key=root_key, issuer_cert=None,
                              issuer_key=root_key, ca=True, spc=None,
-                             not_before=NOW - dt.timedelta(days=400),
-                             not_after=NOW + dt.timedelta(days=4000))
+                             not_before=now - dt.timedelta(days=400),
+                             not_after=now + dt.timedelta(days=4000))
     pki = Pki(root_key=root_key, root=root)
     root_pem = root.public_bytes(PEM)
     other_key = ec.generate_private_key(ec.SECP256R1())
     other_root = issue_certificate(subject_cn="Other CA", key=other_key, issuer_cert=None,
                                    issuer_key=other_key, ca=True, spc=None,
-                                   not_before=NOW - dt.timedelta(days=400),
-                                   not_after=NOW + dt.timedelta(days=4000))
+                                   not_before=now - dt.timedelta(days=400),
+                                   not_after=now + dt.timedelta(days=4000))
     pki.leaves = {
         "good": _leaf("SHAKEN 123A", issuer=root, issuer_key=root_key, extra_chain=root_pem,
-                      crl_url=crl_url),
-        "expired": _leaf("expired", issuer=root, issuer_key=root_key, days=(-400, -1)),
-        "future": _leaf("not yet valid", issuer=root, issuer_key=root_key, days=(10, 400)),
-        "no_tnauth": _leaf("no TNAuthList", issuer=root, issuer_key=root_key, spc=None),
-        "self_signed": _leaf("self-signed", issuer=None, issuer_key=root_key),
+                      crl_url=crl_url, now=now),
+        "expired": _leaf("expired", issuer=root, issuer_key=root_key, days=(-400, -1), now=now),
+        "future": _leaf("not yet valid", issuer=root, issuer_key=root_key, days=(10, 400),
+                        now=now),
+        "no_tnauth": _leaf("no TNAuthList", issuer=root, issuer_key=root_key, spc=None,
+                           now=now),
+        "self_signed": _leaf("self-signed", issuer=None, issuer_key=root_key, now=now),
         "untrusted": _leaf("untrusted", issuer=other_root, issuer_key=other_key,
-                           extra_chain=other_root.public_bytes(PEM)),
-        "revoked": _leaf("revoked", issuer=root, issuer_key=root_key, crl_url=crl_url),
+                           extra_chain=other_root.public_bytes(PEM), now=now),
+        "revoked": _leaf("revoked", issuer=root, issuer_key=root_key, crl_url=crl_url, now=now),
     }
     revoked = pki.leaves["revoked"].cert
     pki.crl = (x509.CertificateRevocationListBuilder()
                .issuer_name(root.subject)
-               .last_update(NOW - dt.timedelta(days=1))
-               .next_update(NOW + dt.timedelta(days=30))
+               .last_update(now - dt.timedelta(days=1))
+               .next_update(now + dt.timedelta(days=30))
                .add_revoked_certificate(x509.RevokedCertificateBuilder()
                                         .serial_number(revoked.serial_number)
-                                        .revocation_date(NOW - dt.timedelta(days=1)).build())
+                                        .revocation_date(now - dt.timedelta(days=1)).build())
                .sign(root_key, hashes.SHA256()))
     return pki
 
@@ -134,11 +136,11 @@ def header(x5u: str, **over: object) -> dict[str, object]:
     return base
 
 
-def write_chain(directory: Path, name: str, leaf: Leaf) -> Path:
-    path = directory / name
-    path.write_bytes(leaf.chain_pem)
+def write_key(path: Path, leaf: Leaf) -> Path:
+    path.write_bytes(leaf.key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
     return path
 
 
-__all__ = ["NOW", "ORIGID", "Leaf", "Pki", "claims", "forge", "header", "identity", "json",
-           "make_pki", "token", "write_chain"]
+__all__ = ["NOW", "ORIGID", "Leaf", "Pki", "claims", "forge", "header", "identity",
+           "make_pki", "token", "write_key"]

@@ -38,6 +38,7 @@ def test_example_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert config.auth is not None and config.auth.accounts[0].name == "demo"
     assert config.auth.numbers[0].first == "12025550100"
     assert config.auth.numbers[0].last == "12025550199"
+    assert config.verify is not None and len(config.verify.anchors) == 1
 
 
 ERRORS = [
@@ -80,10 +81,27 @@ ERRORS = [
 ]
 
 
+ERRORS += [
+    (BASE + '[verify]\ntrust_anchors = []\n',
+     ":10: [verify] trust_anchors: needs at least one STI-CA root certificate"),
+    (BASE + '[verify]\n', ":9: [verify] trust_anchors: is required"),
+    (BASE + '[verify]\ntrust_anchors = ["nope.pem"]\n',
+     ":10: [verify] trust_anchors: nope.pem does not exist"),
+    # a private key is not a certificate
+    (BASE + '[verify]\ntrust_anchors = ["KEY"]\n', ":10: [verify] trust_anchors: "),
+    (BASE + '[verify]\ntrust_anchors = ["CA"]\non_failure = "drop"\n',
+     ':11: [verify] on_failure: must be "mark" or "reject"'),
+    (BASE + '[verify]\ntrust_anchors = ["CA"]\nallow_networks = ["127.0.0.1/40"]\n',
+     ":11: [verify] allow_networks: '127.0.0.1/40' is not an IP address or CIDR"),
+    (BASE + '[verify]\ntrust_anchors = ["CA"]\nallowed_ports = [0]\n',
+     ":11: [verify] allowed_ports: must be port numbers"),
+]
+
+
 @pytest.mark.parametrize(("text", "message"), ERRORS)
 def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
     pki = init_dev_pki(tmp_path / "keys", spc="1")
-    path = write(tmp_path, text.replace("KEY", str(pki.key)))
+    path = write(tmp_path, text.replace("KEY", str(pki.key)).replace("CA", str(pki.ca_cert)))
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(str(path)), info.value

@@ -8,11 +8,12 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from .config import Config
+from .config import Config, VerifyConfig
 from .engine.inbound import InboundVerifier
 from .engine.outbound import OutboundAuthenticator
 from .engine.proxy import CARRIER, DIALER, ProxyEngine, RequestHook
@@ -169,19 +170,11 @@ class Application:
     def _start_verify(self) -> None:
         vc = self.config.verify
         assert vc is not None
-        cache = CredentialCache(max_entries=vc.cache_entries)
-        trust = TrustStore(list(vc.anchors), list(vc.crls))
-        verifier = Verifier(cache=cache, url_policy=vc.url_policy, window=vc.freshness,
-                            country_code=vc.policy.country_code)
+        verifier, self.fetcher = build_verification(vc, on_done=self._credential_ready,
+                                                    counters=self.counters)
         self.inbound = InboundVerifier(verifier=verifier, policy=vc.policy,
                                        stats=self.engine.stats)
         self.engine.request_hooks.append(self.inbound)
-        ssl_context = ssl.create_default_context()
-        if vc.tls_ca_file is not None:
-            ssl_context.load_verify_locations(cafile=str(vc.tls_ca_file))
-        self.fetcher = Fetcher(policy=vc.url_policy, crl_policy=vc.crl_policy, cache=cache,
-                               trust=trust, config=vc.fetch, ssl_context=ssl_context,
-                               on_done=self._credential_ready, counters=self.counters)
         self.readiness_checks["trust_anchors"] = lambda: bool(vc.anchors)
         log.info("verifying inbound calls against %d trust anchors", len(vc.anchors))
 
@@ -276,6 +269,22 @@ class Application:
             actions = []
         self._execute(actions)
         self._arm_timer()
+
+
+def build_verification(vc: VerifyConfig, *, on_done: Callable[[str], None],
+                       counters: dict[str, int]) -> tuple[Verifier, Fetcher]:
+    """The verifier and the fetcher that fills its credential cache (service and CLI)."""
+    cache = CredentialCache(max_entries=vc.cache_entries)
+    trust = TrustStore(list(vc.anchors), list(vc.crls))
+    verifier = Verifier(cache=cache, url_policy=vc.url_policy, window=vc.freshness,
+                        country_code=vc.policy.country_code)
+    ssl_context = ssl.create_default_context()
+    if vc.tls_ca_file is not None:
+        ssl_context.load_verify_locations(cafile=str(vc.tls_ca_file))
+    fetcher = Fetcher(policy=vc.url_policy, crl_policy=vc.crl_policy, cache=cache, trust=trust,
+                      config=vc.fetch, ssl_context=ssl_context, on_done=on_done,
+                      counters=counters)
+    return verifier, fetcher
 
 
 def run_app(config: Config) -> None:

@@ -11,6 +11,7 @@ from .config import AuthConfig, Config, ConfigError, load_config
 from .store.sqlite import NumberStore
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_DATA = 4
@@ -47,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     rm = num_sub.add_parser("remove", help="remove a number or range (ranges are split)")
     rm.add_argument("--config", required=True)
     rm.add_argument("tn", help="a number or FIRST..LAST")
+
+    ver = sub.add_parser("verify", help="verify an Identity header and show every check")
+    ver.add_argument("--config", required=True, help="uses its [verify] trust anchors and policy")
+    ver.add_argument("--identity", required=True,
+                     help="the Identity header value (token;info=<...>;alg=ES256;ppt=shaken), "
+                          "or @FILE to read it from a file")
+    ver.add_argument("--from", dest="orig", required=True, help="the calling number")
+    ver.add_argument("--to", dest="dest", required=True, help="the called number")
+    ver.add_argument("--at", type=float, help="verify as of this Unix time (default: now)")
     return parser
 
 
@@ -137,8 +147,59 @@ def cmd_numbers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from .app import build_verification
+    from .sip.numbers import canonical_digits
+
+    config = load_config(args.config)
+    if config.verify is None:
+        raise ConfigError(f"{config.path}: no [verify] section (trust anchors, policy)")
+    identity = args.identity
+    if identity.startswith("@"):
+        identity = Path(identity[1:]).read_text().strip()
+    if identity.lower().startswith("identity:"):
+        identity = identity.split(":", 1)[1].strip()
+    cc = config.verify.policy.country_code
+    orig = canonical_digits(args.orig, country_code=cc)
+    dest = canonical_digits(args.dest, country_code=cc)
+    now = args.at if args.at is not None else time.time()
+
+    async def run() -> int:
+        done: list[str] = []
+        assert config.verify is not None
+        verifier, fetcher = build_verification(config.verify, on_done=done.append, counters={})
+        try:
+            verdict = verifier.verify([identity], orig=orig, dest=dest, date=None, now=now)
+            for url in verdict.pending:
+                sys.stdout.write(f"fetching {url}\n")
+                fetcher.request(url)
+            while len(done) < len(verdict.pending):
+                await asyncio.sleep(0.02)
+            if verdict.pending:
+                verdict = verifier.verify([identity], orig=orig, dest=dest, date=None, now=now)
+        finally:
+            await fetcher.close()
+        for n, result in enumerate(verdict.results, 1):
+            sys.stdout.write(f"Identity #{n} (ppt {result.ppt or '?'})\n")
+            for check in result.checks:
+                mark = "ok  " if check.ok else "FAIL"
+                sys.stdout.write(f"  {mark}  {check.name:<11s} {check.detail}\n")
+        outcome = verdict.verstat.value
+        if verdict.code is not None:
+            outcome += f" ({verdict.code} {verdict.phrase}: {verdict.reason})"
+        elif verdict.attest:
+            outcome += f" (attestation {verdict.attest})"
+        sys.stdout.write(f"verdict: {outcome}\n")
+        return EXIT_OK if verdict.code is None else EXIT_FAILED
+
+    return asyncio.run(run())
+
+
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "keys": cmd_keys,
-            "numbers": cmd_numbers}
+            "numbers": cmd_numbers, "verify": cmd_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

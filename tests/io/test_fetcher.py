@@ -1,0 +1,139 @@
+"""x5u fetching against a real HTTPS server on 127.0.0.1: policy, guard, bounds, caching, CRLs."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stirshaken_proxy.io.fetcher import FetchConfig, Fetcher, cache_age
+from stirshaken_proxy.stir.credentials import Credential, CredentialCache, FetchFailure, TrustStore
+from stirshaken_proxy.stir.x5u import UrlPolicy
+from tests.https_server import CertServer, Route
+from tests.stir_pki import Pki, make_pki
+from tests.support import free_port
+
+LOOPBACK = ("127.0.0.1/32",)
+
+
+def fetch(server: CertServer, pki: Pki, urls: list[str], *, allow: tuple[str, ...] = LOOPBACK,
+          extra_port: int | None = None) -> tuple[CredentialCache, dict[str, int], list[str]]:
+    """Ask a Fetcher for ``urls`` (each twice) and wait until every fetch has finished."""
+    async def go() -> tuple[CredentialCache, dict[str, int], list[str]]:
+        cache = CredentialCache()
+        counters: dict[str, int] = {}
+        done: list[str] = []
+        ports = (443, 8443, server.port) + ((extra_port,) if extra_port else ())
+        ctx = ssl.create_default_context()
+        assert server.ca_file is not None
+        ctx.load_verify_locations(cafile=str(server.ca_file))
+        fetcher = Fetcher(policy=UrlPolicy(ports=ports, allow_networks=allow),
+                          crl_policy=UrlPolicy(ports=ports, allow_networks=allow,
+                                               allow_http=True),
+                          cache=cache, trust=TrustStore([pki.root]),
+                          config=FetchConfig(timeout=0.5, max_bytes=64 * 1024),
+                          ssl_context=ctx, on_done=done.append, counters=counters)
+        for url in urls:
+            fetcher.request(url)
+            fetcher.request(url)  # asked again while in flight: nothing new starts
+        for _ in range(250):
+            if len(done) >= len(set(urls)):
+                break
+            await asyncio.sleep(0.02)
+        await fetcher.close()
+        return cache, counters, done
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[CertServer, Pki]]:
+    with CertServer(tmp_path, {}) as server:
+        pki = make_pki(crl_url=server.url("/crl.pem"))
+        server.routes.update({
+            "/good.pem": Route(pki.leaves["good"].chain_pem,
+                               headers=(("Cache-Control", "max-age=600"),)),
+            "/revoked.pem": Route(pki.leaves["revoked"].chain_pem),
+            "/crl.pem": Route(pki.crl_pem),
+            "/garbage.pem": Route(b"\x00\x01 not a certificate"),
+            "/huge.pem": Route(b"x" * 200_000),
+            "/slow.pem": Route(pki.leaves["good"].chain_pem, delay=2.0),
+            "/redirect.pem": Route(b"", status=302, headers=(("Location", "/good.pem"),)),
+        })
+        yield server, pki
+
+
+def test_good_chain_is_fetched_once_and_cached_for_its_max_age(
+        served: tuple[CertServer, Pki]) -> None:
+    server, pki = served
+    url = server.url("/good.pem")
+    t0 = time.time()
+    cache, counters, done = fetch(server, pki, [url])
+    assert done == [url]
+    assert server.requests.count("/good.pem") == 1
+    cred = cache.get(url, t0)
+    assert isinstance(cred, Credential) and cred.error is None and cred.spcs == ("123A",)
+    assert cache.get(url, t0 + 590) is not None and cache.get(url, t0 + 700) is None
+    assert counters["x5u_fetches"] == 1
+
+
+def test_crl_distribution_point_revokes(served: tuple[CertServer, Pki]) -> None:
+    server, pki = served
+    url = server.url("/revoked.pem")
+    cache, counters, _ = fetch(server, pki, [url])
+    cred = cache.get(url, time.time())
+    assert isinstance(cred, Credential) and cred.error == "certificate is revoked (CRL)"
+    assert "/crl.pem" in server.requests and counters["crl_fetches"] == 1
+
+
+@pytest.mark.parametrize(("path", "host", "allow", "reason"), [
+    ("/missing.pem", "127.0.0.1", LOOPBACK, "HTTP 404"),
+    ("/huge.pem", "127.0.0.1", LOOPBACK, "exceeds 65536"),
+    ("/slow.pem", "127.0.0.1", LOOPBACK, "timed out"),
+    ("/redirect.pem", "127.0.0.1", LOOPBACK, "HTTP 302"),  # redirects would dodge the guard
+    ("/good.pem", "127.0.0.2", LOOPBACK, "address 127.0.0.2 is not allowed"),
+    ("/good.pem", "localhost", (), "not allowed"),  # a name resolving to loopback
+])
+def test_fetch_failures(served: tuple[CertServer, Pki], path: str, host: str,
+                        allow: tuple[str, ...], reason: str) -> None:
+    server, pki = served
+    url = server.url(path, host)
+    cache, counters, done = fetch(server, pki, [url], allow=allow)
+    entry = cache.get(url, time.time())
+    assert done == [url]
+    assert isinstance(entry, FetchFailure), entry
+    assert reason in entry.reason, entry.reason
+    assert counters["x5u_fetch_failures"] == 1
+    if host != "127.0.0.1":
+        assert server.requests == []  # refused before any connection was made
+
+
+def test_garbage_is_an_unusable_credential(served: tuple[CertServer, Pki]) -> None:
+    server, pki = served
+    url = server.url("/garbage.pem")
+    cache, _, _ = fetch(server, pki, [url])
+    entry = cache.get(url, time.time())
+    assert isinstance(entry, Credential) and entry.error is not None
+
+
+def test_unreachable(served: tuple[CertServer, Pki]) -> None:
+    server, pki = served
+    port = free_port()  # nothing listens there
+    url = f"https://127.0.0.1:{port}/good.pem"
+    cache, _, _ = fetch(server, pki, [url], extra_port=port)
+    assert isinstance(cache.get(url, time.time()), FetchFailure)
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"Cache-Control": "max-age=120"}, 120.0),
+    ({"Cache-Control": "public, max-age=999999"}, 86400.0),  # capped at 24 h
+    ({"Cache-Control": "no-store"}, 30.0),
+    ({"Expires": "Thu, 01 Jan 1970 00:10:00 GMT"}, 600.0),
+    ({}, 3600.0),
+])
+def test_cache_age(headers: dict[str, str], expected: float) -> None:
+    assert cache_age(headers, 0.0, FetchConfig()) == expected
