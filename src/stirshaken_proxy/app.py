@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
 
 from .config import Config, VerifyConfig
 from .engine.inbound import InboundVerifier
@@ -20,6 +21,7 @@ from .engine.proxy import CARRIER, DIALER, ProxyEngine, RequestHook
 from .engine.sources import SourceFilter
 from .io.admin import AdminServer
 from .io.fetcher import Fetcher
+from .io.metrics import exposition, make_registry
 from .io.transports import TcpConnection, TcpManager, UdpEndpoint
 from .policy.accounts import AccountDirectory
 from .sip.transport import Action, Fetch, Peer, Send
@@ -53,6 +55,8 @@ class Application:
         self._refresh: asyncio.Task[None] | None = None
         self.fetcher: Fetcher | None = None
         self.inbound: InboundVerifier | None = None
+        self.certificate_expiry: dict[str, float] = {}  # signing identity -> notAfter
+        self.registry = make_registry(self)
 
     # -- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
@@ -83,6 +87,7 @@ class Application:
             self.admin = AdminServer(self.config.admin.host, self.config.admin.port,
                                      readiness=self.readiness)
             self._add_certificate_routes(self.admin)
+            self.admin.add_route("/metrics", self._metrics)
             await self.admin.start()
         self._housekeeping = loop.create_task(self._housekeep())
         # Transactions live for 32 s (Timers J, L, M): with the default thresholds the cyclic
@@ -155,7 +160,11 @@ class Application:
                    for s in ac.signing}
         self.auth = OutboundAuthenticator(directory=directory, signers=signers,
                                           inventory=inventory, policy=ac.policy,
-                                          stats=self.engine.stats)
+                                          stats=self.engine.stats, clock=time.perf_counter)
+        for s in ac.signing:
+            if s.certificate is not None:
+                cert = x509.load_pem_x509_certificate(s.certificate.read_bytes())
+                self.certificate_expiry[s.name] = cert.not_valid_after_utc.timestamp()
         self.engine.request_hooks.append(self.auth)
         # Traffic from an account's sources is admitted on the dialer side.
         dialer = self.config.engine.dialer
@@ -173,7 +182,7 @@ class Application:
         verifier, self.fetcher = build_verification(vc, on_done=self._credential_ready,
                                                     counters=self.counters)
         self.inbound = InboundVerifier(verifier=verifier, policy=vc.policy,
-                                       stats=self.engine.stats)
+                                       stats=self.engine.stats, clock=time.perf_counter)
         self.engine.request_hooks.append(self.inbound)
         self.readiness_checks["trust_anchors"] = lambda: bool(vc.anchors)
         log.info("verifying inbound calls against %d trust anchors", len(vc.anchors))
@@ -200,6 +209,11 @@ class Application:
                 if self._store_ok:
                     log.warning("number store unreachable, serving the last inventory: %s", exc)
                 self._store_ok = False
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=exposition(self.registry),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
 
     def _add_certificate_routes(self, admin: AdminServer) -> None:
         """The development certificate repository: each chain at its serve_path."""

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 
 from stirshaken_proxy.engine.inbound import InboundVerifier, VerifyPolicy
+from stirshaken_proxy.engine.stats import Stats
 from stirshaken_proxy.sip.message import parse_message
 from stirshaken_proxy.sip.transport import Fetch, Peer, Send
 from stirshaken_proxy.stir.credentials import CredentialCache, TrustStore, build_credential
@@ -111,6 +110,6 @@ def test_parked_requests_are_bounded(pki: Pki) -> None:
 
 def test_counted(pki: Pki) -> None:
     e, _ = setup()
-    stats: Counter[str] = e.stats
+    stats: Stats = e.stats
     e.receive(invite("garbage"), CARRIER, T)
-    assert stats["verify_failed_438"] == 1 and stats["verified_TN-Validation-Failed"] == 1
+    assert stats[("verifications", "TN-Validation-Failed", "438")] == 1

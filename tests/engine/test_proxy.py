@@ -229,7 +229,7 @@ def test_overload_answers_503_with_retry_after() -> None:
         e.receive(invite(f"z9hG4bKo{i}", call_id=b"c%d" % i), UAC, 0.0)
     (r,) = e.receive(invite("z9hG4bKo9", call_id=b"c9"), UAC, 0.0)
     assert r.data.startswith(b"SIP/2.0 503 Service Unavailable") and b"Retry-After: 5" in r.data
-    assert e.stats["overload_503"] == 1
+    assert e.stats[("sip_overload_responses",)] == 1
 
 
 def test_hook_can_reject_and_edit() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..sip.errors import SipError
@@ -20,6 +20,7 @@ from ..sip.uri import parse_name_addr
 from ..stir.verify import Verdict, Verifier, Verstat
 from .outbound import parse_date
 from .proxy import CARRIER, Defer, Rejection
+from .stats import LatencyHistogram, Stats
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,11 @@ def reason_header(code: int, phrase: str) -> bytes:
 class InboundVerifier:
     """A RequestHook (see engine.proxy) that verifies initial INVITEs from the carrier."""
 
-    def __init__(self, *, verifier: Verifier, policy: VerifyPolicy, stats: Counter[str]) -> None:
+    def __init__(self, *, verifier: Verifier, policy: VerifyPolicy, stats: Stats,
+                 clock: Callable[[], float] | None = None) -> None:
         self.verifier = verifier
+        self.clock = clock  # a performance clock for the verify-latency histogram
+        self.verify_latency = LatencyHistogram()
         self.policy = policy
         self.stats = stats
         self.last_verdict: Verdict | None = None
@@ -53,13 +57,16 @@ class InboundVerifier:
             return None
         cc = self.policy.country_code
         date_text = msg.get("date")
+        started = self.clock() if self.clock is not None else 0.0
         verdict = self.verifier.verify(
             msg.get_all("identity"), orig=self._orig(msg),
             dest=canonical_tn(msg.uri, country_code=cc) or self._to(msg),
             date=parse_date(date_text) if date_text else None, now=now)
         if verdict.pending:
-            self.stats["verify_waiting_for_credential"] += 1
+            self.stats[("verify_waits",)] += 1
             return Defer(urls=verdict.pending)
+        if self.clock is not None:
+            self.verify_latency.observe(self.clock() - started)
         self.last_verdict = verdict
         self._count(verdict)
         if (verdict.verstat is Verstat.FAILED and self.policy.on_failure == "reject") or (
@@ -95,9 +102,8 @@ class InboundVerifier:
             return None
 
     def _count(self, verdict: Verdict) -> None:
-        self.stats[f"verified_{verdict.verstat.value}"] += 1
-        if verdict.code is not None:
-            self.stats[f"verify_failed_{verdict.code}"] += 1
+        self.stats[("verifications", verdict.verstat.value,
+                    str(verdict.code) if verdict.code is not None else "")] += 1
         if verdict.verstat is not Verstat.PASSED and log.isEnabledFor(logging.INFO):
             log.info("verification %s: %s", verdict.verstat.value, verdict.reason,
                      extra={"verdict": verdict.verstat.value, "reason": verdict.reason})

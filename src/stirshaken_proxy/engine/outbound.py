@@ -11,7 +11,7 @@ import calendar
 import logging
 import re
 import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..policy.accounts import AccountDirectory
@@ -24,6 +24,7 @@ from ..sip.transport import Peer
 from ..sip.uri import parse_name_addr
 from ..stir.passport import Signer
 from .proxy import DIALER, Rejection
+from .stats import LatencyHistogram, Stats
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,12 @@ class OutboundAuthenticator:
     """A RequestHook (see engine.proxy) that signs initial INVITEs from the dialer side."""
 
     def __init__(self, *, directory: AccountDirectory, signers: dict[str, Signer],
-                 inventory: Inventory, policy: AuthPolicy, stats: Counter[str]) -> None:
+                 inventory: Inventory, policy: AuthPolicy, stats: Stats,
+                 clock: Callable[[], float] | None = None) -> None:
         self.directory = directory
+        # A performance clock for the sign-latency histogram, given by the I/O layer.
+        self.clock = clock
+        self.sign_latency = LatencyHistogram()
         self.signers = signers
         self.inventory = inventory
         self.policy = policy
@@ -80,7 +85,7 @@ class OutboundAuthenticator:
             return None
         if msg.has("identity"):
             # A customer never gets to place its own PASSporT on our trunk.
-            self.stats["identity_removed_from_dialer"] += msg.remove_all("identity")
+            self.stats[("identity_removed",)] += msg.remove_all("identity")
         if msg.method != "INVITE" or "tag=" in (msg.get("to") or ""):
             return None  # SHAKEN signs initial INVITEs only
         account = self.directory.by_source(source.host)
@@ -100,10 +105,10 @@ class OutboundAuthenticator:
         if date_text is not None:
             date = parse_date(date_text)
             if date is None:
-                self.stats["sign_refused_bad_date"] += 1
+                self.stats[("sign_refused", "bad_date")] += 1
                 return Rejection(status=400, reason="Bad Request (Date)")
             if abs(date - now) > self.policy.max_date_skew:
-                self.stats["sign_refused_stale_date"] += 1
+                self.stats[("sign_refused", "stale_date")] += 1
                 return Rejection(status=403, reason="Stale Date")
             iat = date  # RFC 8224 §4.1: iat carries the Date value
         else:
@@ -111,10 +116,14 @@ class OutboundAuthenticator:
             msg.append_header(self._date_line(iat))
         decision = decide(account, orig, self.inventory)
         signer = self.signers[account.signing]
+        started = self.clock() if self.clock is not None else 0.0
         token = signer.sign(attest=decision.level, orig=orig, dest=[dest], iat=iat,
                             origid=account.origid)
+        if self.clock is not None:
+            self.sign_latency.observe(self.clock() - started)
         msg.append_header(signer.identity_header(token))
-        self.stats[f"signed_{decision.level.value}_{decision.reason.value}"] += 1
+        self.stats[("calls_signed", account.name, decision.level.value,
+                    decision.reason.value)] += 1
         self.last_decision = decision
         if log.isEnabledFor(logging.DEBUG):
             log.debug("signed %s %s->%s attest %s (%s)", msg.call_id, orig, dest,
@@ -139,7 +148,7 @@ class OutboundAuthenticator:
         return canonical_tn(parse_name_addr(from_value).uri, country_code=cc)
 
     def _unsigned(self, msg: SipMessage, reason: str) -> Rejection | None:
-        self.stats[f"unsigned_{reason}"] += 1
+        self.stats[("calls_unsigned", reason)] += 1
         if self.policy.unsigned_calls == "reject":
             if reason == "no_calling_number":
                 return Rejection(status=433, reason="Anonymity Disallowed")

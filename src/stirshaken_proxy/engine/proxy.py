@@ -31,6 +31,7 @@ from ..transaction import (
 )
 from ..transaction.machine import ClientTransaction, Event, ServerTransaction
 from .sources import SourceFilter
+from .stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class ProxyEngine:
         self.timers = TimerHeap()
         self.server_txns: dict[tuple[object, ...], ServerTransaction] = {}
         self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
-        self.stats: Counter[str] = Counter()
+        self.stats: Stats = Counter()
         # Hooks run in order on each new request; the first decision that is not None wins.
         self.request_hooks: list[RequestHook] = list(request_hooks)
         self._filters = {
@@ -199,10 +200,10 @@ class ProxyEngine:
             return out
         try:
             if msg.is_request:
-                self.stats[f"requests_{source.side}_{msg.method}"] += 1
+                self.stats[("sip_requests", source.side, msg.method)] += 1
                 self._on_request(msg, source, now, out)
             else:
-                self.stats[f"responses_{source.side}_{msg.status}"] += 1
+                self.stats[("sip_responses", source.side, str(msg.status))] += 1
                 self._on_response(msg, source, now, out)
         except SipError as exc:
             # Semantic errors found past parsing (a malformed Route, …).
@@ -226,14 +227,14 @@ class ProxyEngine:
 
     # -- errors ---------------------------------------------------------------------------
     def _bad_message(self, exc: SipError, source: Peer, out: list[Action]) -> None:
-        self.stats["malformed"] += 1
+        self.stats[("sip_malformed",)] += 1
         msg: SipMessage | None = exc.message
         log.debug("malformed message from %s:%d: %s", source.host, source.port, exc.detail)
         if exc.status is None or msg is None or not msg.is_request or msg.method == "ACK":
-            self.stats["dropped"] += 1
+            self.stats[("sip_dropped", "unanswerable")] += 1
             return
         if not msg.has("via") or not msg.has("cseq"):
-            self.stats["dropped"] += 1  # no response can be addressed (RFC 4475 §3.3.1)
+            self.stats[("sip_dropped", "no_via_or_cseq")] += 1  # RFC 4475 §3.3.1
             return
         out.append(Send(make_response(msg, exc.status, to_tag=self._tag,
                                       extra=(self._server_header,)), source))
@@ -250,7 +251,7 @@ class ProxyEngine:
     def _on_request(self, msg: SipMessage, source: Peer, now: float, out: list[Action]) -> None:
         method = msg.method
         if not self._filters[source.side].allows(source.host):
-            self.stats[f"refused_source_{source.side}"] += 1
+            self.stats[("sip_refused_sources", source.side)] += 1
             if method != "ACK":
                 out.append(Send(self._respond(msg, 403, "Forbidden"), source))
             return
@@ -264,12 +265,12 @@ class ProxyEngine:
         key = self._server_key(msg, method)
         txn = self.server_txns.get(key)
         if txn is not None:
-            self.stats["retransmissions_absorbed"] += 1
+            self.stats[("sip_retransmissions_absorbed",)] += 1
             txn.receive_request(now, out)
             return
         if len(self.server_txns) >= self.config.max_transactions or (
                 self.draining and "tag=" not in (msg.get("to") or "")):
-            self.stats["overload_503"] += 1
+            self.stats[("sip_overload_responses",)] += 1
             out.append(Send(self._respond(
                 msg, 503, extra=(b"Retry-After: %d\r\n" % self.config.retry_after,)), source))
             return
@@ -289,7 +290,7 @@ class ProxyEngine:
         decision = self._check(msg, source, now)
         if isinstance(decision, Defer):
             if self._parked >= self.config.max_parked:
-                self.stats["overload_503"] += 1
+                self.stats[("sip_overload_responses",)] += 1
                 data = self._respond(msg, 503, extra=(
                     b"Retry-After: %d\r\n" % self.config.retry_after,))
                 txn.send_response(data, 503, now, out)
@@ -305,7 +306,7 @@ class ProxyEngine:
                     waiting.append(parked)
             return
         if decision is not None:
-            self.stats[f"rejected_{decision.status}"] += 1
+            self.stats[("sip_rejected", str(decision.status))] += 1
             data = self._respond(msg, decision.status, decision.reason, extra=decision.headers)
             txn.send_response(data, decision.status, now, out)
             return
@@ -429,12 +430,12 @@ class ProxyEngine:
         client.context = ctx
         ctx.client = client
         self.client_txns[key] = client
-        self.stats[f"forwarded_{dest.side}_{msg.method}"] += 1
+        self.stats[("sip_forwarded", dest.side, msg.method)] += 1
         client.start(now, out)  # type: ignore[attr-defined]
 
     def _forward_stateless(self, msg: SipMessage, source: Peer, out: list[Action]) -> None:
         _, dest = self._prepare_forward(msg, source, self._new_branch())
-        self.stats[f"forwarded_{dest.side}_{msg.method}"] += 1
+        self.stats[("sip_forwarded", dest.side, msg.method)] += 1
         out.append(Send(msg.serialize(), dest))
 
     def _on_cancel(self, msg: SipMessage, txn: ServerTransaction, now: float,
@@ -473,7 +474,7 @@ class ProxyEngine:
                                  config=self.config.timers, request=data)
         cancel.context = _Context("cancel", None)
         self.client_txns[cancel.key] = cancel
-        self.stats["cancel_sent"] += 1
+        self.stats[("sip_cancels_sent",)] += 1
         cancel.start(now, out)
 
     # -- responses ------------------------------------------------------------------------
@@ -491,11 +492,11 @@ class ProxyEngine:
         vias = msg.vias()
         top = vias[0]
         if (top.host, top.port or 5060) not in self._local or len(vias) < 2:
-            self.stats["responses_dropped"] += 1
+            self.stats[("sip_dropped", "response_unmatched")] += 1
             return
         addr = vias[1].response_address()
         if addr is None:
-            self.stats["responses_dropped"] += 1
+            self.stats[("sip_dropped", "response_unmatched")] += 1
             return
         self._strip_top_via(msg)
         side = CARRIER if top.port == self.sides[CARRIER].advertise_port else DIALER
@@ -531,7 +532,7 @@ class ProxyEngine:
         server.send_response(msg.serialize(), status, now, out)
 
     def on_timeout(self, txn: Transaction, now: float, out: list[Action]) -> None:
-        self.stats["transaction_timeouts"] += 1
+        self.stats[("sip_transaction_timeouts",)] += 1
         if not isinstance(txn, ClientTransaction):
             return
         ctx: _Context = txn.context
@@ -545,7 +546,7 @@ class ProxyEngine:
         """§16.8: Timer C fired. CANCEL the branch; if it still has no final answer when
         Timer C fires again, give up on it and answer 408 upstream."""
         ctx: _Context = txn.context
-        self.stats["timer_c_fired"] += 1
+        self.stats[("sip_timer_c",)] += 1
         if ctx.provisional and not ctx.timer_c_fired:
             ctx.timer_c_fired = True
             self._send_cancel(ctx, now, out)

@@ -29,6 +29,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography import x509
 
+from ..engine.stats import LatencyHistogram
 from ..stir.credentials import CredentialCache, FetchFailure, TrustStore, build_credential
 from ..stir.x5u import UrlPolicy
 
@@ -117,7 +118,7 @@ class Fetcher:
         self._sem = asyncio.Semaphore(config.max_in_flight)
         self._session: aiohttp.ClientSession | None = None
         self._crl_session: aiohttp.ClientSession | None = None
-        self.latencies: list[float] = []  # recent fetch durations, for metrics
+        self.latency = LatencyHistogram((0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
@@ -189,8 +190,7 @@ class Fetcher:
                            now + self.config.negative_age)
             return
         self._count("x5u_fetches")
-        self.latencies.append(time.monotonic() - started)
-        del self.latencies[:-1000]
+        self.latency.observe(time.monotonic() - started)
         credential = build_credential(url, body, self.trust)
         if credential.error is None and credential.crl_urls:
             if await self._refresh_crls(credential.crl_urls):
