@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 from cryptography import x509
 
-from .config import Config, VerifyConfig
+from .config import Config, ConfigError, VerifyConfig, load_config
 from .engine.inbound import InboundVerifier
 from .engine.outbound import OutboundAuthenticator
 from .engine.proxy import CARRIER, DIALER, ProxyEngine, RequestHook
@@ -56,11 +59,13 @@ class Application:
         self.fetcher: Fetcher | None = None
         self.inbound: InboundVerifier | None = None
         self.certificate_expiry: dict[str, float] = {}  # signing identity -> notAfter
+        self._reloading: asyncio.Task[None] | None = None
         self.registry = make_registry(self)
 
     # -- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._resolve_next_hops()
         if self.config.auth is not None:
             await self._start_auth()
         if self.config.verify is not None:
@@ -100,6 +105,28 @@ class Application:
         log.info("listening: dialer %s:%d, carrier %s:%d (udp%s)", ec.dialer.host, ec.dialer.port,
                  ec.carrier.host, ec.carrier.port, "+tcp" if tc.tcp else "")
 
+    async def _resolve_next_hops(self) -> None:
+        """Next hops may be host names: resolve them once, at start (never per message)."""
+        ec = self.config.engine
+        sides = {}
+        for side in (ec.dialer, ec.carrier):
+            try:
+                ipaddress.ip_address(side.next_hop_host)
+                sides[side.name] = side
+                continue
+            except ValueError:
+                pass
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                side.next_hop_host, side.next_hop_port, type=socket.SOCK_DGRAM)
+            if not infos:
+                raise ConfigError(f"[{side.name}] next_hop {side.next_hop_host} does not resolve")
+            sides[side.name] = replace(side, next_hop_host=str(infos[0][4][0]))
+        if sides[DIALER] is not ec.dialer or sides[CARRIER] is not ec.carrier:
+            engine_config = replace(ec, dialer=sides[DIALER], carrier=sides[CARRIER])
+            self.config = replace(self.config, engine=engine_config)
+            self.engine = ProxyEngine(engine_config, request_hooks=tuple(
+                self.engine.request_hooks))
+
     def readiness(self) -> dict[str, bool]:
         checks = {"listeners": self._ready and len(self.udp) == 2}
         for name, check in self.readiness_checks.items():
@@ -110,15 +137,65 @@ class Application:
         self._stop.set()
 
     async def run(self) -> None:
-        """Run until SIGTERM/SIGINT, then drain and stop."""
+        """Run until SIGTERM/SIGINT, then drain and stop. SIGHUP reloads the configuration."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
         await self.start()
         try:
             await self._stop.wait()
         finally:
             await self.stop()
+
+    def _schedule_reload(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> None:
+        """Re-read the configuration file and apply it without dropping calls: accounts,
+        signing identities, the inventory, verification policy and trust, limits and timers
+        take effect for new requests; transactions in flight carry on. Listener addresses
+        and next hops need a restart (logged)."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        old = self.config
+        ec, nec = old.engine, new.engine
+        for side, nside in ((ec.dialer, nec.dialer), (ec.carrier, nec.carrier)):
+            if (side.host, side.port, side.next_hop_host, side.next_hop_port,
+                    side.next_hop_transport) != (nside.host, nside.port, nside.next_hop_host,
+                                                 nside.next_hop_port, nside.next_hop_transport):
+                log.warning("[%s] listen/next_hop changes need a restart; kept as running",
+                            side.name)
+        self.config = new
+        self.engine.config = replace(nec, dialer=ec.dialer, carrier=ec.carrier)
+        self.engine.set_source_filter(CARRIER, SourceFilter(
+            nec.carrier.allowed_sources, allow_any=nec.carrier.allow_any_source))
+        self.engine.set_source_filter(DIALER, SourceFilter(
+            nec.dialer.allowed_sources, allow_any=nec.dialer.allow_any_source))
+        for task in (self._refresh,):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.fetcher is not None:
+            await self.fetcher.close()
+            self.fetcher = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.engine.request_hooks.clear()
+        self.auth = self.inbound = None
+        self.certificate_expiry.clear()
+        self.readiness_checks.clear()
+        if new.auth is not None:
+            await self._start_auth()
+        if new.verify is not None:
+            self._start_verify()
+        logging.getLogger().setLevel(new.log.level.upper())
+        log.info("configuration reloaded from %s", new.path)
 
     async def stop(self) -> None:
         self._ready = False

@@ -38,10 +38,15 @@ class ServiceCollector(Collector):
         families: dict[str, CounterMetricFamily] = {}
         for name, (doc, labels) in CATALOGUE.items():
             families[name] = CounterMetricFamily(PREFIX + name, doc, labels=list(labels))
+        seen: set[str] = set()
         for key, value in list(engine.stats.items()):
             family = families.get(key[0])
             if family is not None:
                 family.add_metric(list(key[1:]), value)
+                seen.add(key[0])
+        for name, (_, labels) in CATALOGUE.items():
+            if not labels and name not in seen:
+                families[name].add_metric([], 0)  # a counter with no labels exists from start
         yield from families.values()
         io = CounterMetricFamily(PREFIX + "io_events", "Transport and fetch events",
                                  labels=["event"])

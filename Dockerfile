@@ -1,0 +1,19 @@
+# stirshaken-proxy: slim, non-root, with a health check on the admin server.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim
+COPY --from=build /install /usr/local
+RUN useradd --system --uid 10001 --home-dir /var/lib/stirshaken --create-home stirshaken
+COPY config/example.toml /etc/stirshaken/proxy.toml
+COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+USER stirshaken
+WORKDIR /var/lib/stirshaken
+EXPOSE 5060/udp 5060/tcp 5062/udp 5062/tcp 8080/tcp
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["run", "--config", "/etc/stirshaken/proxy.toml"]
