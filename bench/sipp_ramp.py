@@ -47,7 +47,8 @@ def ramp(rates: list[int], seconds: int, hold_ms: int, *, sign: bool = False,
             assert svc.proc is not None
             for rate in rates:
                 calls = rate * seconds
-                with SippUas("uas.xml", ports.carrier_next_hop, work):
+                with SippUas("uas.xml", ports.carrier_next_hop, work,
+                             time_limit=seconds * 4 + 60, trace_messages=False):
                     before = cpu_seconds(svc.proc.pid)
                     result = run_uac(scenario, ports.dialer, free_port(), work, calls=calls,
                                      rate=rate, hold_ms=hold_ms, caller=caller,

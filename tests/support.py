@@ -87,7 +87,7 @@ numbers = {numbers}
 
 def write_config(path: Path, ports: Ports, *, extra: str = "", carrier_transport: str = "udp",
                  dialer_transport: str = "udp", dialer_sources: str = '["127.0.0.1/32"]',
-                 sip: str = "") -> Path:
+                 sip: str = "", transport: str = "") -> Path:
     path.write_text(f"""
 [dialer]
 listen = "{HOST}:{ports.dialer}"
@@ -106,6 +106,7 @@ allow_any_source = true
 
 [transport]
 shutdown_grace = 1.0
+{transport}
 
 [admin]
 listen = "{HOST}:{ports.admin}"
@@ -130,7 +131,7 @@ class Service:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stirshaken_proxy", "run", "--config", str(self.config)],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -189,12 +190,14 @@ class SippUas:
     """A SIPp UAS in the background (stops after the scenario's calls or at the time limit)."""
 
     def __init__(self, scenario: str, port: int, workdir: Path, *, transport: str = "u1",
-                 extra: tuple[str, ...] = (), time_limit: int = 120) -> None:
+                 extra: tuple[str, ...] = (), time_limit: int = 120,
+                 trace_messages: bool = True) -> None:
+        trace = ["-trace_msg", "-message_file", str(workdir / f"uas-{port}-msg.log")] \
+            if trace_messages else []
         self.args = ["sipp", "-sf", str(SCENARIOS / scenario), "-i", HOST, "-p", str(port),
                      "-t", transport, "-nostdin", "-timeout", f"{time_limit}s",
                      "-trace_err", "-error_file", str(workdir / f"uas-{port}-err.log"),
-                     "-trace_msg", "-message_file", str(workdir / f"uas-{port}-msg.log"),
-                     *extra]
+                     *trace, *extra]
         self.workdir = workdir
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None

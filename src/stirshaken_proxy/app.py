@@ -6,6 +6,7 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import math
 import signal
 import socket
 import ssl
@@ -341,7 +342,13 @@ class Application:
 
     def _arm_timer(self) -> None:
         deadline = self.engine.next_deadline()
-        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
+        if deadline is None:
+            return
+        # One wake-up serves every timer due within timer_resolution (RFC 3261 timers are
+        # hundreds of milliseconds and up): far fewer loop callbacks under load.
+        resolution = self.config.transport.timer_resolution
+        deadline = math.ceil(deadline / resolution) * resolution
+        if self._timer_at is not None and self._timer_at <= deadline:
             return
         if self._timer is not None:
             self._timer.cancel()

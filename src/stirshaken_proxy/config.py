@@ -17,6 +17,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from .engine.flood import FloodConfig
 from .engine.inbound import VerifyPolicy
 from .engine.outbound import AuthPolicy
 from .engine.proxy import CARRIER, DIALER, EngineConfig, SideConfig
@@ -56,6 +57,7 @@ class TransportConfig:
     shutdown_grace: float = 2.0
     workers: int = 1
     gc_threshold: int = 50_000
+    timer_resolution: float = 0.01
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +136,7 @@ _TRANSPORT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "shutdown_grace": ((int, float), 2.0),
     "workers": ((int,), 1),
     "gc_threshold": ((int,), 50_000),
+    "timer_resolution": ((int, float), 0.01),
 }
 _ADMIN_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "listen": ((str,), "127.0.0.1:8080"),
@@ -189,6 +192,14 @@ _VERIFY_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "tls_ca_file": ((str,), ""),
     "attestation_header": ((bool,), True),
 }
+_FLOOD_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "enabled": ((bool,), True),
+    "requests_per_second": ((int, float), 50.0),
+    "burst": ((int, float), 100.0),
+    "ban_seconds": ((int, float), 60.0),
+    "max_sources": ((int,), 100_000),
+    "exempt": ((list,), []),
+}
 # Sections that later parts of the service validate themselves (see extra_sections).
 _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     DIALER: _SIDE_KEYS,
@@ -202,6 +213,7 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "accounts": _ACCOUNT_KEYS,
     "auth": _AUTH_KEYS,
     "verify": _VERIFY_KEYS,
+    "flood": _FLOOD_KEYS,
 }
 
 
@@ -337,7 +349,10 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
               "timer_c")
     transport = _section(src, data, "transport", _TRANSPORT_KEYS)
     _positive(src, "transport", transport, "max_tcp_connections", "tcp_idle_timeout",
-              "tcp_connect_timeout", "max_tcp_pending_bytes", "workers", "gc_threshold")
+              "tcp_connect_timeout", "max_tcp_pending_bytes", "workers", "gc_threshold",
+              "timer_resolution")
+    if transport["timer_resolution"] > 0.1:
+        raise src.error("transport", "timer_resolution", "must be at most 0.1 s (T1 is 0.5 s)")
     if transport["shutdown_grace"] < 0:
         raise src.error("transport", "shutdown_grace", "must not be negative")
     admin = _section(src, data, "admin", _ADMIN_KEYS)
@@ -347,6 +362,15 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
         raise src.error("log", "level", "must be debug, info, warning or error")
     if log["format"] not in ("text", "json"):
         raise src.error("log", "format", "must be \"text\" or \"json\"")
+    flood_values = _section(src, data, "flood", _FLOOD_KEYS)
+    _positive(src, "flood", flood_values, "requests_per_second", "burst", "ban_seconds",
+              "max_sources")
+    flood = FloodConfig(
+        enabled=flood_values["enabled"],
+        requests_per_second=float(flood_values["requests_per_second"]),
+        burst=float(flood_values["burst"]), ban_seconds=float(flood_values["ban_seconds"]),
+        max_sources=flood_values["max_sources"],
+        exempt=_cidrs(src, "flood", "exempt", flood_values["exempt"]))
     auth = _auth(src, data) if "signing" in data or "accounts" in data else None
     verify = _verify(src, data) if "verify" in data else None
     timers = TimerConfig(t1=float(sip["t1"]), t2=float(sip["t2"]), t4=float(sip["t4"]),
@@ -354,7 +378,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
     engine = EngineConfig(
         dialer=sides[DIALER], carrier=sides[CARRIER], timers=timers,
         max_message_size=sip["max_message_size"], max_transactions=sip["max_transactions"],
-        max_parked=verify.max_parked if verify else 10_000,
+        max_parked=verify.max_parked if verify else 10_000, flood=flood,
         retry_after=sip["retry_after"], server_name=sip["server_name"])
     return Config(
         path=path, engine=engine, auth=auth, verify=verify,

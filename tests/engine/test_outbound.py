@@ -132,6 +132,36 @@ def test_identity_from_the_dialer_is_replaced(keys: dict[str, Path]) -> None:
     assert e.stats[("identity_removed",)] == 2
 
 
+@pytest.mark.parametrize("spelling", [
+    "Identity: forged.a.b;info=<https://x/y>",
+    "IDENTITY: forged.a.b",
+    "identity   : forged.a.b",
+    "y: forged.a.b",
+    "Y : forged.a.b",
+    "Identity:\r\n forged.a.b;info=<https://x/y>\r\n\t;alg=ES256",  # folded
+])
+def test_smuggled_identity_is_removed_however_spelled(keys: dict[str, Path],
+                                                     spelling: str) -> None:
+    e, _ = setup(keys)
+    msg, _ = forwarded(e, invite(extra=spelling))
+    assert msg is not None
+    values = msg.get_all("identity")
+    assert len(values) == 1 and "forged" not in values[0]
+    assert b"forged" not in msg.serialize()
+
+
+def test_pai_from_outside_the_trust_domain_is_removed(keys: dict[str, Path]) -> None:
+    e, _ = setup(keys)
+    # 127.0.0.9 is admitted by the dialer side's allowed_sources but belongs to no account.
+    stranger = Peer("dialer", "udp", "127.0.0.9", 5070)
+    msg, _ = forwarded(e, invite(pai="<sip:+12025550142@127.0.0.9>"), stranger)
+    assert msg is not None and not msg.has("p-asserted-identity") and not msg.has("identity")
+    assert e.stats[("pai_removed",)] == 1
+    # From an account's trunk it is kept (and used for the attestation).
+    msg, _ = forwarded(e, invite(pai="<sip:+12025550142@127.0.0.1>", branch="z9hG4bKa2"))
+    assert msg is not None and msg.has("p-asserted-identity") and msg.has("identity")
+
+
 def test_date_in_request_is_used_or_refused(keys: dict[str, Path]) -> None:
     e, _ = setup(keys)
     msg, _ = forwarded(e, invite(extra="Date: " + format_date(int(NOW) - 30)))

@@ -86,9 +86,14 @@ class OutboundAuthenticator:
         if msg.has("identity"):
             # A customer never gets to place its own PASSporT on our trunk.
             self.stats[("identity_removed",)] += msg.remove_all("identity")
+        account = self.directory.by_source(source.host)
+        if account is None and msg.has("p-asserted-identity"):
+            # RFC 3325 §5: an identity asserted from outside the trust domain (no account
+            # vouches for this source) is removed, not passed on.
+            msg.remove_all("p-asserted-identity")
+            self.stats[("pai_removed",)] += 1
         if msg.method != "INVITE" or "tag=" in (msg.get("to") or ""):
             return None  # SHAKEN signs initial INVITEs only
-        account = self.directory.by_source(source.host)
         if account is None:
             return self._unsigned(msg, "unknown_account")
         orig = self._orig_tn(msg)

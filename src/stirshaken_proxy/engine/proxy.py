@@ -30,6 +30,7 @@ from ..transaction import (
     Transaction,
 )
 from ..transaction.machine import ClientTransaction, Event, ServerTransaction
+from .flood import FloodConfig, FloodGuard
 from .sources import SourceFilter
 from .stats import Stats
 
@@ -67,6 +68,7 @@ class EngineConfig:
     max_message_size: int = 65535
     max_transactions: int = 100_000
     max_parked: int = 10_000  # requests waiting for a credential fetch; past this, 503
+    flood: FloodConfig = field(default_factory=FloodConfig)
     retry_after: int = 5
     server_name: str = "stirshaken-proxy"
 
@@ -158,6 +160,7 @@ class ProxyEngine:
         self._local = {
             (side.advertise_host.lower(), side.advertise_port) for side in self.sides.values()
         } | {(side.host.lower(), side.port) for side in self.sides.values()}
+        self._own_route_prefixes = tuple(f"<sip:{h}:{p}" for h, p in sorted(self._local))
         self._branch_prefix = "z9hG4bK" + os.urandom(4).hex() + "."
         self._branch_seq = itertools.count(1)
         self._tag = os.urandom(4).hex()
@@ -170,6 +173,10 @@ class ProxyEngine:
             for name, side in self.sides.items()
         }
         self._server_header = b"Server: " + config.server_name.encode() + b"\r\n"
+        self.flood = FloodGuard(config.flood)
+        self._flood_exempt = SourceFilter(config.flood.exempt + tuple(
+            f"{side.next_hop_host}/32" if ":" not in side.next_hop_host
+            else f"{side.next_hop_host}/128" for side in self.sides.values()))
         # While draining for shutdown, new dialogs are refused; transactions in flight finish.
         self.draining = False
         self._waiting: dict[str, list[_Parked]] = {}  # x5u URL -> requests waiting for it
@@ -240,29 +247,43 @@ class ProxyEngine:
                                       extra=(self._server_header,)), source))
 
     # -- requests -------------------------------------------------------------------------
-    def _server_key(self, msg: SipMessage, method: str) -> tuple[object, ...]:
+    def _trusted(self, host: str) -> bool:
+        """Peers the flood guard leaves alone: next hops, the exempt list, and the dialer
+        side's admitted sources (accounts' trunks), unless that side admits anyone."""
+        if self._flood_exempt.allows(host):
+            return True
+        dialer = self._filters[DIALER]
+        return not dialer.allow_any and dialer.allows(host)
+
+    def _server_key(self, msg: SipMessage, method: str, source: Peer) -> tuple[object, ...]:
+        """RFC 3261 §17.2.3 matching (branch, sent-by, method; RFC 2543 rules without the
+        magic cookie), plus the source: a retransmission comes from where the request came
+        from, and a request from elsewhere reusing a branch must not hijack its transaction
+        (a deliberate tightening of §17.2.3)."""
         via = msg.top_via()
         if via.rfc3261_branch:
-            return (via.branch, via.host, via.port, method)
-        # RFC 3261 §17.2.3: matching for requests without the magic cookie (RFC 2543).
+            return (via.branch, via.host, via.port, method, source)
         from_tag = msg.from_().tag
-        return ("2543", msg.call_id, from_tag, msg.cseq, via.text, method)
+        return ("2543", msg.call_id, from_tag, msg.cseq, via.text, method, source)
 
     def _on_request(self, msg: SipMessage, source: Peer, now: float, out: list[Action]) -> None:
         method = msg.method
+        if not self._trusted(source.host) and not self.flood.allow(source.host, now):
+            self.stats[("sip_dropped", "flood")] += 1
+            return
         if not self._filters[source.side].allows(source.host):
             self.stats[("sip_refused_sources", source.side)] += 1
             if method != "ACK":
                 out.append(Send(self._respond(msg, 403, "Forbidden"), source))
             return
         if method == "ACK":
-            txn = self.server_txns.get(self._server_key(msg, "INVITE"))
+            txn = self.server_txns.get(self._server_key(msg, "INVITE", source))
             if txn is not None:
                 txn.fire(Event.ACK, now, out)  # ACK for a non-2xx final: absorbed hop by hop
                 return
             self._forward_stateless(msg, source, out)  # ACK for a 2xx: end to end
             return
-        key = self._server_key(msg, method)
+        key = self._server_key(msg, method, source)
         txn = self.server_txns.get(key)
         if txn is not None:
             self.stats[("sip_retransmissions_absorbed",)] += 1
@@ -401,6 +422,11 @@ class ProxyEngine:
             msg.remove_header(i)
 
     def _is_own_route(self, value: str) -> bool:
+        # The Record-Route values we write come back as `<sip:HOST:PORT;...>`: a prefix test
+        # settles them without parsing; anything else is parsed.
+        for prefix in self._own_route_prefixes:
+            if value.startswith(prefix) and value[len(prefix) : len(prefix) + 1] in (";", ">"):
+                return True
         uri = parse_uri(parse_name_addr(value).uri)
         return uri.is_sip and (uri.host, uri.port or 5060) in self._local
 
@@ -441,13 +467,13 @@ class ProxyEngine:
     def _on_cancel(self, msg: SipMessage, txn: ServerTransaction, now: float,
                    out: list[Action]) -> None:
         """CANCEL (RFC 3261 §16.10): answer it here, cancel the pending branch downstream."""
-        invite = self.server_txns.get(self._server_key(msg, "INVITE"))
+        invite = self.server_txns.get(self._server_key(msg, "INVITE", txn.peer))
         if invite is None:
             txn.send_response(self._respond(msg, 481), 481, now, out)
             return
         txn.send_response(self._respond(msg, 200), 200, now, out)
         ctx = invite.context
-        if ctx is None and invite.state is State.PROCEEDING:
+        if ctx is None and invite.state is State.PROCEEDING and invite.request is not None:
             # Not forwarded yet (waiting for a credential fetch): it ends here (§16.10).
             invite.send_response(self._respond(invite.request, 487), 487, now, out)
             return
@@ -537,8 +563,8 @@ class ProxyEngine:
             return
         ctx: _Context = txn.context
         server = ctx.server
-        if ctx.kind == "forward" and server is not None and server.state in (
-                State.PROCEEDING, State.TRYING):
+        if ctx.kind == "forward" and server is not None and server.request is not None and \
+                server.state in (State.PROCEEDING, State.TRYING):
             # §16.7 step 6 / §16.8: a branch that timed out counts as a 408.
             server.send_response(self._respond(server.request, 408), 408, now, out)
 
@@ -552,8 +578,8 @@ class ProxyEngine:
             self._send_cancel(ctx, now, out)
             txn.arm_timer_c(64 * self.config.timers.t1, now)
             return
+        self.on_timeout(txn, now, out)  # the 408 upstream, while the context is still there
         txn.terminate()
-        self.on_timeout(txn, now, out)
 
     def on_terminated(self, txn: Transaction) -> None:
         if isinstance(txn, ServerTransaction):

@@ -25,6 +25,7 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...]]] = {
     "calls_unsigned": ("INVITEs from the dialer side forwarded unsigned", ("reason",)),
     "sign_refused": ("INVITEs the authentication service refused", ("reason",)),
     "identity_removed": ("Identity headers removed from dialer-side requests", ()),
+    "pai_removed": ("P-Asserted-Identity removed from sources outside the trust domain", ()),
     "verifications": ("Inbound verifications by verstat and response code",
                       ("verstat", "code")),
     "verify_waits": ("Inbound verifications that waited for a credential fetch", ()),

@@ -53,6 +53,12 @@ _VIA_RE = re.compile(
     re.DOTALL,
 )
 BRANCH_COOKIE = "z9hG4bK"
+# The everyday Request-URI, `sip:user@host:port;param=value`, recognised in one step; any
+# other form goes through parse_uri.
+_PARAM = r"""[A-Za-z0-9\-.!%*_+`'~\[\]/:&$]+(?:=[A-Za-z0-9\-.!%*_+`'~\[\]/:&$]+)?"""
+_SIMPLE_SIP_URI = re.compile(
+    r"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,%]+@)?(?:[A-Za-z0-9][A-Za-z0-9.\-]*|\[[0-9A-Fa-f:.]+\])"
+    r"(?::([0-9]{1,5}))?(?:;" + _PARAM + r")*\Z")
 
 
 class Header:
@@ -384,10 +390,12 @@ def _parse_request_line(msg: SipMessage, line: str) -> None:
         raise SipError(400, "malformed method")
     if uri.startswith("<"):
         raise SipError(400, "Request-URI enclosed in <>")
-    parsed = parse_uri(uri)
-    if parsed.is_sip and parsed.headers:
-        # RFC 4475 §3.1.2.11: never forward escaped headers in a Request-URI.
-        raise SipError(400, "Request-URI carries escaped headers")
+    m = _SIMPLE_SIP_URI.match(uri)
+    if m is None or (m.group(1) is not None and int(m.group(1)) > 65535):
+        parsed = parse_uri(uri)  # the general parser, and its exact error
+        if parsed.is_sip and parsed.headers:
+            # RFC 4475 §3.1.2.11: never forward escaped headers in a Request-URI.
+            raise SipError(400, "Request-URI carries escaped headers")
     msg.method = method
     msg.uri = uri
 

@@ -192,32 +192,12 @@ def parse_name_addr(value: str) -> NameAddr:
     return NameAddr(display=display, uri=uri, params=params)
 
 
+# One comma-separated element: quoted strings and <...> may hold commas.
+_ELEMENT_RE = re.compile(r'(?:"(?:[^"\\]|\\.)*"?|<[^>]*>?|[^,"<])+')
+
+
 def split_values(value: str) -> list[str]:
     """Split a comma-separated header value, ignoring commas inside quotes and <...>."""
     if "," not in value:
         return [value.strip(_WS)]
-    out: list[str] = []
-    depth = 0
-    quoted = False
-    start = 0
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == "<":
-            depth += 1
-        elif c == ">":
-            depth = max(0, depth - 1)
-        elif c == "," and depth == 0:
-            out.append(value[start:i].strip(_WS))
-            start = i + 1
-        i += 1
-    out.append(value[start:].strip(_WS))
-    return out
+    return [v.strip(_WS) for v in _ELEMENT_RE.findall(value)]

@@ -111,7 +111,13 @@ class Transaction:
         if self.state is State.TERMINATED:
             self.deadlines.clear()
             self.tu.on_terminated(self)
+            self._release()
         return True
+
+    def _release(self) -> None:
+        """Drop what a finished transaction no longer needs: stale timer entries keep the
+        object itself alive until their deadline (Timer C: 3 minutes), so it must be small."""
+        self.context = None
 
     def timer_fired(self, name: str, now: float, out: list[Action]) -> None:
         self.fire(_TIMER_EVENTS[name], now, out)
@@ -122,6 +128,7 @@ class Transaction:
             self.state = State.TERMINATED
             self.deadlines.clear()
             self.tu.on_terminated(self)
+            self._release()
 
     # -- helpers shared by the actions --------------------------------------------------
     def _arm(self, name: str, delay: float, now: float) -> None:
@@ -144,6 +151,10 @@ class ClientTransaction(Transaction):
         super().__init__(**kw)
         self.request = request
         self.ack: bytes | None = None
+
+    def _release(self) -> None:
+        super()._release()
+        self.request = b""
 
     def receive_response(self, msg: SipMessage, now: float, out: list[Action]) -> None:
         status = msg.status
@@ -285,7 +296,8 @@ class ServerTransaction(Transaction):
 
     def __init__(self, *, request: SipMessage, **kw: Any) -> None:
         super().__init__(**kw)
-        self.request = request
+        # The request, to answer it; released once a final response is sent.
+        self.request: SipMessage | None = request
         self.last_response: bytes | None = None
 
     def receive_request(self, now: float, out: list[Action]) -> None:
@@ -294,7 +306,15 @@ class ServerTransaction(Transaction):
     def send_response(self, data: bytes, status: int, now: float, out: list[Action]) -> bool:
         event = (Event.SEND_PROVISIONAL if status < 200 else
                  Event.SEND_SUCCESS if status < 300 else Event.SEND_FAILURE)
-        return self.fire(event, now, out, data)
+        fired = self.fire(event, now, out, data)
+        if status >= 200:
+            self.request = None
+        return fired
+
+    def _release(self) -> None:
+        super()._release()
+        self.request = None
+        self.last_response = None
 
     def send(self, now: float, out: list[Action], data: Any) -> None:
         self.last_response = data

@@ -1,0 +1,273 @@
+"""stirshaken-proxy beside Kamailio + secsipid, the same SIPp load through each, one run.
+
+    .venv/bin/python -m bench.compare [--rates 500,1000,2000] [--seconds 10] [--hold-ms 500]
+
+Needs the Debian packages kamailio, kamailio-secsipid-modules, sip-tester and tcpdump. Each
+proxy signs every INVITE (attestation A, the same numbers, the same P-256 key) and relays
+statefully with Record-Route; the scenario is INVITE/100/180/200/ACK/BYE/200. For each proxy
+and offered rate it prints the calls that succeeded and failed, SIPp's retransmissions, the
+proxy's CPU time per call (user + system over all its processes, from /proc) and the time the
+proxy adds to an INVITE (p50/p99: INVITE in -> signed INVITE out, from a loopback capture).
+Everything is on 127.0.0.1; every step is bounded in calls and time, and a proxy's ramp stops
+at its first step with failures or retransmissions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import (
+    ROOT,
+    Ports,
+    Service,
+    SippUas,
+    free_port,
+    run_uac,
+    signing_config,
+    write_config,
+)
+
+from stirshaken_proxy.stir.certs import DevPki, init_dev_pki
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+
+
+def session_cpu(sid: int) -> float:
+    """CPU seconds (user + system) of every process in session ``sid``."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 of stat: the session id
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+@dataclass
+class Proxy:
+    name: str
+    listen_port: int  # where the dialer sends
+    out_port: int  # the port forwarded INVITEs leave from
+    uas_port: int
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def wait_udp(port: int, timeout: float = 15.0) -> None:
+    """Until something answers an OPTIONS (Max-Forwards 0) on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.3)
+        ping = (b"OPTIONS sip:127.0.0.1:%d SIP/2.0\r\n"
+                b"Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKping\r\n"
+                b"From: <sip:p@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: ping\r\n"
+                b"CSeq: 1 OPTIONS\r\nMax-Forwards: 0\r\nContent-Length: 0\r\n\r\n"
+                % (port, s.getsockname()[1]))
+        while time.monotonic() < deadline:
+            s.sendto(ping, ("127.0.0.1", port))
+            try:
+                s.recv(4096)
+                return
+            except TimeoutError:
+                continue
+    raise RuntimeError(f"nothing answers on udp {port}")
+
+
+def start_kamailio(work: Path, key: Path, x5u: str, children: int) -> Proxy:
+    port, uas = free_port(), free_port()
+    cfg = work / "kamailio.cfg"
+    text = (ROOT / "bench/kamailio.cfg.tmpl").read_text()
+    for name, value in {"CHILDREN": children, "PORT": port, "MAXBUFFER": 4 * 1024 * 1024,
+                        "MODULES": MODULES, "X5U": x5u, "KEY": key, "UAS_PORT": uas}.items():
+        text = text.replace(f"@{name}@", str(value))
+    cfg.write_text(text)
+    run = work / "kamrun"
+    run.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        ["kamailio", "-f", str(cfg), "-DD", "-E", "-x", "tlsf", "-m", "4096", "-M", "64",
+         "-Y", str(run), "-w", str(run)],
+        stdout=open(work / "kamailio.log", "wb"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    wait_udp(port)
+    return Proxy("kamailio+secsipid", port, port, uas, proc)
+
+
+def start_ours(work: Path, transport: str = "") -> Proxy:
+    ports = Ports.pick()
+    cfg = write_config(work / "proxy.toml", ports, transport=transport,
+                       extra=signing_config(work, ports, refresh=2.0))
+    svc = Service(cfg, ports.admin, work / "proxy.log")
+    # Our own session, so its CPU is counted like Kamailio's.
+    svc.start()
+    assert svc.proc is not None
+    return Proxy("stirshaken-proxy", ports.dialer, ports.carrier, ports.carrier_next_hop,
+                 svc.proc)
+
+
+def invite_latencies(pcap: Path, in_port: int, out_port: int, uas_port: int) -> list[float]:
+    """Seconds between each INVITE reaching the proxy and the proxy sending it on."""
+    data = pcap.read_bytes()
+    if len(data) < 24:
+        return []
+    magic = struct.unpack("<I", data[:4])[0]
+    nano = magic == 0xA1B23C4D
+    link = struct.unpack("<I", data[20:24])[0]
+    offset = 24
+    seen_in: dict[bytes, float] = {}
+    out: list[float] = []
+    while offset + 16 <= len(data):
+        sec, frac, caplen, _ = struct.unpack("<IIII", data[offset:offset + 16])
+        packet = data[offset + 16:offset + 16 + caplen]
+        offset += 16 + caplen
+        ts = sec + frac / (1e9 if nano else 1e6)
+        ip = packet[14:] if link == 1 else packet[16:] if link == 113 else packet
+        if len(ip) < 28 or ip[9] != 17:
+            continue
+        ihl = (ip[0] & 0x0F) * 4
+        sport, dport = struct.unpack("!HH", ip[ihl:ihl + 4])
+        payload = ip[ihl + 8:]
+        if not payload.startswith(b"INVITE "):
+            continue
+        start = payload.find(b"\r\nCall-ID: ")
+        if start < 0:
+            continue
+        call_id = payload[start + 11:payload.find(b"\r\n", start + 11)]
+        if dport == in_port and call_id not in seen_in:
+            seen_in[call_id] = ts
+        elif sport == out_port and dport == uas_port and call_id in seen_in:
+            out.append(ts - seen_in.pop(call_id))
+    return out
+
+
+def init_dev_pki_paths(directory: Path) -> DevPki:
+    return DevPki(ca_cert=directory / "ca.pem", ca_key=directory / "ca-key.pem",
+                  cert=directory / "cert.pem", key=directory / "key.pem",
+                  chain=directory / "chain.pem")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_step(proxy: Proxy, work: Path, rate: int, seconds: int, hold_ms: int) -> dict[str, float]:
+    calls = rate * seconds
+    pcap = work / f"{proxy.listen_port}-{rate}.pcap"
+    dump = subprocess.Popen(
+        ["tcpdump", "-i", "lo", "-s", "600", "-w", str(pcap), "-B", "65536", "-U",
+         "--time-stamp-precision=micro", f"udp and (dst port {proxy.listen_port} or "
+         f"(src port {proxy.out_port} and dst port {proxy.uas_port}))"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    with SippUas("uas.xml", proxy.uas_port, work, time_limit=seconds * 3 + 60,
+                 trace_messages=False):
+        before = session_cpu(os.getsid(proxy.proc.pid))
+        result = run_uac("uac.xml", proxy.listen_port, free_port(), work, calls=calls, rate=rate,
+                         hold_ms=hold_ms, caller="12025550142", time_limit=seconds * 3 + 30,
+                         extra=("-l", str(rate * (hold_ms // 1000 + 3))))
+        used = session_cpu(os.getsid(proxy.proc.pid)) - before
+    dump.send_signal(signal.SIGINT)
+    dump.wait(10)
+    lat = invite_latencies(pcap, proxy.listen_port, proxy.out_port, proxy.uas_port)
+    pcap.unlink(missing_ok=True)
+    return {"rate": rate, "ok": result.successful, "failed": result.failed,
+            "retrans": result.retransmissions,
+            "cpu_us_per_call": used / max(1, result.successful) * 1e6,
+            "p50_us": percentile(lat, 0.5) * 1e6, "p99_us": percentile(lat, 0.99) * 1e6,
+            "samples": len(lat)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", default="250,500,1000,1500,2000,3000")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--hold-ms", type=int, default=500)
+    parser.add_argument("--kamailio-children", type=int, default=2)
+    parser.add_argument("--only", choices=("kamailio", "ours"), help="run one proxy only")
+    parser.add_argument("--keep", help="keep logs and configs in this directory")
+    parser.add_argument("--ours-transport", default="",
+                        help="extra [transport] lines for stirshaken-proxy (e.g. workers = 2)")
+    args = parser.parse_args()
+    for tool in ("kamailio", "sipp", "tcpdump"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (apt-get install kamailio "
+                             "kamailio-secsipid-modules sip-tester tcpdump)")
+    rates = [int(r) for r in args.rates.split(",")]
+    results: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        keys = init_dev_pki(work / "keys", spc="123A") if not (work / "keys").exists() \
+            else init_dev_pki_paths(work / "keys")
+        starters = {
+            "kamailio": lambda: start_kamailio(work, keys.key,
+                                               "https://certs.example.org/shaken.pem",
+                                               args.kamailio_children),
+            "ours": lambda: start_ours(work, args.ours_transport),
+        }
+        for name, start in starters.items():
+            if args.only and args.only != name:
+                continue
+            proxy = start()
+            rows: list[dict[str, float]] = []
+            try:
+                for rate in rates:
+                    row = run_step(proxy, work, rate, args.seconds, args.hold_ms)
+                    rows.append(row)
+                    print(f"{proxy.name:18s} {rate:6d} cps  {row['ok']:7.0f} ok "  # noqa: T201
+                          f"{row['failed']:5.0f} failed {row['retrans']:6.0f} retrans  "
+                          f"{row['cpu_us_per_call']:7.1f} µs CPU/call  INVITE +"
+                          f"{row['p50_us']:7.0f} µs p50 {row['p99_us']:8.0f} µs p99",
+                          flush=True)
+                    if row["failed"] or row["retrans"] or row["ok"] < rate * args.seconds:
+                        break
+            finally:
+                proxy.stop()
+            results[proxy.name] = rows
+    print()  # noqa: T201
+    print(f"{'rate':>6s} {'ours µs/call':>13s} {'kamailio µs/call':>17s} {'ratio':>6s}")  # noqa: T201
+    kam = {r["rate"]: r for r in results.get("kamailio+secsipid", [])}
+    for row in results.get("stirshaken-proxy", []):
+        k = kam.get(row["rate"])
+        if k is None:
+            continue
+        print(f"{row['rate']:6.0f} {row['cpu_us_per_call']:13.1f} "  # noqa: T201
+              f"{k['cpu_us_per_call']:17.1f} {row['cpu_us_per_call'] / k['cpu_us_per_call']:6.2f}")
+
+    def best(rows: list[dict[str, float]]) -> float:
+        ok = [r["rate"] for r in rows if not r["failed"] and not r["retrans"]]
+        return max(ok) if ok else 0
+
+    for name, rows in results.items():
+        print(f"{name}: highest rate with zero failures and no retransmissions: "  # noqa: T201
+              f"{best(rows):.0f} cps")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Soak: a steady rate of signed calls for a bounded time, sampling the proxy's RSS, open
+file descriptors and transaction table. After warm-up (about 64*T1 = 32 s, the longest a
+finished transaction lives) all three must stay flat.
+
+    .venv/bin/python -m bench.soak [--rate 300] [--minutes 10] [--every 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.support import (
+    HOST,
+    Ports,
+    Service,
+    SippUas,
+    free_port,
+    run_uac,
+    signing_config,
+    write_config,
+)
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(m.group(1)) / 1024 if m else 0.0
+
+
+def transactions(admin: int) -> float:
+    with urllib.request.urlopen(f"http://{HOST}:{admin}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("stirshaken_sip_transactions "):
+                return float(line.split()[1])
+    return -1.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=int, default=300)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--every", type=float, default=15.0)
+    args = parser.parse_args()
+    seconds = int(args.minutes * 60)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ports = Ports.pick()
+        cfg = write_config(work / "p.toml", ports,
+                           extra=signing_config(work, ports, refresh=2.0))
+        svc = Service(cfg, ports.admin, work / "proxy.log")
+        svc.start()
+        assert svc.proc is not None
+        pid = svc.proc.pid
+        samples: list[tuple[float, float, int, float]] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            start = time.monotonic()
+            while not stop.wait(args.every):
+                samples.append((time.monotonic() - start, rss_mb(pid),
+                                len(os.listdir(f"/proc/{pid}/fd")), transactions(ports.admin)))
+                t, rss, fds, txns = samples[-1]
+                print(f"{t:7.0f} s  RSS {rss:7.1f} MB  fds {fds:4d}  transactions {txns:8.0f}",  # noqa: T201
+                      flush=True)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with SippUas("uas.xml", ports.carrier_next_hop, work, time_limit=seconds + 120,
+                         trace_messages=False):
+                result = run_uac("uac.xml", ports.dialer, free_port(), work,
+                                 calls=args.rate * seconds, rate=args.rate, hold_ms=500,
+                                 caller="+12025550142", time_limit=seconds + 120)
+        finally:
+            stop.set()
+            sampler.join()
+            svc.stop()
+        print(f"calls: {result.successful} ok, {result.failed} failed, "  # noqa: T201
+              f"{result.retransmissions} retransmissions")
+        warm = [s for s in samples if s[0] >= 60]
+        if warm:
+            rss = [s[1] for s in warm]
+            txn = [s[3] for s in warm]
+            fds = [s[2] for s in warm]
+            print(f"after warm-up: RSS {min(rss):.1f}-{max(rss):.1f} MB, fds "  # noqa: T201
+                  f"{min(fds)}-{max(fds)}, transactions {min(txn):.0f}-{max(txn):.0f}")
+
+
+if __name__ == "__main__":
+    main()
