@@ -28,11 +28,12 @@ from .io.fetcher import Fetcher
 from .io.metrics import exposition, make_registry
 from .io.transports import TcpConnection, TcpManager, UdpEndpoint
 from .policy.accounts import AccountDirectory
+from .policy.health import NumberHealth
 from .sip.transport import Action, Fetch, Peer, Send
 from .stir.credentials import CredentialCache, TrustStore
 from .stir.passport import Signer, SigningIdentity
 from .stir.verify import Verifier
-from .store.sqlite import NumberStore
+from .store.sqlite import HealthRows, NumberStore
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class Application:
         self.store: NumberStore | None = None
         self._store_ok = False
         self._refresh: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.health: NumberHealth | None = None
+        self.health_rows: HealthRows | None = None
         self.fetcher: Fetcher | None = None
         self.inbound: InboundVerifier | None = None
         self.certificate_expiry: dict[str, float] = {}  # signing identity -> notAfter
@@ -94,6 +98,9 @@ class Application:
                                      readiness=self.readiness)
             self._add_certificate_routes(self.admin)
             self.admin.add_route("/metrics", self._metrics)
+            self.admin.add_route("/numbers/health", self._health_report)
+            self.admin.app.router.add_post("/numbers/{tn}/quarantine", self._quarantine)
+            self.admin.app.router.add_post("/numbers/{tn}/release", self._release)
             await self.admin.start()
         self._housekeeping = loop.create_task(self._housekeep())
         # Transactions live for 32 s (Timers J, L, M): with the default thresholds the cyclic
@@ -177,10 +184,13 @@ class Application:
             nec.carrier.allowed_sources, allow_any=nec.carrier.allow_any_source))
         self.engine.set_source_filter(DIALER, SourceFilter(
             nec.dialer.allowed_sources, allow_any=nec.dialer.allow_any_source))
-        for task in (self._refresh,):
+        for task in (self._refresh, self._flusher):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await self.flush_health()
+        self.health = self.health_rows = None
+        self.engine.call_observers.clear()
         if self.fetcher is not None:
             await self.fetcher.close()
             self.fetcher = None
@@ -209,10 +219,11 @@ class Application:
         self.engine.shutdown()
         if self._timer is not None:
             self._timer.cancel()
-        for task in (self._housekeeping, self._refresh):
+        for task in (self._housekeeping, self._refresh, self._flusher):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await self.flush_health()
         if self.store is not None:
             self.store.close()
         if self.fetcher is not None:
@@ -244,6 +255,17 @@ class Application:
                 cert = x509.load_pem_x509_certificate(s.certificate.read_bytes())
                 self.certificate_expiry[s.name] = cert.not_valid_after_utc.timestamp()
         self.engine.request_hooks.append(self.auth)
+        if ac.health is not None:
+            health = NumberHealth(ac.health)
+            rows = HealthRows(self.store)
+            for tn, data in (await asyncio.to_thread(rows.load)).items():
+                health.restore(tn, data)
+            health.dirty.clear()
+            self.health, self.health_rows = health, rows
+            self.auth.health = health
+            self.engine.call_observers.append(self.auth)
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_health_every(ac.health_flush_interval))
         # Traffic from an account's sources is admitted on the dialer side.
         dialer = self.config.engine.dialer
         self.engine.set_source_filter(DIALER, SourceFilter(
@@ -253,6 +275,23 @@ class Application:
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_inventory())
         log.info("signing for %d accounts, inventory of %d blocks (version %d)",
                  len(ac.accounts), len(inventory), inventory.version)
+
+    async def _flush_health_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush_health()
+
+    async def flush_health(self) -> None:
+        """Write the numbers whose statistics changed (a kill -9 loses at most one interval)."""
+        if self.health is None or self.health_rows is None:
+            return
+        rows = self.health.take_dirty()
+        if rows:
+            try:
+                await asyncio.to_thread(self.health_rows.save, rows, time.time())
+            except Exception as exc:  # noqa: BLE001 - keep them for the next flush
+                log.warning("number health not saved (retrying): %s", exc)
+                self.health.dirty.update(tn for tn, _ in rows)
 
     def _start_verify(self) -> None:
         vc = self.config.verify
@@ -287,6 +326,32 @@ class Application:
                 if self._store_ok:
                     log.warning("number store unreachable, serving the last inventory: %s", exc)
                 self._store_ok = False
+
+    async def _health_report(self, request: web.Request) -> web.Response:
+        if self.health is None:
+            return web.json_response({"error": "number health is off"}, status=404)
+        now = time.time()
+        return web.json_response([self.health.report(tn, now)
+                                  for tn in sorted(self.health.numbers)])
+
+    async def _quarantine(self, request: web.Request) -> web.Response:
+        if self.health is None:
+            return web.json_response({"error": "number health is off"}, status=404)
+        tn = request.match_info["tn"]
+        try:
+            hours = float(request.query.get("hours", "24"))
+        except ValueError:
+            return web.json_response({"error": "hours must be a number"}, status=400)
+        reason = request.query.get("reason", "flagged by operator")[:200]
+        self.health.quarantine(tn, reason, time.time(), hours * 3600)
+        log.info("number %s quarantined by the operator for %.1f h: %s", tn, hours, reason)
+        return web.json_response(self.health.report(tn, time.time()))
+
+    async def _release(self, request: web.Request) -> web.Response:
+        if self.health is None:
+            return web.json_response({"error": "number health is off"}, status=404)
+        self.health.release(request.match_info["tn"])
+        return web.json_response(self.health.report(request.match_info["tn"], time.time()))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=exposition(self.registry),

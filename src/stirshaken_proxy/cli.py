@@ -49,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--config", required=True)
     rm.add_argument("tn", help="a number or FIRST..LAST")
 
+    hl = num_sub.add_parser("health", help="each number's calls, answer ratio, durations, state")
+    hl.add_argument("--config", required=True)
+    hl.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    for name, text in (("quarantine", "take a number out of rotation (running service)"),
+                       ("release", "put a quarantined number back (running service)")):
+        q = num_sub.add_parser(name, help=text)
+        q.add_argument("--config", required=True)
+        q.add_argument("tn")
+        if name == "quarantine":
+            q.add_argument("--hours", type=float, default=24.0)
+            q.add_argument("--reason", default="flagged by operator")
+
     ver = sub.add_parser("verify", help="verify an Identity header and show every check")
     ver.add_argument("--config", required=True, help="uses its [verify] trust anchors and policy")
     ver.add_argument("--identity", required=True,
@@ -101,6 +113,10 @@ def cmd_numbers(args: argparse.Namespace) -> int:
     from .store.sqlite import StoreError, parse_numbers_csv
 
     config = load_config(args.config)
+    if args.numbers_command in ("quarantine", "release"):
+        return _admin_post(config, args)
+    if args.numbers_command == "health":
+        return _health(config, args)
     try:
         store, auth = _store(config)
     except StoreError as exc:
@@ -144,6 +160,62 @@ def cmd_numbers(args: argparse.Namespace) -> int:
         return EXIT_DATA
     finally:
         store.close()
+    return EXIT_OK
+
+
+def _health(config: Config, args: argparse.Namespace) -> int:
+    """The statistics the service writes behind to the store, with each number's state."""
+    import json
+    import time
+
+    from .policy.health import NumberHealth
+    from .store.sqlite import HealthRows
+
+    store, auth = _store(config)
+    try:
+        if auth.health is None:
+            raise ConfigError(f"{config.path}: [health] enabled = false")
+        health = NumberHealth(auth.health)
+        for tn, data in HealthRows(store).load().items():
+            health.restore(tn, data)
+    finally:
+        store.close()
+    now = time.time()
+    reports = [health.report(tn, now) for tn in sorted(health.numbers)]
+    if args.json:
+        for r in reports:
+            sys.stdout.write(json.dumps(r, separators=(",", ":")) + "\n")
+        return EXIT_OK
+    sys.stdout.write(f"{'number':<16}{'state':<20}{'calls/h':>8}{'calls':>8}{'ASR':>7}"
+                     f"{'ACD s':>8}{'short':>7}  reason\n")
+    for r in reports:
+        sys.stdout.write(f"{r['tn']!s:<16}{r['state']!s:<20}{r['calls_last_hour']!s:>8}"
+                         f"{r['attempts']!s:>8}{float(r['answer_ratio']):>7.2f}"  # type: ignore[arg-type]
+                         f"{float(r['average_duration']):>8.0f}{r['short_calls']!s:>7}"  # type: ignore[arg-type]
+                         f"  {r['quarantine_reason']}\n")
+    return EXIT_OK
+
+
+def _admin_post(config: Config, args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = {"hours": str(args.hours), "reason": args.reason} \
+        if args.numbers_command == "quarantine" else {}
+    url = (f"http://{config.admin.host}:{config.admin.port}/numbers/"
+           f"{urllib.parse.quote(args.tn)}/{args.numbers_command}?"
+           + urllib.parse.urlencode(query))
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"),
+                                    timeout=5) as r:
+            report = json.loads(r.read())
+    except (urllib.error.URLError, OSError) as exc:
+        _err(f"the service's admin API at {config.admin.host}:{config.admin.port} did not "
+             f"answer ({exc}); is it running?")
+        return EXIT_DATA
+    sys.stdout.write(f"{report['tn']}: {report['state']} {report['quarantine_reason']}\n")
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ from .engine.outbound import AuthPolicy
 from .engine.proxy import CARRIER, DIALER, EngineConfig, SideConfig
 from .io.fetcher import FetchConfig
 from .policy.accounts import Account
+from .policy.health import HealthLimits
 from .policy.inventory import NumberBlock
 from .policy.numbers import NumberFormatError, block_text, overlapping, parse_block_text
 from .stir.certs import load_private_key
@@ -79,6 +80,8 @@ class AuthConfig:
     accounts: tuple[Account, ...]
     numbers: tuple[NumberBlock, ...]  # numbers owned by accounts, written in the config
     policy: AuthPolicy
+    health: HealthLimits | None = None  # None: number health is off
+    health_flush_interval: float = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,6 +173,7 @@ _AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "unsigned_calls": ((str,), "forward"),
     "max_date_skew": ((int,), 60),
     "country_code": ((str,), "1"),
+    "neighbour_spoofing": ((str,), "sign_b"),
 }
 _VERIFY_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "enabled": ((bool,), True),
@@ -200,6 +204,16 @@ _FLOOD_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "max_sources": ((int,), 100_000),
     "exempt": ((list,), []),
 }
+_HEALTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "enabled": ((bool,), True),
+    "max_calls_per_hour": ((int,), 50),
+    "min_average_duration": ((int, float), 30.0),
+    "min_answer_ratio": ((int, float), 0.2),
+    "short_call_seconds": ((int, float), 6.0),
+    "min_samples": ((int,), 50),
+    "quarantine_hours": ((int, float), 24.0),
+    "flush_interval": ((int, float), 5.0),
+}
 # Sections that later parts of the service validate themselves (see extra_sections).
 _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     DIALER: _SIDE_KEYS,
@@ -214,6 +228,7 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "auth": _AUTH_KEYS,
     "verify": _VERIFY_KEYS,
     "flood": _FLOOD_KEYS,
+    "health": _HEALTH_KEYS,
 }
 
 
@@ -410,6 +425,19 @@ def _auth(src: _Source, data: dict[str, Any]) -> AuthConfig:
         raise src.error("auth", "max_date_skew", "must be greater than 0")
     if not policy["country_code"].isdigit():
         raise src.error("auth", "country_code", "must be digits, e.g. \"1\"")
+    if policy["neighbour_spoofing"] not in ("sign_b", "reject"):
+        raise src.error("auth", "neighbour_spoofing", "must be \"sign_b\" or \"reject\"")
+    hv = _section(src, data, "health", _HEALTH_KEYS)
+    _positive(src, "health", hv, "max_calls_per_hour", "min_average_duration", "min_samples",
+              "quarantine_hours", "flush_interval")
+    if not 0 <= hv["min_answer_ratio"] <= 1:
+        raise src.error("health", "min_answer_ratio", "must be between 0 and 1")
+    health = HealthLimits(
+        max_calls_per_hour=hv["max_calls_per_hour"],
+        min_average_duration=float(hv["min_average_duration"]),
+        min_answer_ratio=float(hv["min_answer_ratio"]),
+        short_call_seconds=float(hv["short_call_seconds"]), min_samples=hv["min_samples"],
+        quarantine_seconds=float(hv["quarantine_hours"]) * 3600) if hv["enabled"] else None
     signing: dict[str, SigningConfig] = {}
     for i, raw in enumerate(_array(src, data, "signing")):
         v = _section(src, data, "signing", _SIGNING_KEYS, entry=i, raw=raw)
@@ -475,7 +503,9 @@ def _auth(src: _Source, data: dict[str, Any]) -> AuthConfig:
         signing=tuple(signing.values()), accounts=tuple(accounts), numbers=tuple(numbers),
         policy=AuthPolicy(unsigned_calls=policy["unsigned_calls"],
                           max_date_skew=policy["max_date_skew"],
-                          country_code=policy["country_code"]))
+                          country_code=policy["country_code"],
+                          neighbour_spoofing=policy["neighbour_spoofing"]),
+        health=health, health_flush_interval=float(hv["flush_interval"]))
 
 
 def _load_pem_certs(src: _Source, key: str, paths: list[Any]) -> list[x509.Certificate]:

@@ -13,9 +13,11 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..policy.accounts import AccountDirectory
-from ..policy.attestation import Decision, decide
+from ..policy.attestation import Decision, Reason, decide
+from ..policy.health import NumberHealth
 from ..policy.inventory import Inventory
 from ..sip.errors import SipError
 from ..sip.message import SipMessage
@@ -59,6 +61,8 @@ def parse_date(text: str) -> int | None:
 @dataclass(frozen=True, kw_only=True)
 class AuthPolicy:
     unsigned_calls: str = "forward"  # a call we cannot sign: "forward" it unsigned or "reject"
+    neighbour_spoofing: str = "sign_b"  # an unowned caller ID with the callee's NPA-NXX:
+    # "sign_b" (never above B) or "reject" (403)
     max_date_skew: int = 60  # RFC 8224 §6.1 / §6.2.1: Date more than this off is refused
     country_code: str = "1"
 
@@ -73,6 +77,10 @@ class OutboundAuthenticator:
         # A performance clock for the sign-latency histogram, given by the I/O layer.
         self.clock = clock
         self.sign_latency = LatencyHistogram()
+        # Number health fed from the signalling: call-id -> [calling number, answer time].
+        self.health: NumberHealth | None = None
+        self._calls: dict[str, list[Any]] = {}
+        self.max_tracked_calls = 200_000
         self.signers = signers
         self.inventory = inventory
         self.policy = policy
@@ -119,7 +127,11 @@ class OutboundAuthenticator:
         else:
             iat = int(now)
             msg.append_header(self._date_line(iat))
-        decision = decide(account, orig, self.inventory)
+        decision = decide(account, orig, self.inventory, dest)
+        if decision.reason is Reason.NEIGHBOUR_SPOOFING and \
+                self.policy.neighbour_spoofing == "reject":
+            self.stats[("sign_refused", "neighbour_spoofing")] += 1
+            return Rejection(status=403, reason="Neighbour Spoofing Refused")
         signer = self.signers[account.signing]
         started = self.clock() if self.clock is not None else 0.0
         token = signer.sign(attest=decision.level, orig=orig, dest=[dest], iat=iat,
@@ -127,6 +139,11 @@ class OutboundAuthenticator:
         if self.clock is not None:
             self.sign_latency.observe(self.clock() - started)
         msg.append_header(signer.identity_header(token))
+        if self.health is not None:
+            self.health.attempt(orig, now)
+            self._calls[msg.call_id] = [orig, 0.0]
+            if len(self._calls) > self.max_tracked_calls:
+                del self._calls[next(iter(self._calls))]
         self.stats[("calls_signed", account.name, decision.level.value,
                     decision.reason.value)] += 1
         self.last_decision = decision
@@ -136,6 +153,22 @@ class OutboundAuthenticator:
                       extra={"call_id": msg.call_id, "account": account.name,
                              "attest": decision.level.value, "reason": decision.reason.value})
         return None
+
+    # -- CallObserver: what the engine tells about calls it carries -------------------------
+    def invite_final(self, call_id: str, status: int, now: float) -> None:
+        call = self._calls.get(call_id)
+        if call is None or self.health is None:
+            return
+        self.health.final(call[0], status, now)
+        if 200 <= status < 300:
+            call[1] = now
+        else:
+            del self._calls[call_id]
+
+    def bye(self, call_id: str, now: float) -> None:
+        call = self._calls.pop(call_id, None)
+        if call is not None and call[1] and self.health is not None:
+            self.health.ended(call[0], now - call[1], now)
 
     def _orig_tn(self, msg: SipMessage) -> str | None:
         """The calling number: P-Asserted-Identity (a tel or sip URI with a number), else From."""

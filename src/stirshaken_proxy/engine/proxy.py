@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..sip.errors import SipError
 from ..sip.message import SipMessage, make_response, parse_message
@@ -89,6 +89,14 @@ class Defer:
     urls: tuple[str, ...]
 
 
+class CallObserver(Protocol):
+    """Told about the calls the engine carries (number health listens)."""
+
+    def invite_final(self, call_id: str, status: int, now: float) -> None: ...
+
+    def bye(self, call_id: str, now: float) -> None: ...
+
+
 # A hook sees each new request before it is forwarded. It may edit the message (add Identity,
 # Date, verstat, …) and returns None to forward it, a Rejection to answer it, or Defer.
 RequestHook = Callable[[SipMessage, Peer, float], Rejection | Defer | None]
@@ -115,6 +123,7 @@ class _Context:
         "cancel_pending",
         "cancelled",
         "client",
+        "final_seen",
         "kind",
         "provisional",
         "route_lines",
@@ -133,6 +142,7 @@ class _Context:
         self.cancel_pending = False
         self.cancelled = False
         self.timer_c_fired = False
+        self.final_seen = False
         self.via_line = b""
         self.route_lines: tuple[bytes, ...] = ()
         self.ruri = b""
@@ -153,6 +163,7 @@ class ProxyEngine:
         self.stats: Stats = Counter()
         # Hooks run in order on each new request; the first decision that is not None wins.
         self.request_hooks: list[RequestHook] = list(request_hooks)
+        self.call_observers: list[CallObserver] = []
         self._filters = {
             name: SourceFilter(side.allowed_sources, allow_any=side.allow_any_source)
             for name, side in self.sides.items()
@@ -295,6 +306,9 @@ class ProxyEngine:
             out.append(Send(self._respond(
                 msg, 503, extra=(b"Retry-After: %d\r\n" % self.config.retry_after,)), source))
             return
+        if method == "BYE":
+            for observer in self.call_observers:
+                observer.bye(msg.call_id, now)
         cls = ServerInvite if method == "INVITE" else ServerNonInvite
         txn = cls(key=key, peer=source, tu=self, config=self.config.timers, request=msg)
         self.server_txns[key] = txn
@@ -551,6 +565,10 @@ class ProxyEngine:
                 self._send_cancel(ctx, now, out)
         if status == 100:
             return  # 100 Trying is hop by hop (§16.7 step 3)
+        if status >= 200 and isinstance(txn, ClientInvite) and not ctx.final_seen:
+            ctx.final_seen = True
+            for observer in self.call_observers:
+                observer.invite_final(msg.call_id, status, now)
         server = ctx.server
         if server is None:
             return

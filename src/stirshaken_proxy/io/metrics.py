@@ -78,6 +78,18 @@ class ServiceCollector(Collector):
             for name, not_after in app.certificate_expiry.items():
                 expiry.add_metric([name], not_after - now)
             yield expiry
+        if app.health is not None:
+            now = time.time()
+            states: dict[str, int] = {"healthy": 0, "at_velocity_limit": 0, "quarantined": 0}
+            for tn in list(app.health.numbers):
+                states[app.health.state(tn, now).value] += 1
+            numbers = GaugeMetricFamily(PREFIX + "numbers", "Calling numbers by health state",
+                                        labels=["state"])
+            for state, count in states.items():
+                numbers.add_metric([state], count)
+            yield numbers
+            yield CounterMetricFamily(PREFIX + "number_quarantines",
+                                      "Numbers put in quarantine", value=app.health.quarantines)
         if app.inbound is not None:
             yield _histogram("verify_seconds", "Time to verify the Identity of one INVITE "
                              "(certificate already fetched)", app.inbound.verify_latency)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..stir.passport import Attestation
 from .accounts import Account
 from .inventory import Inventory
+from .presence import is_neighbour
 
 
 class Reason(enum.Enum):
@@ -17,6 +18,7 @@ class Reason(enum.Enum):
     NUMBER_NOT_IN_INVENTORY = "number_not_in_inventory"  # B: nobody we know owns it
     NUMBER_OF_ANOTHER_ACCOUNT = "number_of_another_account"  # B: another account owns it
     GATEWAY = "gateway"  # C: the call entered through a gateway
+    NEIGHBOUR_SPOOFING = "neighbour_spoofing"  # B: not owned and the callee's own NPA-NXX
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -27,9 +29,11 @@ class Decision:
     owner: str | None  # the account that owns the number, when one does
 
 
-def decide(account: Account, orig_tn: str, inventory: Inventory) -> Decision:
+def decide(account: Account, orig_tn: str, inventory: Inventory,
+           dest_tn: str | None = None) -> Decision:
     """A when the account owns the number; B when it does not (never A for a number that
-    another account owns); C for gateway traffic."""
+    another account owns; the reason names a caller ID with the callee's own NPA-NXX,
+    "neighbour spoofing"); C for gateway traffic."""
     owner = inventory.owner(orig_tn)
     if account.gateway:
         return Decision(level=Attestation.C, reason=Reason.GATEWAY, account=account.name,
@@ -37,5 +41,10 @@ def decide(account: Account, orig_tn: str, inventory: Inventory) -> Decision:
     if owner == account.name:
         return Decision(level=Attestation.A, reason=Reason.OWNED_NUMBER, account=account.name,
                         owner=owner)
-    reason = Reason.NUMBER_NOT_IN_INVENTORY if owner is None else Reason.NUMBER_OF_ANOTHER_ACCOUNT
+    if dest_tn is not None and is_neighbour(orig_tn, dest_tn):
+        reason = Reason.NEIGHBOUR_SPOOFING
+    elif owner is None:
+        reason = Reason.NUMBER_NOT_IN_INVENTORY
+    else:
+        reason = Reason.NUMBER_OF_ANOTHER_ACCOUNT
     return Decision(level=Attestation.B, reason=reason, account=account.name, owner=owner)

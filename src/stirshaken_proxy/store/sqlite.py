@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from ..policy.numbers import (
     parse_block_text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATIONS = {
     1: """
         CREATE TABLE numbers (
@@ -34,6 +35,13 @@ _MIGRATIONS = {
         CREATE INDEX numbers_account ON numbers(account);
         CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
         INSERT INTO meta(key, value) VALUES ('inventory_version', 0);
+    """,
+    2: """
+        CREATE TABLE number_health (
+            tn TEXT NOT NULL PRIMARY KEY,
+            data TEXT NOT NULL,
+            updated REAL NOT NULL
+        );
     """,
 }
 
@@ -162,6 +170,33 @@ class NumberStore:
 
         self._write(change)
         return hits
+
+
+class HealthRows:
+    """Number-health statistics, written behind by the service (JSON per number)."""
+
+    def __init__(self, store: NumberStore) -> None:
+        self.db = store.db
+
+    def save(self, rows: list[tuple[str, dict[str, object]]], now: float) -> None:
+        if not rows:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "INSERT INTO number_health(tn, data, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(tn) DO UPDATE SET data = excluded.data, updated = excluded.updated",
+                [(tn, json.dumps(data, separators=(",", ":")), now) for tn, data in rows])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def load(self) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        for tn, data in self.db.execute("SELECT tn, data FROM number_health"):
+            out[tn] = json.loads(data)
+        return out
 
 
 def parse_numbers_csv(path: str, text: str, *, accounts: set[str], country_code: str = "1",

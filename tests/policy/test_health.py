@@ -1,0 +1,104 @@
+"""Number-health limits and the neighbour-spoofing guard, as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from stirshaken_proxy.policy.health import HealthLimits, NumberHealth, State
+from stirshaken_proxy.policy.presence import Pool, choose, is_neighbour
+
+T0 = 1_790_000_000.0
+TN = "12025550100"
+LIMITS = HealthLimits(max_calls_per_hour=5, min_samples=4, min_answer_ratio=0.25,
+                      min_average_duration=30, quarantine_seconds=600, short_call_seconds=6)
+
+
+def feed(events: list[tuple[str, float, float]]) -> NumberHealth:
+    h = NumberHealth(LIMITS)
+    for kind, t, value in events:
+        if kind == "attempt":
+            h.attempt(TN, T0 + t)
+        elif kind == "final":
+            h.final(TN, int(value), T0 + t)
+        else:
+            h.ended(TN, value, T0 + t)
+    return h
+
+
+def calls(n: int, *, answered: int, duration: float, spacing: float = 60.0
+          ) -> list[tuple[str, float, float]]:
+    out: list[tuple[str, float, float]] = []
+    for i in range(n):
+        t = i * spacing
+        out.append(("attempt", t, 0))
+        if i < answered:
+            out += [("final", t + 5, 200), ("end", t + 5 + duration, duration)]
+        else:
+            out.append(("final", t + 20, 486))
+    return out
+
+
+@pytest.mark.parametrize(("name", "events", "at", "state", "reason"), [
+    ("fresh number", [], 0, State.HEALTHY, ""),
+    ("4 calls in the hour", calls(4, answered=4, duration=60), 300, State.HEALTHY, ""),
+    ("5 calls: at the velocity limit", calls(5, answered=5, duration=60), 300,
+     State.AT_LIMIT, ""),
+    ("limit lifts after an hour", calls(5, answered=5, duration=60), 3601, State.HEALTHY, ""),
+    ("answer ratio 0/4", calls(4, answered=0, duration=0), 300, State.QUARANTINED,
+     "answer ratio 0.00 under 0.25"),
+    ("answer ratio 1/4 is at the limit, not under", calls(4, answered=1, duration=60), 300,
+     State.HEALTHY, ""),
+    ("average duration 10 s", calls(4, answered=4, duration=10), 500, State.QUARANTINED,
+     "average duration 10 s under 30 s"),
+    ("too few calls to judge", calls(3, answered=0, duration=0), 300, State.HEALTHY, ""),
+    ("cool-down over", calls(4, answered=0, duration=0), 300 + 620, State.HEALTHY, ""),
+])
+def test_limits(name: str, events: list[tuple[str, float, float]], at: float, state: State,
+                reason: str) -> None:
+    h = feed(events)
+    assert h.state(TN, T0 + at) is state
+    report = h.report(TN, T0 + at)
+    assert report["quarantine_reason"] == reason
+
+
+def test_short_calls_and_response_mix_are_counted() -> None:
+    h = feed(calls(4, answered=2, duration=3))
+    r = h.report(TN, T0 + 400)
+    assert r["short_calls"] == 2 and r["finals"] == {200: 2, 486: 2}
+    assert r["answer_ratio"] == 0.5
+
+
+def test_operator_quarantine_and_release() -> None:
+    h = NumberHealth(LIMITS)
+    h.quarantine(TN, "flagged by operator", T0)
+    assert h.state(TN, T0 + 1) is State.QUARANTINED
+    pool = Pool([TN, "12025550101"])
+    pick = choose(pool, "12025559999", h, T0 + 1)
+    assert pick is not None and pick.tn == "12025550101"  # out of rotation
+    h.release(TN)
+    assert h.state(TN, T0 + 2) is State.HEALTHY
+
+
+@pytest.mark.parametrize(("caller", "callee", "neighbour"), [
+    ("12025550100", "12025559999", True),  # same NPA-NXX
+    ("12025560100", "12025559999", False),  # same NPA, other NXX
+    ("13105550100", "12025550100", False),
+    ("442071838750", "442071838751", False),  # not NANP: no NPA-NXX pattern
+])
+def test_neighbour(caller: str, callee: str, neighbour: bool) -> None:
+    assert is_neighbour(caller, callee) is neighbour
+
+
+def test_choose_prefers_local_then_spreads() -> None:
+    h = NumberHealth(HealthLimits())
+    pool = Pool(["12025550100", "12025550101", "13105550100"])
+    picks = []
+    for i in range(4):
+        p = choose(pool, "12025559999", h, T0 + i)
+        assert p is not None
+        h.attempt(p.tn, T0 + i)
+        picks.append((p.tn, p.local))
+    assert picks[:2] == [("12025550100", True), ("12025550101", True)]
+    assert {p[0] for p in picks} == {"12025550100", "12025550101"}
+    other = choose(pool, "16175550000", h, T0 + 10)
+    assert other is not None and other.local is False and other.tn == "13105550100"
