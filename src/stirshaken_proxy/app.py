@@ -191,6 +191,7 @@ class Application:
         await self.flush_health()
         self.health = self.health_rows = None
         self.engine.call_observers.clear()
+        self.engine.forward_filters.clear()
         if self.fetcher is not None:
             await self.fetcher.close()
             self.fetcher = None
@@ -264,6 +265,7 @@ class Application:
             self.health, self.health_rows = health, rows
             self.auth.health = health
             self.engine.call_observers.append(self.auth)
+            self.engine.forward_filters.append(self.auth.map_identities)
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush_health_every(ac.health_flush_interval))
         # Traffic from an account's sources is admitted on the dialer side.

@@ -168,12 +168,14 @@ _ACCOUNT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "signing": ((str,), "default"),
     "gateway": ((bool,), False),
     "numbers": ((list,), []),
+    "local_presence": ((str,), "off"),
 }
 _AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "unsigned_calls": ((str,), "forward"),
     "max_date_skew": ((int,), 60),
     "country_code": ((str,), "1"),
     "neighbour_spoofing": ((str,), "sign_b"),
+    "local_presence_header": ((str,), "X-Local-Presence"),
 }
 _VERIFY_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "enabled": ((bool,), True),
@@ -487,9 +489,13 @@ def _auth(src: _Source, data: dict[str, Any]) -> AuthConfig:
                 raise src.error("accounts", "numbers", str(exc), i) from None
             numbers.append(NumberBlock(first=first, last=last, account=v["name"],
                                        label="config"))
+        if v["local_presence"] not in ("off", "always", "header"):
+            raise src.error("accounts", "local_presence",
+                            'must be "off", "always" or "header"', i)
         accounts.append(Account(name=v["name"], origid=v["origid"],
                                 sources=_cidrs(src, "accounts", "sources", v["sources"], i),
-                                signing=v["signing"], gateway=v["gateway"]))
+                                signing=v["signing"], gateway=v["gateway"],
+                                local_presence=v["local_presence"]))
     clash = overlapping(numbers)
     if clash is not None:
         entry = next(i for i, a in enumerate(accounts) if a.name == clash[1].account)
@@ -504,7 +510,8 @@ def _auth(src: _Source, data: dict[str, Any]) -> AuthConfig:
         policy=AuthPolicy(unsigned_calls=policy["unsigned_calls"],
                           max_date_skew=policy["max_date_skew"],
                           country_code=policy["country_code"],
-                          neighbour_spoofing=policy["neighbour_spoofing"]),
+                          neighbour_spoofing=policy["neighbour_spoofing"],
+                          local_presence_header=policy["local_presence_header"]),
         health=health, health_flush_interval=float(hv["flush_interval"]))
 
 

@@ -19,17 +19,20 @@ from ..policy.accounts import AccountDirectory
 from ..policy.attestation import Decision, Reason, decide
 from ..policy.health import NumberHealth
 from ..policy.inventory import Inventory
+from ..policy.presence import Pool, choose
 from ..sip.errors import SipError
 from ..sip.message import SipMessage
 from ..sip.numbers import canonical_tn
 from ..sip.transport import Peer
-from ..sip.uri import parse_name_addr
+from ..sip.uri import parse_name_addr, uri_user, with_uri_user
 from ..stir.passport import Signer
 from .proxy import DIALER, Rejection
 from .stats import LatencyHistogram, Stats
 
 log = logging.getLogger(__name__)
 
+_IDENTITY_HEADERS = (("from", b"From"), ("to", b"To"),
+                     ("p-asserted-identity", b"P-Asserted-Identity"))
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # RFC 3261 §20.17: rfc1123-date, and only "GMT" (RFC 4475 §3.1.2.12).
@@ -63,6 +66,7 @@ class AuthPolicy:
     unsigned_calls: str = "forward"  # a call we cannot sign: "forward" it unsigned or "reject"
     neighbour_spoofing: str = "sign_b"  # an unowned caller ID with the callee's NPA-NXX:
     # "sign_b" (never above B) or "reject" (403)
+    local_presence_header: str = "X-Local-Presence"  # the dialer's per-call request
     max_date_skew: int = 60  # RFC 8224 §6.1 / §6.2.1: Date more than this off is refused
     country_code: str = "1"
 
@@ -81,6 +85,10 @@ class OutboundAuthenticator:
         self.health: NumberHealth | None = None
         self._calls: dict[str, list[Any]] = {}
         self.max_tracked_calls = 200_000
+        # call-id -> (dialer's From user, dialer's PAI user, presented user) for substituted
+        # caller IDs; bounded, the oldest calls go first.
+        self._identities: dict[str, tuple[str, str | None, str]] = {}
+        self._pools: dict[tuple[str, int, int], Pool] = {}
         self.signers = signers
         self.inventory = inventory
         self.policy = policy
@@ -127,6 +135,21 @@ class OutboundAuthenticator:
         else:
             iat = int(now)
             msg.append_header(self._date_line(iat))
+        if account.local_presence != "off" and self.health is not None:
+            wanted = self._presence_requested(msg, account.local_presence)
+            if wanted:
+                pick = choose(self._pool(account.name), dest, self.health, now)
+                if pick is None:
+                    self.stats[("sign_refused", "caller_id_pool_exhausted")] += 1
+                    return Rejection(status=503, reason="Caller ID Pool Exhausted",
+                                     headers=(b"Retry-After: 60\r\n",))
+                if pick.tn != orig:
+                    self._map_identity(msg, pick.tn)
+                    log.info("call %s: caller ID %s presented as %s (%s)", msg.call_id, orig,
+                             pick.tn, "local" if pick.local else "other area",
+                             extra={"call_id": msg.call_id, "account": account.name,
+                                    "orig": orig})
+                    orig = pick.tn
         decision = decide(account, orig, self.inventory, dest)
         if decision.reason is Reason.NEIGHBOUR_SPOOFING and \
                 self.policy.neighbour_spoofing == "reject":
@@ -153,6 +176,54 @@ class OutboundAuthenticator:
                       extra={"call_id": msg.call_id, "account": account.name,
                              "attest": decision.level.value, "reason": decision.reason.value})
         return None
+
+    # -- caller-ID substitution -------------------------------------------------------------
+    def _presence_requested(self, msg: SipMessage, mode: str) -> bool:
+        name = self.policy.local_presence_header.lower()
+        asked = (msg.get(name) or "").strip().lower() in ("yes", "true", "1", "on")
+        msg.remove_all(name)  # the dialer's request stops here
+        return mode == "always" or (mode == "header" and asked)
+
+    def _pool(self, account: str) -> Pool:
+        key = (account, self.inventory.version, len(self.inventory))
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(self.inventory.numbers_of(account))
+        return pool
+
+    def _map_identity(self, msg: SipMessage, chosen: str) -> None:
+        """Remember, for this call, the dialer's identities and the number that replaces them
+        on the carrier side; ``map_identities`` applies it to every message of the call."""
+        from_user = uri_user(msg.get("from") or "")
+        pai = msg.get("p-asserted-identity")
+        pai_user = uri_user(pai) if pai else None
+        self._identities[msg.call_id] = (from_user, pai_user, "+" + chosen)
+        if len(self._identities) > self.max_tracked_calls:
+            del self._identities[next(iter(self._identities))]
+
+    def map_identities(self, msg: SipMessage, out_side: str) -> None:
+        """A forward filter (see engine.proxy): toward the carrier the dialer's identity becomes
+        the chosen number; toward the dialer the chosen number becomes the dialer's identity
+        again, in From, To and P-Asserted-Identity. Tags and Call-ID never change, so both
+        dialogs stay whole (UAs match dialogs on them, RFC 3261 §12)."""
+        entry = self._identities.get(msg.call_id)
+        if entry is None:
+            return
+        from_user, pai_user, chosen = entry
+        for name, label in _IDENTITY_HEADERS:
+            for i in msg.index.get(name, ()):
+                value = msg.headers[i].value
+                user = uri_user(value)
+                if not user:
+                    continue
+                if out_side != DIALER and user in (from_user, pai_user) and user != chosen:
+                    new = with_uri_user(value, chosen)
+                elif out_side == DIALER and user == chosen:
+                    new = with_uri_user(value, pai_user if name == "p-asserted-identity"
+                                        and pai_user else from_user)
+                else:
+                    continue
+                msg.replace_header(i, label + b": " + new.encode("latin-1") + b"\r\n")
 
     # -- CallObserver: what the engine tells about calls it carries -------------------------
     def invite_final(self, call_id: str, status: int, now: float) -> None:

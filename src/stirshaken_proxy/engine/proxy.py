@@ -164,6 +164,9 @@ class ProxyEngine:
         # Hooks run in order on each new request; the first decision that is not None wins.
         self.request_hooks: list[RequestHook] = list(request_hooks)
         self.call_observers: list[CallObserver] = []
+        # Filters see every message about to be sent on, with the side it goes to (caller-ID
+        # substitution maps identities per call in both directions).
+        self.forward_filters: list[Callable[[SipMessage, str], None]] = []
         self._filters = {
             name: SourceFilter(side.allowed_sources, allow_any=side.allow_any_source)
             for name, side in self.sides.items()
@@ -417,6 +420,8 @@ class ProxyEngine:
             msg.prepend_header(self._rr_line[out_side])
         via = self._via_prefix[out_side] + branch.encode() + b"\r\n"
         msg.prepend_header(via)
+        for f in self.forward_filters:
+            f(msg, out_side)
         return via, self._next_hop[out_side]
 
     def _pop_own_routes(self, msg: SipMessage) -> None:
@@ -457,9 +462,9 @@ class ProxyEngine:
             ctx.via_line = via
             # CANCEL and the ACK of a non-2xx carry the Route lines as forwarded (§9.1).
             ctx.route_lines = tuple(msg.current_lines("route"))
-            ctx.to_line = b"".join(msg.raw_lines("to"))
+            ctx.to_line = b"".join(msg.current_lines("to"))
             head = b"ACK " + ctx.ruri + b" SIP/2.0\r\n" + via + b"".join(ctx.route_lines)
-            middle = b"".join(msg.raw_lines("from")) + b"".join(msg.raw_lines("call-id"))
+            middle = b"".join(msg.current_lines("from")) + b"".join(msg.raw_lines("call-id"))
             ctx.ack_parts = (head, middle, msg.cseq)
             client: ClientTransaction = ClientInvite(
                 key=key, peer=dest, tu=self, config=self.config.timers, request=data,
@@ -541,6 +546,8 @@ class ProxyEngine:
         self._strip_top_via(msg)
         side = CARRIER if top.port == self.sides[CARRIER].advertise_port else DIALER
         dest = Peer(OPPOSITE[side], "udp", addr[0], addr[1])
+        for f in self.forward_filters:
+            f(msg, dest.side)
         out.append(Send(msg.serialize(), dest))
 
     @staticmethod
@@ -573,6 +580,8 @@ class ProxyEngine:
         if server is None:
             return
         self._strip_top_via(msg)
+        for f in self.forward_filters:
+            f(msg, server.peer.side)
         server.send_response(msg.serialize(), status, now, out)
 
     def on_timeout(self, txn: Transaction, now: float, out: list[Action]) -> None:

@@ -16,6 +16,8 @@ class Account:
     sources: tuple[str, ...]  # CIDRs
     signing: str = "default"  # the signing identity this account's calls are signed with
     gateway: bool = False  # traffic from a gateway: signed C (ATIS-1000074 §5.2.3)
+    # Caller-ID selection: "off", "always", or "header" (when the dialer asks per call).
+    local_presence: str = "off"
 
     def __post_init__(self) -> None:
         uuid.UUID(self.origid)

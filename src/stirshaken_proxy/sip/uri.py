@@ -201,3 +201,27 @@ def split_values(value: str) -> list[str]:
     if "," not in value:
         return [value.strip(_WS)]
     return [v.strip(_WS) for v in _ELEMENT_RE.findall(value)]
+
+
+_USER_RE = re.compile(r"(<?\s*(?:sips?|tel):)([^@;>?]*)(?=[@;>?]|$)", re.IGNORECASE)
+
+
+def uri_user(value: str) -> str:
+    """The user part (or tel number) of the URI in a header value, '' when there is none."""
+    m = _USER_RE.search(value)
+    if m is None:
+        return ""
+    scheme_is_tel = m.group(1).rstrip().lower().endswith("tel:")
+    rest = value[m.end():]
+    if not scheme_is_tel and not rest.startswith("@"):
+        return ""  # sip:host, no user part
+    return m.group(2)
+
+
+def with_uri_user(value: str, user: str) -> str:
+    """The header value with its URI's user part (or tel number) replaced; unchanged when
+    the URI has no user part."""
+    m = _USER_RE.search(value)
+    if m is None or not uri_user(value):
+        return value
+    return value[: m.start(2)] + user + value[m.end(2):]

@@ -1,0 +1,60 @@
+"""Local presence through the real service with SIPp: the carrier receives the account's own
+number with the callee's area code, signed A; the dialer's dialog keeps its own number; the
+call flow completes; a quarantined number leaves the rotation."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.service.conftest import requires_sipp
+from tests.support import (
+    HOST,
+    Ports,
+    SippUas,
+    free_port,
+    run_uac,
+    running_service,
+    signing_config,
+    write_config,
+)
+
+pytestmark = [requires_sipp, pytest.mark.sipp]
+
+
+def test_substituted_caller_id_end_to_end(tmp_path: Path) -> None:
+    ports = Ports.pick()
+    cfg = write_config(tmp_path / "p.toml", ports, extra=signing_config(
+        tmp_path, ports, numbers='["+1 202 555 0100..0103", "+1 415 555 0100"]',
+        account_extra='local_presence = "always"'))
+    uac_log = tmp_path / "uac-msg.log"
+    with running_service(cfg, ports.admin, tmp_path / "proxy.log"):
+        # The operator takes one of the 202 numbers out of rotation first.
+        req = urllib.request.Request(
+            f"http://{HOST}:{ports.admin}/numbers/12025550103/quarantine?hours=1", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert json.loads(r.read())["state"] == "quarantined"
+        with SippUas("uas.xml", ports.carrier_next_hop, tmp_path) as carrier:
+            result = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=30, rate=15,
+                             caller="+13105550123", callee="12025550199",
+                             extra=("-trace_msg", "-message_file", str(uac_log)))
+        carrier_msgs = carrier.messages()
+    assert result.successful == 30 and result.failed == 0, result.output[-2000:]
+    # Carrier side: From carries one of the account's 202 numbers, never the dialer's.
+    froms = re.findall(r"^From: <sip:([^@]+)@", carrier_msgs, re.MULTILINE)
+    assert froms and "+13105550123" not in froms
+    assert set(froms) <= {"+12025550100", "+12025550101", "+12025550102"}  # 0103 quarantined
+    assert len(set(froms)) == 3  # spread over the pool
+    for token in re.findall(r"^Identity: ([^;\s]+)", carrier_msgs, re.MULTILINE):
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))
+        assert claims["attest"] == "A" and claims["orig"]["tn"] in {
+            "12025550100", "12025550101", "12025550102"}
+    # Dialer side: every response it received names its own number.
+    dialer_msgs = uac_log.read_text(errors="replace")
+    dialer_froms = set(re.findall(r"^From: <sip:([^@]+)@", dialer_msgs, re.MULTILINE))
+    assert dialer_froms == {"+13105550123"}
