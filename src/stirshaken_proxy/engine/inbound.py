@@ -12,11 +12,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..sip.errors import SipError
 from ..sip.message import SipMessage
-from ..sip.numbers import canonical_tn
+from ..sip.numbers import called_tn, calling_tn
 from ..sip.transport import Peer
-from ..sip.uri import parse_name_addr
 from ..stir.verify import Verdict, Verifier, Verstat
 from .outbound import parse_date
 from .proxy import CARRIER, Defer, Rejection
@@ -59,8 +57,9 @@ class InboundVerifier:
         date_text = msg.get("date")
         started = self.clock() if self.clock is not None else 0.0
         verdict = self.verifier.verify(
-            msg.get_all("identity"), orig=self._orig(msg),
-            dest=canonical_tn(msg.uri, country_code=cc) or self._to(msg),
+            msg.get_all("identity"),
+            orig=calling_tn(msg.values("p-asserted-identity"), msg.get("from"), country_code=cc),
+            dest=called_tn(msg.uri, msg.get("to"), country_code=cc),
             date=parse_date(date_text) if date_text else None, now=now)
         if verdict.pending:
             self.stats[("verify_waits",)] += 1
@@ -76,30 +75,6 @@ class InboundVerifier:
                              headers=(reason_header(code, verdict.phrase),))
         self._mark(msg, verdict)
         return None
-
-    def _orig(self, msg: SipMessage) -> str | None:
-        cc = self.policy.country_code
-        for value in msg.values("p-asserted-identity"):
-            try:
-                tn = canonical_tn(parse_name_addr(value).uri, country_code=cc)
-            except SipError:
-                continue
-            if tn is not None:
-                return tn
-        from_value = msg.get("from")
-        try:
-            return canonical_tn(parse_name_addr(from_value).uri, country_code=cc) \
-                if from_value else None
-        except SipError:
-            return None
-
-    def _to(self, msg: SipMessage) -> str | None:
-        value = msg.get("to")
-        try:
-            return canonical_tn(parse_name_addr(value).uri,
-                                country_code=self.policy.country_code) if value else None
-        except SipError:
-            return None
 
     def _count(self, verdict: Verdict) -> None:
         self.stats[("verifications", verdict.verstat.value,

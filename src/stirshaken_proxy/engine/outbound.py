@@ -20,11 +20,10 @@ from ..policy.attestation import Decision, Reason, decide
 from ..policy.health import NumberHealth
 from ..policy.inventory import Inventory
 from ..policy.presence import Pool, choose
-from ..sip.errors import SipError
 from ..sip.message import SipMessage
-from ..sip.numbers import canonical_tn
+from ..sip.numbers import called_tn, calling_tn
 from ..sip.transport import Peer
-from ..sip.uri import parse_name_addr, uri_user, with_uri_user
+from ..sip.uri import uri_user, with_uri_user
 from ..stir.passport import Signer
 from .proxy import DIALER, Rejection
 from .stats import LatencyHistogram, Stats
@@ -112,14 +111,11 @@ class OutboundAuthenticator:
             return None  # SHAKEN signs initial INVITEs only
         if account is None:
             return self._unsigned(msg, "unknown_account")
-        orig = self._orig_tn(msg)
+        cc = self.policy.country_code
+        orig = calling_tn(msg.values("p-asserted-identity"), msg.get("from"), country_code=cc)
         if orig is None:
             return self._unsigned(msg, "no_calling_number")
-        dest = canonical_tn(msg.uri, country_code=self.policy.country_code)
-        if dest is None:
-            to = msg.get("to")
-            dest = canonical_tn(parse_name_addr(to).uri, country_code=self.policy.country_code) \
-                if to else None
+        dest = called_tn(msg.uri, msg.get("to"), country_code=cc)
         if dest is None:
             return self._unsigned(msg, "no_called_number")
         date_text = msg.get("date")
@@ -240,21 +236,6 @@ class OutboundAuthenticator:
         call = self._calls.pop(call_id, None)
         if call is not None and call[1] and self.health is not None:
             self.health.ended(call[0], now - call[1], now)
-
-    def _orig_tn(self, msg: SipMessage) -> str | None:
-        """The calling number: P-Asserted-Identity (a tel or sip URI with a number), else From."""
-        cc = self.policy.country_code
-        for value in msg.values("p-asserted-identity"):
-            try:
-                tn = canonical_tn(parse_name_addr(value).uri, country_code=cc)
-            except SipError:
-                continue
-            if tn is not None:
-                return tn
-        from_value = msg.get("from")
-        if from_value is None:
-            return None
-        return canonical_tn(parse_name_addr(from_value).uri, country_code=cc)
 
     def _unsigned(self, msg: SipMessage, reason: str) -> Rejection | None:
         self.stats[("calls_unsigned", reason)] += 1

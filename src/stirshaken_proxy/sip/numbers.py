@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
+from .errors import SipError
+from .uri import parse_name_addr
+
 _VISUAL = str.maketrans("", "", "-.() \t")
 
 
@@ -48,3 +51,29 @@ def canonical_digits(user: str, *, country_code: str = "1") -> str | None:
             return number
         return None
     return number if len(number) <= 15 else None
+
+
+def _tn_of(value: str | None, country_code: str) -> str | None:
+    if not value:
+        return None
+    try:
+        return canonical_tn(parse_name_addr(value).uri, country_code=country_code)
+    except SipError:
+        return None
+
+
+def calling_tn(pai_values: list[str], from_value: str | None, *,
+               country_code: str = "1") -> str | None:
+    """The calling number: the first P-Asserted-Identity value holding a number (a tel URI or
+    a sip URI with one), else From."""
+    for value in pai_values:
+        tn = _tn_of(value, country_code)
+        if tn is not None:
+            return tn
+    return _tn_of(from_value, country_code)
+
+
+def called_tn(request_uri: str, to_value: str | None, *, country_code: str = "1") -> str | None:
+    """The called number: the Request-URI's, else To's."""
+    return canonical_tn(request_uri, country_code=country_code) or _tn_of(to_value,
+                                                                           country_code)
