@@ -25,12 +25,7 @@ from tests.support import (
     write_config,
 )
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+from bench.compare import session_cpu
 
 
 def ramp(rates: list[int], seconds: int, hold_ms: int, *, sign: bool = False,
@@ -49,11 +44,11 @@ def ramp(rates: list[int], seconds: int, hold_ms: int, *, sign: bool = False,
                 calls = rate * seconds
                 with SippUas("uas.xml", ports.carrier_next_hop, work,
                              time_limit=seconds * 4 + 60, trace_messages=False):
-                    before = cpu_seconds(svc.proc.pid)
+                    before = session_cpu(os.getsid(svc.proc.pid))
                     result = run_uac(scenario, ports.dialer, free_port(), work, calls=calls,
                                      rate=rate, hold_ms=hold_ms, caller=caller,
                                      time_limit=seconds * 4 + 30)
-                    used = cpu_seconds(svc.proc.pid) - before
+                    used = session_cpu(os.getsid(svc.proc.pid)) - before
                 row = {"rate": rate, "calls": result.successful, "failed": result.failed,
                        "retransmissions": result.retransmissions,
                        "cpu_us_per_call": used / max(1, result.successful) * 1e6}
