@@ -169,6 +169,7 @@ _ACCOUNT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "gateway": ((bool,), False),
     "numbers": ((list,), []),
     "local_presence": ((str,), "off"),
+    "max_calls_per_hour": ((int,), 0),  # 0: the [health] limit
 }
 _AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "unsigned_calls": ((str,), "forward"),
@@ -489,13 +490,16 @@ def _auth(src: _Source, data: dict[str, Any]) -> AuthConfig:
                 raise src.error("accounts", "numbers", str(exc), i) from None
             numbers.append(NumberBlock(first=first, last=last, account=v["name"],
                                        label="config"))
+        if v["max_calls_per_hour"] < 0:
+            raise src.error("accounts", "max_calls_per_hour", "must not be negative", i)
         if v["local_presence"] not in ("off", "always", "header"):
             raise src.error("accounts", "local_presence",
                             'must be "off", "always" or "header"', i)
         accounts.append(Account(name=v["name"], origid=v["origid"],
                                 sources=_cidrs(src, "accounts", "sources", v["sources"], i),
                                 signing=v["signing"], gateway=v["gateway"],
-                                local_presence=v["local_presence"]))
+                                local_presence=v["local_presence"],
+                                max_calls_per_hour=v["max_calls_per_hour"] or None))
     clash = overlapping(numbers)
     if clash is not None:
         entry = next(i for i, a in enumerate(accounts) if a.name == clash[1].account)

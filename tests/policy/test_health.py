@@ -6,6 +6,7 @@ import pytest
 
 from stirshaken_proxy.policy.health import HealthLimits, NumberHealth, State
 from stirshaken_proxy.policy.presence import Pool, choose, is_neighbour
+from stirshaken_proxy.policy.regions import state_of_description, state_of_npa
 
 T0 = 1_790_000_000.0
 TN = "12025550100"
@@ -102,3 +103,42 @@ def test_choose_prefers_local_then_spreads() -> None:
     assert {p[0] for p in picks} == {"12025550100", "12025550101"}
     other = choose(pool, "16175550000", h, T0 + 10)
     assert other is not None and other.local is False and other.tn == "13105550100"
+
+
+@pytest.mark.parametrize(("description", "state"), [
+    ("San Francisco, CA", "CA"), ("California", "CA"), ("Washington D.C.", "DC"),
+    ("Washington State", "WA"), ("New York, NY", "NY"), ("Ontario", None), ("", None),
+])
+def test_state_of_description(description: str, state: str | None) -> None:
+    assert state_of_description(description) == state
+
+
+@pytest.mark.parametrize(("npa", "state"), [
+    ("202", "DC"), ("310", "CA"), ("415", "CA"), ("510", "CA"), ("212", "NY"), ("718", "NY"),
+    ("617", "MA"), ("713", "TX"),
+])
+def test_state_of_npa(npa: str, state: str) -> None:
+    assert state_of_npa(npa) == state
+
+
+def test_choose_prefers_area_then_state_then_any() -> None:
+    h = NumberHealth(HealthLimits())
+    pool = Pool(["14155550100", "13105550100", "12125550100"], state_of_npa)
+    # A callee in 510 (California): no 510 number, so a California one.
+    pick = choose(pool, "15105550000", h, T0)
+    assert pick is not None and pick.tn in ("14155550100", "13105550100") and pick.same_state
+    # A callee in Texas: no number there, any number.
+    other = choose(pool, "17135550000", h, T0)
+    assert other is not None and not other.local and not other.same_state
+
+
+def test_account_velocity_limit_overrides_the_default() -> None:
+    h = NumberHealth(HealthLimits(max_calls_per_hour=50))
+    pool = Pool(["12025550100"])
+    picks = 0
+    for i in range(10):
+        pick = choose(pool, "12025559999", h, T0 + i, max_per_hour=3)
+        if pick is not None:
+            h.attempt(pick.tn, T0 + i)
+            picks += 1
+    assert picks == 3

@@ -58,3 +58,30 @@ def test_substituted_caller_id_end_to_end(tmp_path: Path) -> None:
     dialer_msgs = uac_log.read_text(errors="replace")
     dialer_froms = set(re.findall(r"^From: <sip:([^@]+)@", dialer_msgs, re.MULTILINE))
     assert dialer_froms == {"+13105550123"}
+
+
+def test_reinvite_is_mapped_both_ways(tmp_path: Path) -> None:
+    """A re-INVITE from the dialer reaches the carrier with the chosen number, and its 200
+    comes back with the dialer's own (SIPp on both sides, through the real service)."""
+    ports = Ports.pick()
+    cfg = write_config(tmp_path / "p.toml", ports, extra=signing_config(
+        tmp_path, ports, numbers='["+1 202 555 0100..0101"]',
+        account_extra='local_presence = "always"'))
+    uac_log = tmp_path / "uac-msg.log"
+    with running_service(cfg, ports.admin, tmp_path / "proxy.log"):
+        with SippUas("uas_reinvite.xml", ports.carrier_next_hop, tmp_path) as carrier:
+            result = run_uac("uac_reinvite.xml", ports.dialer, free_port(), tmp_path,
+                             calls=10, rate=10, caller="+13105550123", callee="12025550199",
+                             extra=("-trace_msg", "-message_file", str(uac_log)))
+        carrier_msgs = carrier.messages()
+    assert result.successful == 10 and result.failed == 0, result.output[-2000:]
+    reinvites = re.findall(r"^INVITE .*?^CSeq: 2 INVITE", carrier_msgs,
+                           re.MULTILINE | re.DOTALL)
+    assert len(reinvites) >= 10
+    for block in reinvites:
+        from_line = re.findall(r"^From: <sip:([^@]+)@", block, re.MULTILINE)[-1]
+        assert from_line in ("+12025550100", "+12025550101")
+    dialer_msgs = uac_log.read_text(errors="replace")
+    assert "CSeq: 2 INVITE" in dialer_msgs
+    assert set(re.findall(r"^From: <sip:([^@]+)@", dialer_msgs, re.MULTILINE)) == {
+        "+13105550123"}

@@ -20,6 +20,7 @@ from ..policy.attestation import Decision, Reason, decide
 from ..policy.health import NumberHealth
 from ..policy.inventory import Inventory
 from ..policy.presence import Pool, choose
+from ..policy.regions import state_of_npa
 from ..sip.message import SipMessage
 from ..sip.numbers import called_tn, calling_tn
 from ..sip.transport import Peer
@@ -134,15 +135,18 @@ class OutboundAuthenticator:
         if account.local_presence != "off" and self.health is not None:
             wanted = self._presence_requested(msg, account.local_presence)
             if wanted:
-                pick = choose(self._pool(account.name), dest, self.health, now)
+                pick = choose(self._pool(account.name), dest, self.health, now,
+                              max_per_hour=account.max_calls_per_hour)
                 if pick is None:
                     self.stats[("sign_refused", "caller_id_pool_exhausted")] += 1
                     return Rejection(status=503, reason="Caller ID Pool Exhausted",
                                      headers=(b"Retry-After: 60\r\n",))
                 if pick.tn != orig:
                     self._map_identity(msg, pick.tn)
+                    where = ("local" if pick.local else "same state" if pick.same_state
+                             else "other area")
                     log.info("call %s: caller ID %s presented as %s (%s)", msg.call_id, orig,
-                             pick.tn, "local" if pick.local else "other area",
+                             pick.tn, where,
                              extra={"call_id": msg.call_id, "account": account.name,
                                     "orig": orig})
                     orig = pick.tn
@@ -184,7 +188,7 @@ class OutboundAuthenticator:
         key = (account, self.inventory.version, len(self.inventory))
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = Pool(self.inventory.numbers_of(account))
+            pool = self._pools[key] = Pool(self.inventory.numbers_of(account), state_of_npa)
         return pool
 
     def _map_identity(self, msg: SipMessage, chosen: str) -> None:

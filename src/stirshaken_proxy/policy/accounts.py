@@ -18,6 +18,7 @@ class Account:
     gateway: bool = False  # traffic from a gateway: signed C (ATIS-1000074 §5.2.3)
     # Caller-ID selection: "off", "always", or "header" (when the dialer asks per call).
     local_presence: str = "off"
+    max_calls_per_hour: int | None = None  # this account's velocity limit per number
 
     def __post_init__(self) -> None:
         uuid.UUID(self.origid)

@@ -138,13 +138,15 @@ class NumberHealth:
         self._judge(s, now)
 
     # -- state ----------------------------------------------------------------------------
-    def state(self, tn: str, now: float) -> State:
+    def state(self, tn: str, now: float, max_per_hour: int | None = None) -> State:
+        """``max_per_hour`` overrides the velocity limit (an account's own)."""
         s = self.numbers.get(tn)
         if s is None:
             return State.HEALTHY
         if s.quarantined_until > now:
             return State.QUARANTINED
-        if s.calls_last_hour(now) >= self.limits.max_calls_per_hour:
+        limit = max_per_hour if max_per_hour is not None else self.limits.max_calls_per_hour
+        if s.calls_last_hour(now) >= limit:
             return State.AT_LIMIT
         return State.HEALTHY
 

@@ -1,0 +1,46 @@
+"""The US state of a NANP area code, from the geocoding data of the `phonenumbers` package
+(Google's libphonenumber data), cached per area code."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_STATES = {
+    "Alabama": "AL", "Alaska": "AK", "Arizona": "AZ", "Arkansas": "AR", "California": "CA",
+    "Colorado": "CO", "Connecticut": "CT", "Delaware": "DE", "Florida": "FL", "Georgia": "GA",
+    "Hawaii": "HI", "Idaho": "ID", "Illinois": "IL", "Indiana": "IN", "Iowa": "IA",
+    "Kansas": "KS", "Kentucky": "KY", "Louisiana": "LA", "Maine": "ME", "Maryland": "MD",
+    "Massachusetts": "MA", "Michigan": "MI", "Minnesota": "MN", "Mississippi": "MS",
+    "Missouri": "MO", "Montana": "MT", "Nebraska": "NE", "Nevada": "NV", "New Hampshire": "NH",
+    "New Jersey": "NJ", "New Mexico": "NM", "New York": "NY", "North Carolina": "NC",
+    "North Dakota": "ND", "Ohio": "OH", "Oklahoma": "OK", "Oregon": "OR", "Pennsylvania": "PA",
+    "Rhode Island": "RI", "South Carolina": "SC", "South Dakota": "SD", "Tennessee": "TN",
+    "Texas": "TX", "Utah": "UT", "Vermont": "VT", "Virginia": "VA", "Washington": "WA",
+    "Washington State": "WA", "West Virginia": "WV", "Wisconsin": "WI", "Wyoming": "WY",
+    "Washington D.C.": "DC", "District of Columbia": "DC",
+}
+_CITY_STATE = re.compile(r",\s*([A-Z]{2})$")
+
+
+def state_of_description(description: str) -> str | None:
+    """"San Francisco, CA" -> CA; "California" -> CA; anything else -> None."""
+    m = _CITY_STATE.search(description)
+    if m:
+        return m.group(1)
+    return _STATES.get(description.strip())
+
+
+@lru_cache(maxsize=1024)
+def state_of_npa(npa: str) -> str | None:
+    """The state of a NANP area code, or None when unknown (or phonenumbers is missing)."""
+    try:
+        import phonenumbers
+        from phonenumbers import geocoder
+    except ImportError:
+        return None
+    try:
+        number = phonenumbers.parse(f"+1{npa}5550100")
+    except phonenumbers.NumberParseException:
+        return None
+    return state_of_description(geocoder.description_for_number(number, "en"))
