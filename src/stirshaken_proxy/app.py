@@ -213,10 +213,10 @@ class Application:
         self._ready = False
         self.engine.draining = True
         deadline = time.monotonic() + self.config.transport.shutdown_grace
-        while self.engine.transactions and time.monotonic() < deadline:
+        while self.engine.pending_requests and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.engine.transactions:
-            log.info("stopping with %d transactions still open", self.engine.transactions)
+        if self.engine.pending_requests:
+            log.info("stopping with %d requests still unanswered", self.engine.pending_requests)
         self.engine.shutdown()
         if self._timer is not None:
             self._timer.cancel()

@@ -92,8 +92,12 @@ def test_full_call_flow_and_retransmissions() -> None:
     assert ringing.peer == UAC
     msg = parsed(ringing)
     assert [v.branch for v in msg.vias()] == ["z9hG4bKuac1"]
+    assert e.pending_requests == 1
     ok = only(e.receive(answer(fwd.data, 200), carrier_peer(), 1.0))
     assert ok.peer == UAC and ok.data.startswith(b"SIP/2.0 200")
+    # Answered: nothing left for a graceful stop to wait for, though the transactions
+    # linger (Accepted, RFC 6026) to absorb retransmissions.
+    assert e.pending_requests == 0 and e.transactions > 0
     # A 2xx retransmission from the UAS is relayed too (RFC 6026 Accepted).
     assert only(e.receive(answer(fwd.data, 200), carrier_peer(), 1.5)).peer == UAC
     # ACK for the 2xx, following the route set, goes end to end with our routes removed.

@@ -246,6 +246,13 @@ class ProxyEngine:
     def transactions(self) -> int:
         return len(self.server_txns) + len(self.client_txns)
 
+    @property
+    def pending_requests(self) -> int:
+        """Requests still waiting for a final answer (what a graceful stop waits for; finished
+        transactions only linger to absorb retransmissions)."""
+        return sum(1 for t in self.server_txns.values()
+                   if t.state in (State.PROCEEDING, State.TRYING))
+
     # -- errors ---------------------------------------------------------------------------
     def _bad_message(self, exc: SipError, source: Peer, out: list[Action]) -> None:
         self.stats[("sip_malformed",)] += 1
