@@ -26,6 +26,7 @@ from .policy.accounts import Account
 from .policy.health import HealthLimits
 from .policy.inventory import NumberBlock
 from .policy.numbers import NumberFormatError, block_text, overlapping, parse_block_text
+from .sip.uri import ascii_digits
 from .stir.certs import load_private_key
 from .stir.x5u import UrlPolicy
 from .transaction import TimerConfig
@@ -311,7 +312,7 @@ def _array(src: _Source, data: dict[str, Any], name: str) -> list[Any]:
 def parse_hostport(src: _Source, section: str, key: str, text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not ascii_digits(port) or not 0 <= int(port) <= 65535:
         raise src.error(section, key, f"must be host:port, not {text!r}")
     return host, int(port)
 
@@ -426,7 +427,7 @@ def _auth(src: _Source, data: dict[str, Any]) -> AuthConfig:
         raise src.error("auth", "unsigned_calls", "must be \"forward\" or \"reject\"")
     if policy["max_date_skew"] <= 0:
         raise src.error("auth", "max_date_skew", "must be greater than 0")
-    if not policy["country_code"].isdigit():
+    if not ascii_digits(policy["country_code"]):
         raise src.error("auth", "country_code", "must be digits, e.g. \"1\"")
     if policy["neighbour_spoofing"] not in ("sign_b", "reject"):
         raise src.error("auth", "neighbour_spoofing", "must be \"sign_b\" or \"reject\"")

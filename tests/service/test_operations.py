@@ -3,9 +3,12 @@ the dashboard and alert rules only use metrics the service exports."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
+import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -102,8 +105,6 @@ def test_sighup_reloads_without_dropping_calls(tmp_path: Path) -> None:
     assert during.successful == 60 and during.failed == 0, during.output[-2000:]
     assert after.successful == 1
     attests = re.findall(r"^Identity: [^.]+\.([^.]+)\.", msgs, re.MULTILINE)
-    import base64
-
     last = json.loads(base64.urlsafe_b64decode(attests[-1] + "==="))
     assert last["attest"] == "A" and last["orig"] == {"tn": "13105550100"}
 
@@ -134,9 +135,6 @@ def _request(method: str, n: int, port: int, *, caller: str = "+12025550142",
 def test_dashboard_and_alerts_use_exported_metrics(tmp_path: Path) -> None:
     """Each kind of traffic once through the real service, then every query's metric must
     be in the scrape."""
-    import socket
-    import subprocess
-
     ports = Ports.pick()
     keys = tmp_path / "keys"
     extra = signing_config(tmp_path, ports) + f"""

@@ -24,7 +24,7 @@ def parse_block_text(text: str, *, country_code: str = "1") -> tuple[str, str]:
             first = canonical_digits(left.strip(), country_code=country_code)
             if first is None:
                 raise NumberFormatError(f"{left.strip()!r} is not a telephone number")
-            digits = "".join(c for c in right if c.isdigit())
+            digits = "".join(c for c in right if c in "0123456789")
             if not digits or any(c not in "0123456789+-(). " for c in right.strip()):
                 raise NumberFormatError(f"{right.strip()!r} is not the end of a range")
             if len(digits) < len(first):

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from .errors import SipError, reason_phrase
 from .uri import (
     NameAddr,
+    ascii_digits,
     is_token,
     parse_name_addr,
     parse_params,
@@ -104,7 +105,7 @@ class Via:
         """Where a response is sent: received/rport when present (RFC 3581), else None."""
         received = self.params.get("received")
         rport = self.params.get("rport")
-        if received and rport and rport.isdigit():
+        if received and rport and ascii_digits(rport):
             return received, int(rport)
         return None
 
@@ -403,7 +404,7 @@ def _parse_request_line(msg: SipMessage, line: str) -> None:
 def _parse_status_line(msg: SipMessage, line: str) -> None:
     version, sp, rest = line.partition(" ")
     code, sp2, reason = rest.partition(" ")
-    if version != "SIP/2.0" or not sp or not sp2 or len(code) != 3 or not code.isdigit():
+    if version != "SIP/2.0" or not sp or not sp2 or len(code) != 3 or not ascii_digits(code):
         raise SipError(None, "malformed Status-Line")
     status = int(code)
     if not 100 <= status <= 699:
@@ -427,7 +428,7 @@ def _validate(msg: SipMessage, data: bytes, body_start: int, stream: bool) -> No
     cseq_text = msg.headers[index["cseq"][0]].value
     num, _, cmethod = cseq_text.partition(" ")
     cmethod = cmethod.strip(_WS)
-    if not num.isdigit() or not is_token(cmethod):
+    if not ascii_digits(num) or not is_token(cmethod):
         raise SipError(400, "malformed CSeq")
     cseq = int(num)
     if cseq > _MAX_CSEQ:
@@ -443,7 +444,7 @@ def _validate(msg: SipMessage, data: bytes, body_start: int, stream: bool) -> No
     if not msg.call_id:
         raise SipError(400, "empty Call-ID")
     mf = index.get("max-forwards")
-    if mf and not msg.headers[mf[0]].value.isdigit():
+    if mf and not ascii_digits(msg.headers[mf[0]].value):
         raise SipError(400, "malformed Max-Forwards")
     # From and To must be well-formed name-addr/addr-spec values; so must every Contact
     # value that is not '*'.
@@ -459,7 +460,7 @@ def _validate(msg: SipMessage, data: bytes, body_start: int, stream: bool) -> No
     cl = index.get("content-length")
     if cl:
         text = msg.headers[cl[0]].value
-        if not text.isdigit():
+        if not ascii_digits(text):
             raise SipError(400, "malformed Content-Length", fatal_stream=True)
         length = int(text)
         if length > available:

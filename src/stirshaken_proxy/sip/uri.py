@@ -18,6 +18,11 @@ _BAD_HOST_CHARS = re.compile(r"[ \t,;?@]")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 
 
+def ascii_digits(text: str) -> bool:
+    """Only 0-9 (str.isdigit alone accepts '¹' and other digits that int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def is_token(text: str) -> bool:
     return _TOKEN_RE.match(text) is not None
 
@@ -104,7 +109,7 @@ def split_hostport(hostport: str) -> tuple[str, int | None]:
         raise SipError(400, "malformed host")
     if not porttext:
         return host.lower(), None
-    if not porttext.isdigit() or len(porttext) > 5 or int(porttext) > 65535:
+    if not ascii_digits(porttext) or len(porttext) > 5 or int(porttext) > 65535:
         raise SipError(400, "malformed port")
     return host.lower(), int(porttext)
 
