@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("kamailio", "ours"), help="run one proxy only")
     parser.add_argument("--keep", help="keep logs and configs in this directory")
     parser.add_argument("--ours-transport", default="",
-                        help="extra [transport] lines for stirshaken-proxy (e.g. workers = 2)")
+                        help="extra [transport] lines for stirshaken-proxy (e.g. gc_threshold = 100000)")
     args = parser.parse_args()
     for tool in ("kamailio", "sipp", "tcpdump"):
         if shutil.which(tool) is None:

@@ -57,7 +57,6 @@ class TransportConfig:
     tcp_connect_timeout: float = 5.0
     max_tcp_pending_bytes: int = 1 << 20
     shutdown_grace: float = 2.0
-    workers: int = 1
     gc_threshold: int = 50_000
     timer_resolution: float = 0.01
 
@@ -138,7 +137,6 @@ _TRANSPORT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "tcp_connect_timeout": ((int, float), 5.0),
     "max_tcp_pending_bytes": ((int,), 1 << 20),
     "shutdown_grace": ((int, float), 2.0),
-    "workers": ((int,), 1),
     "gc_threshold": ((int,), 50_000),
     "timer_resolution": ((int, float), 0.01),
 }
@@ -368,7 +366,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
               "timer_c")
     transport = _section(src, data, "transport", _TRANSPORT_KEYS)
     _positive(src, "transport", transport, "max_tcp_connections", "tcp_idle_timeout",
-              "tcp_connect_timeout", "max_tcp_pending_bytes", "workers", "gc_threshold",
+              "tcp_connect_timeout", "max_tcp_pending_bytes", "gc_threshold",
               "timer_resolution")
     if transport["timer_resolution"] > 0.1:
         raise src.error("transport", "timer_resolution", "must be at most 0.1 s (T1 is 0.5 s)")

@@ -48,7 +48,6 @@ class InboundVerifier:
         self.verify_latency = LatencyHistogram()
         self.policy = policy
         self.stats = stats
-        self.last_verdict: Verdict | None = None
 
     def __call__(self, msg: SipMessage, source: Peer, now: float) -> Rejection | Defer | None:
         if source.side != CARRIER or msg.method != "INVITE" or "tag=" in (msg.get("to") or ""):
@@ -66,7 +65,6 @@ class InboundVerifier:
             return Defer(urls=verdict.pending)
         if self.clock is not None:
             self.verify_latency.observe(self.clock() - started)
-        self.last_verdict = verdict
         self._count(verdict)
         if (verdict.verstat is Verstat.FAILED and self.policy.on_failure == "reject") or (
                 verdict.verstat is Verstat.NONE and self.policy.on_missing == "reject"):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..policy.accounts import AccountDirectory
-from ..policy.attestation import Decision, Reason, decide
+from ..policy.attestation import Reason, decide
 from ..policy.health import NumberHealth
 from ..policy.inventory import Inventory
 from ..policy.presence import Pool, choose
@@ -94,7 +94,6 @@ class OutboundAuthenticator:
         self.policy = policy
         self.stats = stats
         self._date_cache: tuple[int, bytes] = (-1, b"")
-        self.last_decision: Decision | None = None  # for tests and the CLI
 
     def __call__(self, msg: SipMessage, source: Peer, now: float) -> Rejection | None:
         if source.side != DIALER:
@@ -169,7 +168,6 @@ class OutboundAuthenticator:
                 del self._calls[next(iter(self._calls))]
         self.stats[("calls_signed", account.name, decision.level.value,
                     decision.reason.value)] += 1
-        self.last_decision = decision
         if log.isEnabledFor(logging.DEBUG):
             log.debug("signed %s %s->%s attest %s (%s)", msg.call_id, orig, dest,
                       decision.level.value, decision.reason.value,

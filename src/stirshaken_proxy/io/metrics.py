@@ -62,6 +62,11 @@ class ServiceCollector(Collector):
         for side, manager in app.tcp.items():
             tcp.add_metric([side], len(manager.connections))
         yield tcp
+        flood = engine.flood
+        yield CounterMetricFamily(PREFIX + "flood_bans", "Source addresses banned by the "
+                                  "flood guard", value=flood.banned_total)
+        yield GaugeMetricFamily(PREFIX + "flood_banned_sources", "Source addresses banned now",
+                                value=len(flood.banned(time.time())))
         if app.auth is not None:
             yield _histogram("sign_seconds", "Time to sign one PASSporT",
                              app.auth.sign_latency)

@@ -97,10 +97,6 @@ class Via:
         """True when the branch carries the magic cookie and something after it (§8.1.1.7)."""
         return self.branch.startswith(BRANCH_COOKIE) and len(self.branch) > len(BRANCH_COOKIE)
 
-    @property
-    def sent_by(self) -> tuple[str, int]:
-        return self.host, self.port or 5060
-
     def response_address(self) -> tuple[str, int] | None:
         """Where a response is sent: received/rport when present (RFC 3581), else None."""
         received = self.params.get("received")
