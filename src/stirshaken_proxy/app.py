@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -44,7 +45,7 @@ class Application:
     def __init__(self, config: Config, *, request_hooks: tuple[RequestHook, ...] = ()) -> None:
         self.config = config
         self.engine = ProxyEngine(config.engine, request_hooks=request_hooks)
-        self.counters: dict[str, int] = {}
+        self.counters: Counter[str] = Counter()  # I/O events (the engine keeps its own)
         self.udp: dict[str, UdpEndpoint] = {}
         self.tcp: dict[str, TcpManager] = {}
         self.admin: AdminServer | None = None
@@ -388,7 +389,7 @@ class Application:
         try:
             actions = self.engine.receive(data, peer, time.time())
         except Exception:
-            self.counters["internal_errors"] = self.counters.get("internal_errors", 0) + 1
+            self.counters["internal_errors"] += 1
             log.exception("internal error on a message from %s:%d", peer.host, peer.port)
             return
         self._execute(actions)
@@ -429,7 +430,7 @@ class Application:
         try:
             actions = self.engine.on_timers(time.time())
         except Exception:
-            self.counters["internal_errors"] = self.counters.get("internal_errors", 0) + 1
+            self.counters["internal_errors"] += 1
             log.exception("internal error in timers")
             actions = []
         self._execute(actions)
@@ -437,7 +438,7 @@ class Application:
 
 
 def build_verification(vc: VerifyConfig, *, on_done: Callable[[str], None],
-                       counters: dict[str, int]) -> tuple[Verifier, Fetcher]:
+                       counters: Counter[str]) -> tuple[Verifier, Fetcher]:
     """The verifier and the fetcher that fills its credential cache (service and CLI)."""
     cache = CredentialCache(max_entries=vc.cache_entries)
     trust = TrustStore(list(vc.anchors), list(vc.crls))

@@ -222,6 +222,7 @@ def _admin_post(config: Config, args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     import asyncio
     import time
+    from collections import Counter
 
     from .app import build_verification
     from .sip.numbers import canonical_digits
@@ -242,7 +243,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     async def run() -> int:
         done: list[str] = []
         assert config.verify is not None
-        verifier, fetcher = build_verification(config.verify, on_done=done.append, counters={})
+        verifier, fetcher = build_verification(config.verify, on_done=done.append,
+                                               counters=Counter())
         try:
             verdict = verifier.verify([identity], orig=orig, dest=dest, date=None, now=now)
             for url in verdict.pending:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +22,11 @@ LOOPBACK = ("127.0.0.1/32",)
 
 
 def fetch(server: CertServer, pki: Pki, urls: list[str], *, allow: tuple[str, ...] = LOOPBACK,
-          extra_port: int | None = None) -> tuple[CredentialCache, dict[str, int], list[str]]:
+          extra_port: int | None = None) -> tuple[CredentialCache, Counter[str], list[str]]:
     """Ask a Fetcher for ``urls`` (each twice) and wait until every fetch has finished."""
-    async def go() -> tuple[CredentialCache, dict[str, int], list[str]]:
+    async def go() -> tuple[CredentialCache, Counter[str], list[str]]:
         cache = CredentialCache()
-        counters: dict[str, int] = {}
+        counters: Counter[str] = Counter()
         done: list[str] = []
         ports = (443, 8443, server.port) + ((extra_port,) if extra_port else ())
         ctx = ssl.create_default_context()

@@ -20,6 +20,7 @@ import re
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +105,7 @@ def cache_age(headers: Any, now: float, cfg: FetchConfig) -> float:
 class Fetcher:
     def __init__(self, *, policy: UrlPolicy, crl_policy: UrlPolicy, cache: CredentialCache,
                  trust: TrustStore, config: FetchConfig, ssl_context: ssl.SSLContext | None,
-                 on_done: Callable[[str], None], counters: dict[str, int]) -> None:
+                 on_done: Callable[[str], None], counters: Counter[str]) -> None:
         self.policy = policy
         self.crl_policy = crl_policy
         self.cache = cache
@@ -119,9 +120,6 @@ class Fetcher:
         self._session: aiohttp.ClientSession | None = None
         self._crl_session: aiohttp.ClientSession | None = None
         self.latency = LatencyHistogram((0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
-
-    def _count(self, key: str) -> None:
-        self.counters[key] = self.counters.get(key, 0) + 1
 
     def session(self, crl: bool = False) -> aiohttp.ClientSession:
         attr = "_crl_session" if crl else "_session"
@@ -184,12 +182,12 @@ class Fetcher:
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 reason = f"timed out after {self.config.timeout} s"
-            self._count("x5u_fetch_failures")
+            self.counters["x5u_fetch_failures"] += 1
             log.info("x5u fetch %s failed: %s", url, reason)
             self.cache.put(url, FetchFailure(url=url, reason=reason),
                            now + self.config.negative_age)
             return
-        self._count("x5u_fetches")
+        self.counters["x5u_fetches"] += 1
         self.latency.observe(time.monotonic() - started)
         credential = build_credential(url, body, self.trust)
         if credential.error is None and credential.crl_urls:
@@ -213,12 +211,12 @@ class Fetcher:
                 crl = (x509.load_pem_x509_crl(body) if body.lstrip().startswith(b"-----")
                        else x509.load_der_x509_crl(body))
             except (GuardError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-                self._count("crl_fetch_failures")
+                self.counters["crl_fetch_failures"] += 1
                 self._crls_seen[url] = now + self.config.negative_age
                 log.warning("CRL %s unavailable: %s", url, exc)
                 continue
             self.trust.add_crl(crl)
-            self._count("crl_fetches")
+            self.counters["crl_fetches"] += 1
             added = True
         return added
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -17,7 +18,7 @@ Sink = Callable[[bytes, Peer], None]
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, side: str, sink: Sink, counters: dict[str, int]) -> None:
+    def __init__(self, side: str, sink: Sink, counters: Counter[str]) -> None:
         self.side = side
         self.sink = sink
         self.counters = counters
@@ -32,7 +33,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable and the like: UDP is best effort, retransmission timers cover it.
-        self.counters["udp_errors"] = self.counters.get("udp_errors", 0) + 1
+        self.counters["udp_errors"] += 1
 
     def send(self, data: bytes, host: str, port: int) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -66,8 +67,7 @@ class TcpConnection(asyncio.Protocol):
         try:
             items = self.framer.feed(data)
         except SipError as exc:
-            self.manager.counters["tcp_framing_errors"] = (
-                self.manager.counters.get("tcp_framing_errors", 0) + 1)
+            self.manager.counters["tcp_framing_errors"] += 1
             log.debug("closing TCP connection from %s: %s", self.peer, exc.detail)
             self.transport.close()
             return
@@ -85,8 +85,7 @@ class TcpConnection(asyncio.Protocol):
         if t is None or t.is_closing():
             return False
         if t.get_write_buffer_size() > self.manager.max_pending_bytes:
-            self.manager.counters["tcp_overflow_drops"] = (
-                self.manager.counters.get("tcp_overflow_drops", 0) + 1)
+            self.manager.counters["tcp_overflow_drops"] += 1
             return False
         t.write(data)
         return True
@@ -95,7 +94,7 @@ class TcpConnection(asyncio.Protocol):
 class TcpManager:
     """Connections of one side by peer address; opens outbound connections on demand."""
 
-    def __init__(self, side: str, sink: Sink, counters: dict[str, int], *,
+    def __init__(self, side: str, sink: Sink, counters: Counter[str], *,
                  max_message_size: int, max_connections: int, max_pending_bytes: int,
                  connect_timeout: float, local_host: str) -> None:
         self.side = side
@@ -114,7 +113,7 @@ class TcpManager:
     def register(self, conn: TcpConnection) -> bool:
         assert conn.peer is not None
         if len(self.connections) >= self.max_connections:
-            self.counters["tcp_refused"] = self.counters.get("tcp_refused", 0) + 1
+            self.counters["tcp_refused"] += 1
             return False
         key = conn.outbound_key or (conn.peer.host, conn.peer.port)
         self.connections[key] = conn
@@ -148,8 +147,7 @@ class TcpManager:
                     lambda: TcpConnection(self, self.side, outbound_key=(host, port)),
                     host, port, local_addr=(self.local_host, 0))
         except (OSError, TimeoutError) as exc:
-            self.counters["tcp_connect_failures"] = (
-                self.counters.get("tcp_connect_failures", 0) + 1)
+            self.counters["tcp_connect_failures"] += 1
             log.warning("TCP connect to %s:%d failed: %s", host, port, exc)
             self._connecting.pop((host, port), None)
             return
