@@ -163,12 +163,6 @@ def invite_latencies(pcap: Path, in_port: int, out_port: int, uas_port: int) -> 
     return out
 
 
-def init_dev_pki_paths(directory: Path) -> DevPki:
-    return DevPki(ca_cert=directory / "ca.pem", ca_key=directory / "ca-key.pem",
-                  cert=directory / "cert.pem", key=directory / "key.pem",
-                  chain=directory / "chain.pem")
-
-
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -224,7 +218,7 @@ def main() -> None:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         keys = init_dev_pki(work / "keys", spc="123A") if not (work / "keys").exists() \
-            else init_dev_pki_paths(work / "keys")
+            else DevPki.in_dir(work / "keys")
         starters = {
             "kamailio": lambda: start_kamailio(work, keys.key,
                                                "https://certs.example.org/shaken.pem",

@@ -197,15 +197,16 @@ def parse_name_addr(value: str) -> NameAddr:
     return NameAddr(display=display, uri=uri, params=params)
 
 
-# One comma-separated element: quoted strings and <...> may hold commas.
-_ELEMENT_RE = re.compile(r'(?:"(?:[^"\\]|\\.)*"?|<[^>]*>?|[^,"<])+')
+# One separated element: quoted strings and <...> may hold the separator.
+_ELEMENT_RE = {sep: re.compile(r'(?:"(?:[^"\\]|\\.)*"?|<[^>]*>?|[^' + sep + r'"<])+')
+               for sep in ",;"}
 
 
-def split_values(value: str) -> list[str]:
-    """Split a comma-separated header value, ignoring commas inside quotes and <...>."""
-    if "," not in value:
+def split_values(value: str, sep: str = ",") -> list[str]:
+    """Split a header value on ``sep`` ("," or ";"), ignoring it inside quotes and <...>."""
+    if sep not in value:
         return [value.strip(_WS)]
-    return [v.strip(_WS) for v in _ELEMENT_RE.findall(value)]
+    return [v.strip(_WS) for v in _ELEMENT_RE[sep].findall(value)]
 
 
 _USER_RE = re.compile(r"(<?\s*(?:sips?|tel):)([^@;>?]*)(?=[@;>?]|$)", re.IGNORECASE)

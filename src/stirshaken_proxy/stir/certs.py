@@ -109,6 +109,12 @@ class DevPki:
     key: Path
     chain: Path
 
+    @classmethod
+    def in_dir(cls, directory: Path) -> DevPki:
+        return cls(ca_cert=directory / "ca.pem", ca_key=directory / "ca-key.pem",
+                   cert=directory / "cert.pem", key=directory / "key.pem",
+                   chain=directory / "chain.pem")
+
 
 def issue_certificate(*, subject_cn: str, key: ec.EllipticCurvePrivateKey,
                       issuer_cert: x509.Certificate | None,
@@ -169,9 +175,7 @@ def init_dev_pki(directory: Path, *, spc: str, days: int = 365,
     Private keys are written with mode 0600. Existing files are never overwritten.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    paths = DevPki(ca_cert=directory / "ca.pem", ca_key=directory / "ca-key.pem",
-                   cert=directory / "cert.pem", key=directory / "key.pem",
-                   chain=directory / "chain.pem")
+    paths = DevPki.in_dir(directory)
     existing = [p for p in vars(paths).values() if p.exists()]
     if existing:
         raise FileExistsError(f"{existing[0]} already exists; not overwriting key material")

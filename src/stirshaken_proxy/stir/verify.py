@@ -104,7 +104,9 @@ def parse_identity(value: str) -> IdentityHeader:
         raise ValueError("empty Identity header")
     params: dict[str, str] = {}
     if rest:
-        for part in split_values_semicolon(rest):
+        for part in split_values(rest, ";"):
+            if not part:
+                continue
             name, eq, val = part.partition("=")
             name = name.strip().lower()
             if not name or not eq:
@@ -119,23 +121,6 @@ def parse_identity(value: str) -> IdentityHeader:
     if ppt is not None and len(ppt) >= 2 and ppt[0] == ppt[-1] == '"':
         ppt = ppt[1:-1]  # carriers send it bare; quoted is accepted too
     return IdentityHeader(token=token, info=info, alg=params.get("alg"), ppt=ppt)
-
-
-def split_values_semicolon(text: str) -> list[str]:
-    """Split header parameters on ';' outside <...> (an info URL may hold ';')."""
-    out: list[str] = []
-    depth = 0
-    start = 0
-    for i, c in enumerate(text):
-        if c == "<":
-            depth += 1
-        elif c == ">":
-            depth = max(0, depth - 1)
-        elif c == ";" and depth == 0:
-            out.append(text[start:i])
-            start = i + 1
-    out.append(text[start:])
-    return [p for p in out if p.strip()]
 
 
 class Verifier:
