@@ -54,6 +54,8 @@ ERRORS = [
      ":4: [dialer] allowed_sources: '10.0.0.300/8' is not an IP address or CIDR"),
     (BASE + "[log]\nlevel = \"loud\"\n", ":10: [log] level: must be debug, info, warning"),
     (BASE + "[transport]\ntcp = 1\n", ":10: [transport] tcp: must be bool, not int"),
+    (BASE + "[transport]\nworkers = 0\n", ":10: [transport] workers: must be \"auto\""),
+    (BASE + "[transport]\nworkers = \"all\"\n", ":10: [transport] workers: must be \"auto\""),
     (BASE + "[sip\n", "TOML syntax error"),
     ('[dialer]\nlisten = "127.0.0.1:5060"\n', ":1: [dialer] next_hop: is required"),
     (BASE.replace("[carrier]", "[carrierz]"), ":5: [carrierz]: unknown section (known: "),
@@ -120,3 +122,11 @@ def test_wrong_kind_of_key(tmp_path: Path) -> None:
     path = write(tmp_path, BASE + f'[[signing]]\nkey = "{pem}"\nx5u = "https://a.example/c"\n')
     with pytest.raises(ConfigError, match=r":10: \[\[signing\]\] #1 key: .* ES256 needs a P-256"):
         load_config(path)
+
+
+def test_workers_auto_is_one_per_core(tmp_path: Path) -> None:
+    import os
+
+    config = load_config(write(tmp_path, BASE + '[transport]\nworkers = "auto"\n'))
+    assert config.transport.workers == len(os.sched_getaffinity(0))
+    assert load_config(write(tmp_path, BASE)).transport.workers == 1

@@ -7,6 +7,7 @@ import gc
 import ipaddress
 import logging
 import math
+import os
 import signal
 import socket
 import ssl
@@ -26,10 +27,22 @@ from .engine.proxy import CARRIER, DIALER, ProxyEngine, RequestHook
 from .engine.sources import SourceFilter
 from .io.admin import AdminServer
 from .io.fetcher import Fetcher
-from .io.metrics import exposition, make_registry
+from .io.metrics import exposition, make_registry, merge, snapshot
 from .io.transports import TcpConnection, TcpManager, UdpEndpoint
+from .io.workers import (
+    HEALTH,
+    MESSAGE,
+    READY,
+    SEND,
+    STATS,
+    STATS_REPLY,
+    WorkerLink,
+    decode_peer,
+    die_with_parent,
+)
 from .policy.accounts import AccountDirectory
 from .policy.health import NumberHealth
+from .sip.message import call_id_of
 from .sip.transport import Action, Fetch, Peer, Send
 from .stir.credentials import CredentialCache, TrustStore
 from .stir.passport import Signer, SigningIdentity
@@ -40,11 +53,26 @@ log = logging.getLogger(__name__)
 
 
 class Application:
-    """Runs one ProxyEngine on real sockets. All engine calls happen on the event loop thread."""
+    """Runs one ProxyEngine on real sockets. All engine calls happen on the event loop thread.
 
-    def __init__(self, config: Config, *, request_hooks: tuple[RequestHook, ...] = ()) -> None:
+    With several workers (``worker`` given) this is one of them: it shares the listening ports,
+    hands each message to the worker that owns its call, and keeps a replica of number health.
+    Worker 0 also serves the admin API and supervises the others (``children``)."""
+
+    def __init__(self, config: Config, *, request_hooks: tuple[RequestHook, ...] = (),
+                 worker: WorkerLink | None = None, children: tuple[int, ...] = ()) -> None:
         self.config = config
-        self.engine = ProxyEngine(config.engine, request_hooks=request_hooks)
+        self.worker = worker
+        self.worker_index = worker.index if worker is not None else 0
+        self.children = list(children)
+        self.exit_code = 0
+        self.engine = ProxyEngine(self._engine_config(config), request_hooks=request_hooks)
+        self._peer_snapshots: list[dict[str, Any]] = []
+        self._snapshot_waiters: dict[int, tuple[asyncio.Future[None], list[dict[str, Any]]]] = {}
+        self._snapshot_request = 0
+        self._tcp_home: dict[tuple[str, str, int], int] = {}  # TCP peer -> worker holding it
+        self._stopped = False
+        self._workers_ready: set[int] = set()
         self.counters: Counter[str] = Counter()  # I/O events (the engine keeps its own)
         self.udp: dict[str, UdpEndpoint] = {}
         self.tcp: dict[str, TcpManager] = {}
@@ -78,11 +106,12 @@ class Application:
             self._start_verify()
         ec = self.config.engine
         tc = self.config.transport
+        shared = self.worker is not None  # every worker binds the same ports
         for side_cfg in (ec.dialer, ec.carrier):
             side = side_cfg.name
             _, proto = await loop.create_datagram_endpoint(
                 lambda side=side: UdpEndpoint(side, self.feed, self.counters),  # type: ignore[misc]
-                local_addr=(side_cfg.host, side_cfg.port))
+                local_addr=(side_cfg.host, side_cfg.port), reuse_port=shared)
             self.udp[side] = proto
             if tc.tcp:
                 manager = TcpManager(
@@ -92,9 +121,11 @@ class Application:
                     connect_timeout=tc.tcp_connect_timeout, local_host=side_cfg.host)
                 manager.server = await loop.create_server(
                     lambda m=manager: TcpConnection(m, m.side),  # type: ignore[misc]
-                    side_cfg.host, side_cfg.port, reuse_address=True)
+                    side_cfg.host, side_cfg.port, reuse_address=True, reuse_port=shared)
                 self.tcp[side] = manager
-        if self.config.admin.enabled:
+        if self.worker is not None:
+            self.worker.start(self._on_link)
+        if self.config.admin.enabled and self.worker_index == 0:
             self.admin = AdminServer(self.config.admin.host, self.config.admin.port,
                                      readiness=self.readiness)
             self._add_certificate_routes(self.admin)
@@ -111,8 +142,24 @@ class Application:
         gc.set_threshold(tc.gc_threshold, 20, 100)
         gc.freeze()
         self._ready = True
-        log.info("listening: dialer %s:%d, carrier %s:%d (udp%s)", ec.dialer.host, ec.dialer.port,
-                 ec.carrier.host, ec.carrier.port, "+tcp" if tc.tcp else "")
+        if self.worker is not None and self.worker_index != 0:
+            self.worker.event(READY, self.worker_index, to=0)
+        log.info("listening: dialer %s:%d, carrier %s:%d (udp%s)%s", ec.dialer.host,
+                 ec.dialer.port, ec.carrier.host, ec.carrier.port, "+tcp" if tc.tcp else "",
+                 f", worker {self.worker_index} of {self.worker.count}"
+                 if self.worker is not None else "")
+
+    def _engine_config(self, config: Config) -> Any:
+        """The engine's limits are the service's: with several workers each gets its share
+        (calls spread evenly over workers by Call-ID)."""
+        ec = config.engine
+        if self.worker is None:
+            return ec
+        n = self.worker.count
+        flood = replace(ec.flood, requests_per_second=ec.flood.requests_per_second / n,
+                        burst=max(1.0, ec.flood.burst / n))
+        return replace(ec, max_transactions=max(1, ec.max_transactions // n),
+                       max_parked=max(1, ec.max_parked // n), flood=flood)
 
     async def _resolve_next_hops(self) -> None:
         """Next hops may be host names: resolve them once, at start (never per message)."""
@@ -133,11 +180,14 @@ class Application:
         if sides[DIALER] is not ec.dialer or sides[CARRIER] is not ec.carrier:
             engine_config = replace(ec, dialer=sides[DIALER], carrier=sides[CARRIER])
             self.config = replace(self.config, engine=engine_config)
-            self.engine = ProxyEngine(engine_config, request_hooks=tuple(
+            self.engine = ProxyEngine(self._engine_config(self.config), request_hooks=tuple(
                 self.engine.request_hooks))
 
     def readiness(self) -> dict[str, bool]:
         checks = {"listeners": self._ready and len(self.udp) == 2}
+        if self.worker is not None:  # worker 0: every other worker started and is alive
+            others = self.worker.count - 1
+            checks["workers"] = len(self.children) == others == len(self._workers_ready)
         for name, check in self.readiness_checks.items():
             checks[name] = bool(check())
         return checks
@@ -156,6 +206,30 @@ class Application:
             await self._stop.wait()
         finally:
             await self.stop()
+
+    def _reap(self) -> None:
+        """A worker exited: unless we are stopping, the service stops (exit status 1) so
+        whatever supervises it restarts the whole set."""
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done == 0:
+                continue
+            self.children.remove(pid)
+            if not self._stop.is_set():
+                log.error("worker process %d exited (status %d); stopping the service", pid,
+                          os.waitstatus_to_exitcode(status))
+                self.exit_code = 1
+                self.request_stop()
+
+    def _signal_children(self, sig: int) -> None:
+        for pid in self.children:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def _schedule_reload(self) -> None:
         if self._reloading is None or self._reloading.done():
@@ -180,7 +254,8 @@ class Application:
                 log.warning("[%s] listen/next_hop changes need a restart; kept as running",
                             side.name)
         self.config = new
-        self.engine.config = replace(nec, dialer=ec.dialer, carrier=ec.carrier)
+        self.engine.config = replace(self._engine_config(new), dialer=ec.dialer,
+                                     carrier=ec.carrier)
         self.engine.set_source_filter(CARRIER, SourceFilter(
             nec.carrier.allowed_sources, allow_any=nec.carrier.allow_any_source))
         self.engine.set_source_filter(DIALER, SourceFilter(
@@ -190,7 +265,7 @@ class Application:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self.flush_health()
-        self.health = self.health_rows = None
+        self.health_rows = None  # the replica itself carries on (nothing counted is lost)
         self.engine.call_observers.clear()
         self.engine.forward_filters.clear()
         if self.fetcher is not None:
@@ -209,9 +284,11 @@ class Application:
             self._start_verify()
         logging.getLogger().setLevel(new.log.level.upper())
         log.info("configuration reloaded from %s", new.path)
+        self._signal_children(signal.SIGHUP)
 
     async def stop(self) -> None:
         self._ready = False
+        self._signal_children(signal.SIGTERM)
         self.engine.draining = True
         deadline = time.monotonic() + self.config.transport.shutdown_grace
         while self.engine.pending_requests and time.monotonic() < deadline:
@@ -225,6 +302,8 @@ class Application:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self.worker is not None:
+            await self._stop_workers(deadline + 5.0)
         await self.flush_health()
         if self.store is not None:
             self.store.close()
@@ -257,12 +336,20 @@ class Application:
                 cert = x509.load_pem_x509_certificate(s.certificate.read_bytes())
                 self.certificate_expiry[s.name] = cert.not_valid_after_utc.timestamp()
         self.engine.request_hooks.append(self.auth)
-        if ac.health is not None:
-            health = NumberHealth(ac.health)
+        if ac.health is None:
+            self.health = None
+        else:
             rows = HealthRows(self.store)
-            for tn, data in (await asyncio.to_thread(rows.load)).items():
-                health.restore(tn, data)
-            health.dirty.clear()
+            health = self.health
+            if health is None:
+                health = NumberHealth(ac.health)
+                for tn, data in (await asyncio.to_thread(rows.load)).items():
+                    health.restore(tn, data)
+                health.dirty.clear()
+                if self.worker is not None:
+                    health.publish = self._publish_health
+            else:  # a reload: the statistics carry on under the new limits
+                health.limits = ac.health
             self.health, self.health_rows = health, rows
             self.auth.health = health
             self.engine.call_observers.append(self.auth)
@@ -287,6 +374,9 @@ class Application:
     async def flush_health(self) -> None:
         """Write the numbers whose statistics changed (a kill -9 loses at most one interval)."""
         if self.health is None or self.health_rows is None:
+            return
+        if self.worker_index != 0:  # worker 0 holds the same replica and writes it
+            self.health.dirty.clear()
             return
         rows = self.health.take_dirty()
         if rows:
@@ -357,6 +447,8 @@ class Application:
         return web.json_response(self.health.report(request.match_info["tn"], time.time()))
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.worker is not None:
+            await self._gather_snapshots()
         return web.Response(body=exposition(self.registry),
                             content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"})
@@ -378,14 +470,107 @@ class Application:
 
     async def _housekeep(self) -> None:
         idle = self.config.transport.tcp_idle_timeout
+        interval = min(idle, 10.0)
+        if self.children:
+            interval = min(interval, 0.5)  # also how soon a dead worker is noticed
         while True:
-            await asyncio.sleep(min(idle, 10.0))
+            await asyncio.sleep(interval)
+            self._reap()
             now = asyncio.get_running_loop().time()
             for manager in self.tcp.values():
                 manager.close_idle(now, idle)
 
+    # -- workers ---------------------------------------------------------------------------
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """This worker's counters plus the others' (fetched by the /metrics handler)."""
+        return merge([snapshot(self), *self._peer_snapshots])
+
+    async def _gather_snapshots(self, timeout: float = 1.0) -> None:
+        worker = self.worker
+        assert worker is not None
+        self._snapshot_request += 1
+        request = self._snapshot_request
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        got: list[dict[str, Any]] = []
+        self._snapshot_waiters[request] = (done, got)
+        worker.event(STATS, request)
+        try:
+            async with asyncio.timeout(timeout):
+                await done
+        except TimeoutError:
+            self.counters["worker_stats_timeouts"] += 1
+            log.warning("metrics: %d of %d workers answered", len(got) + 1, worker.count)
+        finally:
+            del self._snapshot_waiters[request]
+        self._peer_snapshots = got
+
+    def _publish_health(self, method: str, args: tuple[Any, ...]) -> None:
+        assert self.worker is not None
+        self.worker.event(HEALTH, (method, args))
+
+    def _on_link(self, kind: bytes, origin: int, datagram: bytes) -> None:
+        """What another worker sent."""
+        worker = self.worker
+        assert worker is not None
+        if self._stopped and kind != HEALTH:
+            return
+        if kind == MESSAGE:
+            peer, data = decode_peer(datagram)
+            if peer.transport == "tcp":
+                home = self._tcp_home
+                home[(peer.side, peer.host, peer.port)] = origin
+                if len(home) > 4 * self.config.transport.max_tcp_connections:
+                    del home[next(iter(home))]
+            self._process(data, peer)
+        elif kind == SEND:
+            peer, data = decode_peer(datagram)
+            manager = self.tcp.get(peer.side)
+            conn = manager.connections.get((peer.host, peer.port)) if manager else None
+            if conn is None or not conn.write(data):
+                self.counters["tcp_send_failures"] += 1
+        elif kind == HEALTH:
+            if self.health is not None:
+                method, args = worker.value(datagram)
+                self.health.apply(method, args)
+        elif kind == STATS:
+            worker.event(STATS_REPLY, (worker.value(datagram), snapshot(self)), to=origin)
+        elif kind == READY:
+            self._workers_ready.add(origin)
+        elif kind == STATS_REPLY:
+            request, snap = worker.value(datagram)
+            waiter = self._snapshot_waiters.get(request)
+            if waiter is not None:
+                waiter[1].append(snap)
+                if len(waiter[1]) == worker.count - 1 and not waiter[0].done():
+                    waiter[0].set_result(None)
+
+    async def _stop_workers(self, deadline: float) -> None:
+        """Worker 0 waits for the others to drain, then applies their last events."""
+        worker = self.worker
+        assert worker is not None
+        while self.children and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            self._reap()
+        for pid in self.children:
+            log.warning("worker process %d did not stop in time; killing it", pid)
+            os.kill(pid, signal.SIGKILL)
+        self._stopped = True
+        worker.drain()  # the others' last number-health events
+        worker.flush()
+        worker.close()
+
     # -- the engine's glue ----------------------------------------------------------------
     def feed(self, data: bytes, peer: Peer) -> None:
+        worker = self.worker
+        if worker is not None:
+            owner = worker.owner(call_id_of(data))
+            if owner != worker.index:
+                worker.message(owner, peer, data)
+                self.counters["worker_handoffs"] += 1
+                return
+        self._process(data, peer)
+
+    def _process(self, data: bytes, peer: Peer) -> None:
         try:
             actions = self.engine.receive(data, peer, time.time())
         except Exception:
@@ -403,7 +588,13 @@ class Application:
                     self.udp[peer.side].send(data, peer.host, peer.port)
                 else:
                     manager = self.tcp.get(peer.side)
-                    if manager is not None:
+                    if manager is None:
+                        continue
+                    home = self._tcp_home.get((peer.side, peer.host, peer.port))
+                    if (home is not None and self.worker is not None
+                            and (peer.host, peer.port) not in manager.connections):
+                        self.worker.tcp_send(home, peer, data)  # its connection is there
+                    else:
                         manager.send(data, peer.host, peer.port)
             elif type(action) is Fetch and self.fetcher is not None:
                 self.fetcher.request(action.url)
@@ -453,8 +644,38 @@ def build_verification(vc: VerifyConfig, *, on_done: Callable[[str], None],
     return verifier, fetcher
 
 
-def run_app(config: Config) -> None:
-    """Run the service in the foreground (uvloop when it is installed)."""
+def run_app(config: Config) -> int:
+    """Run the service in the foreground (uvloop when it is installed) until it is stopped;
+    returns the exit status. With ``[transport] workers`` above 1 this process is worker 0
+    and forks the others before any event loop or thread exists."""
+    count = config.transport.workers
+    if count <= 1:
+        return _run_worker(config, None, ())
+    links = WorkerLink.mesh(count)
+    parent = os.getpid()
+    children: list[int] = []
+    for index in range(1, count):
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                die_with_parent(parent)
+                for other in links:
+                    if other is not links[index]:
+                        other.close()
+                status = _run_worker(config, links[index], ())
+            except BaseException:  # a worker reports and exits, it never unwinds into the parent
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        children.append(pid)
+    for link in links[1:]:
+        link.close()
+    return _run_worker(config, links[0], tuple(children))
+
+
+def _run_worker(config: Config, worker: WorkerLink | None, children: tuple[int, ...]) -> int:
     try:
         import uvloop
     except ImportError:
@@ -462,12 +683,13 @@ def run_app(config: Config) -> None:
     else:
         loop_factory = uvloop.new_event_loop
 
-    async def main() -> None:
-        app = Application(config)
+    async def main() -> int:
+        app = Application(config, worker=worker, children=children)
         await app.run()
+        return app.exit_code
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main())
+        return runner.run(main())
 
 
 __all__ = ["CARRIER", "DIALER", "Application", "run_app"]

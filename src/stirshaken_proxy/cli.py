@@ -78,8 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     setup_logging(config.log.level, config.log.format)
-    run_app(config)
-    return EXIT_OK
+    return run_app(config)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

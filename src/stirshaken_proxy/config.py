@@ -7,6 +7,7 @@ ConfigError that names the file, the line and the key.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 import uuid
@@ -59,6 +60,7 @@ class TransportConfig:
     shutdown_grace: float = 2.0
     gc_threshold: int = 50_000
     timer_resolution: float = 0.01
+    workers: int = 1  # processes sharing the SIP ports, one per core at most
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +141,7 @@ _TRANSPORT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "shutdown_grace": ((int, float), 2.0),
     "gc_threshold": ((int,), 50_000),
     "timer_resolution": ((int, float), 0.01),
+    "workers": ((int, str), 1),
 }
 _ADMIN_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "listen": ((str,), "127.0.0.1:8080"),
@@ -372,6 +375,10 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
         raise src.error("transport", "timer_resolution", "must be at most 0.1 s (T1 is 0.5 s)")
     if transport["shutdown_grace"] < 0:
         raise src.error("transport", "shutdown_grace", "must not be negative")
+    if transport["workers"] == "auto":
+        transport["workers"] = len(os.sched_getaffinity(0))
+    elif isinstance(transport["workers"], str) or not 1 <= transport["workers"] <= 64:
+        raise src.error("transport", "workers", "must be \"auto\" (one per core) or 1 to 64")
     admin = _section(src, data, "admin", _ADMIN_KEYS)
     admin_host, admin_port = parse_hostport(src, "admin", "listen", admin["listen"])
     log = _section(src, data, "log", _LOG_KEYS)

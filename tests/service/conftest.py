@@ -15,9 +15,15 @@ def ports() -> Ports:
     return Ports.pick()
 
 
+@pytest.fixture(params=[1, 2], ids=["1worker", "2workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    """Every call flow runs through one process and through two workers sharing the ports."""
+    return int(request.param)
+
+
 @pytest.fixture
-def service(tmp_path: Path, ports: Ports) -> Iterator[Service]:
-    cfg = write_config(tmp_path / "proxy.toml", ports)
+def service(tmp_path: Path, ports: Ports, workers: int) -> Iterator[Service]:
+    cfg = write_config(tmp_path / "proxy.toml", ports, transport=f"workers = {workers}")
     svc = Service(cfg, ports.admin, tmp_path / "proxy.log")
     svc.start()
     yield svc

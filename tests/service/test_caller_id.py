@@ -27,9 +27,12 @@ from tests.support import (
 pytestmark = [requires_sipp, pytest.mark.sipp]
 
 
-def test_substituted_caller_id_end_to_end(tmp_path: Path) -> None:
+def test_substituted_caller_id_end_to_end(tmp_path: Path, workers: int) -> None:
+    """With two workers, the quarantine goes to worker 0's admin API and the calls owned by
+    worker 1 must still leave the number out (the health replicas agree)."""
     ports = Ports.pick()
-    cfg = write_config(tmp_path / "p.toml", ports, extra=signing_config(
+    cfg = write_config(tmp_path / "p.toml", ports, transport=f"workers = {workers}",
+                       extra=signing_config(
         tmp_path, ports, numbers='["+1 202 555 0100..0103", "+1 415 555 0100"]',
         account_extra='local_presence = "always"'))
     uac_log = tmp_path / "uac-msg.log"
@@ -60,11 +63,12 @@ def test_substituted_caller_id_end_to_end(tmp_path: Path) -> None:
     assert dialer_froms == {"+13105550123"}
 
 
-def test_reinvite_is_mapped_both_ways(tmp_path: Path) -> None:
+def test_reinvite_is_mapped_both_ways(tmp_path: Path, workers: int) -> None:
     """A re-INVITE from the dialer reaches the carrier with the chosen number, and its 200
     comes back with the dialer's own (SIPp on both sides, through the real service)."""
     ports = Ports.pick()
-    cfg = write_config(tmp_path / "p.toml", ports, extra=signing_config(
+    cfg = write_config(tmp_path / "p.toml", ports, transport=f"workers = {workers}",
+                       extra=signing_config(
         tmp_path, ports, numbers='["+1 202 555 0100..0101"]',
         account_extra='local_presence = "always"'))
     uac_log = tmp_path / "uac-msg.log"

@@ -39,8 +39,9 @@ def test_inbound_calls_carrier_to_pbx(tmp_path: Path, ports: Ports, service: Ser
             f"Record-Route: <sip:127.0.0.1:{ports.carrier};lr>") in msgs.replace("\r\n", "\n")
 
 
-def test_calls_over_tcp(tmp_path: Path, ports: Ports) -> None:
-    cfg = write_config(tmp_path / "tcp.toml", ports, carrier_transport="tcp")
+def test_calls_over_tcp(tmp_path: Path, ports: Ports, workers: int) -> None:
+    cfg = write_config(tmp_path / "tcp.toml", ports, carrier_transport="tcp",
+                       transport=f"workers = {workers}")
     svc = Service(cfg, ports.admin, tmp_path / "proxy.log")
     svc.start()
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stirshaken_proxy.sip.errors import SipError
-from stirshaken_proxy.sip.message import make_response, parse_message
+from stirshaken_proxy.sip.message import call_id_of, make_response, parse_message
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "rfc4475"
 
@@ -183,3 +183,24 @@ def test_udp_trailing_octets_are_dropped_and_missing_length_is_added() -> None:
     assert b"Content-Length: 5\r\n" in msg.serialize()
     with pytest.raises(SipError):
         parse_message(data, stream=True)
+
+
+def test_call_id_without_parsing_matches_the_parser() -> None:
+    """Workers pick a call's owner from call_id_of: it must agree with the parser on every
+    message the parser accepts, whatever the header's form."""
+    checked = 0
+    for name, expected in RFC4475.items():
+        data = (DATA / f"{name}.dat").read_bytes()
+        if expected == "ok":
+            assert call_id_of(data) == parse_message(data).call_id.encode("latin-1"), name
+            checked += 1
+    assert checked == 28
+    base = (b"BYE sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n"
+            b"From: <sip:b@127.0.0.1>;tag=1\r\nTo: <sip:a@127.0.0.1>;tag=2\r\n%s\r\n"
+            b"CSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+    for line in (b"Call-ID: x1@h", b"i:x1@h", b"CALL-ID\t:  x1@h \t", b"call-id:x1@h",
+                 b"Call-ID: x1\r\n @h", b"Call-ID:\r\n\tx1@h"):
+        data = base % line
+        assert call_id_of(data) == parse_message(data).call_id.encode("latin-1"), line
+    assert call_id_of(base % b"Call-ID: x1@h") == b"x1@h"
+    assert call_id_of(base % b"X-Call-ID: x1@h") == b""

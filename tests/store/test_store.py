@@ -3,6 +3,7 @@ half-imported; changes bump the version the service polls."""
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 from pathlib import Path
 
@@ -27,6 +28,22 @@ def test_created_on_first_use_with_schema_version(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     NumberStore(path).close()  # reopening migrates nothing and keeps the data
+
+
+def _open_and_close(path: str) -> int:
+    store = NumberStore(path)
+    version = store.db.execute("PRAGMA user_version").fetchone()[0]
+    store.close()
+    return int(version)
+
+
+def test_processes_creating_the_store_together_migrate_it_once(tmp_path: Path) -> None:
+    """Workers start at the same instant on a new store: each must find the schema whole."""
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        path = str(tmp_path / f"new-{attempt}.db")
+        with ctx.Pool(6) as pool:
+            assert pool.map(_open_and_close, [path] * 6) == [SCHEMA_VERSION] * 6
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

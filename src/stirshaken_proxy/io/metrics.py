@@ -3,9 +3,10 @@ the hot path but dict increments). The registry is the application's own, passed
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -24,8 +25,60 @@ if TYPE_CHECKING:
 PREFIX = "stirshaken_"
 
 
-def _histogram(name: str, doc: str, h: LatencyHistogram) -> HistogramMetricFamily:
-    return HistogramMetricFamily(PREFIX + name, doc, buckets=h.cumulative(), sum_value=h.sum)
+def snapshot(app: Application) -> dict[str, Any]:
+    """What one worker counts, as plain values that add up across workers."""
+    engine = app.engine
+    histograms: dict[str, tuple[tuple[float, ...], list[int], float]] = {}
+    cache = (0, 0, 0)
+    if app.auth is not None:
+        h = app.auth.sign_latency
+        histograms["sign_seconds"] = (h.buckets, list(h.counts), h.sum)
+    if app.inbound is not None:
+        h = app.inbound.verify_latency
+        histograms["verify_seconds"] = (h.buckets, list(h.counts), h.sum)
+        c = app.inbound.verifier.cache
+        cache = (c.hits, c.misses, len(c))
+    if app.fetcher is not None:
+        h = app.fetcher.latency
+        histograms["x5u_fetch_seconds"] = (h.buckets, list(h.counts), h.sum)
+    user, system = os.times()[:2]
+    return {"stats": dict(engine.stats), "io": dict(app.counters),
+            "transactions": engine.transactions, "parked": engine.parked,
+            "tcp": {side: len(m.connections) for side, m in app.tcp.items()},
+            "flood_bans": engine.flood.banned_total,
+            "flood_banned": len(engine.flood.banned(time.time())),
+            "histograms": histograms, "cache": cache,
+            "cpu": {app.worker_index: user + system}}
+
+
+def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sum of several workers' snapshots."""
+    total = snapshots[0]
+    for other in snapshots[1:]:
+        for key in ("stats", "io", "tcp"):
+            target = dict(total[key])
+            for k, v in other[key].items():
+                target[k] = target.get(k, 0) + v
+            total = {**total, key: target}
+        histograms = dict(total["histograms"])
+        for name, (buckets, counts, hsum) in other["histograms"].items():
+            mine = histograms.get(name)
+            histograms[name] = (buckets, counts, hsum) if mine is None else (
+                buckets, [a + b for a, b in zip(mine[1], counts, strict=True)], mine[2] + hsum)
+        total = {**total, "histograms": histograms,
+                 "cache": tuple(a + b for a, b in zip(total["cache"], other["cache"],
+                                                      strict=True)),
+                 "cpu": {**total["cpu"], **other["cpu"]},
+                 **{k: total[k] + other[k] for k in ("transactions", "parked", "flood_bans",
+                                                     "flood_banned")}}
+    return total
+
+
+_HISTOGRAM_DOCS = {
+    "sign_seconds": "Time to sign one PASSporT",
+    "verify_seconds": "Time to verify the Identity of one INVITE (certificate already fetched)",
+    "x5u_fetch_seconds": "Time to fetch an x5u chain",
+}
 
 
 class ServiceCollector(Collector):
@@ -34,12 +87,12 @@ class ServiceCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         app = self.app
-        engine = app.engine
+        snap = app.metrics_snapshot()
         families: dict[str, CounterMetricFamily] = {}
         for name, (doc, labels) in CATALOGUE.items():
             families[name] = CounterMetricFamily(PREFIX + name, doc, labels=list(labels))
         seen: set[str] = set()
-        for key, value in list(engine.stats.items()):
+        for key, value in snap["stats"].items():
             family = families.get(key[0])
             if family is not None:
                 family.add_metric(list(key[1:]), value)
@@ -50,26 +103,34 @@ class ServiceCollector(Collector):
         yield from families.values()
         io = CounterMetricFamily(PREFIX + "io_events", "Transport and fetch events",
                                  labels=["event"])
-        for event, value in sorted(app.counters.items()):
+        for event, value in sorted(snap["io"].items()):
             io.add_metric([event], value)
         yield io
         yield GaugeMetricFamily(PREFIX + "sip_transactions", "Transactions in flight",
-                                value=engine.transactions)
+                                value=snap["transactions"])
         yield GaugeMetricFamily(PREFIX + "verify_parked_requests",
-                                "Requests waiting for a credential fetch", value=engine.parked)
+                                "Requests waiting for a credential fetch", value=snap["parked"])
         tcp = GaugeMetricFamily(PREFIX + "tcp_connections", "Open TCP connections",
                                 labels=["side"])
-        for side, manager in app.tcp.items():
-            tcp.add_metric([side], len(manager.connections))
+        for side, count in sorted(snap["tcp"].items()):
+            tcp.add_metric([side], count)
         yield tcp
-        flood = engine.flood
         yield CounterMetricFamily(PREFIX + "flood_bans", "Source addresses banned by the "
-                                  "flood guard", value=flood.banned_total)
+                                  "flood guard", value=snap["flood_bans"])
         yield GaugeMetricFamily(PREFIX + "flood_banned_sources", "Source addresses banned now",
-                                value=len(flood.banned(time.time())))
+                                value=snap["flood_banned"])
+        cpu = CounterMetricFamily(PREFIX + "worker_cpu_seconds",
+                                  "CPU time (user + system) of each worker process",
+                                  labels=["worker"])
+        for worker, seconds in sorted(snap["cpu"].items()):
+            cpu.add_metric([str(worker)], seconds)
+        yield cpu
+        for name, (buckets, counts, hsum) in snap["histograms"].items():
+            h = LatencyHistogram(buckets)
+            h.counts, h.sum = counts, hsum
+            yield HistogramMetricFamily(PREFIX + name, _HISTOGRAM_DOCS[name],
+                                        buckets=h.cumulative(), sum_value=h.sum)
         if app.auth is not None:
-            yield _histogram("sign_seconds", "Time to sign one PASSporT",
-                             app.auth.sign_latency)
             yield GaugeMetricFamily(PREFIX + "inventory_entries",
                                     "Numbers and ranges in the inventory",
                                     value=len(app.auth.inventory))
@@ -83,7 +144,7 @@ class ServiceCollector(Collector):
             for name, not_after in app.certificate_expiry.items():
                 expiry.add_metric([name], not_after - now)
             yield expiry
-        if app.health is not None:
+        if app.health is not None:  # every worker holds the whole replica: this one's
             now = time.time()
             states: dict[str, int] = {"healthy": 0, "at_velocity_limit": 0, "quarantined": 0}
             for tn in list(app.health.numbers):
@@ -96,19 +157,14 @@ class ServiceCollector(Collector):
             yield CounterMetricFamily(PREFIX + "number_quarantines",
                                       "Numbers put in quarantine", value=app.health.quarantines)
         if app.inbound is not None:
-            yield _histogram("verify_seconds", "Time to verify the Identity of one INVITE "
-                             "(certificate already fetched)", app.inbound.verify_latency)
-            cache = app.inbound.verifier.cache
+            hits, misses, entries = snap["cache"]
             lookups = CounterMetricFamily(PREFIX + "x5u_cache_lookups",
                                           "Certificate cache lookups", labels=["result"])
-            lookups.add_metric(["hit"], cache.hits)
-            lookups.add_metric(["miss"], cache.misses)
+            lookups.add_metric(["hit"], hits)
+            lookups.add_metric(["miss"], misses)
             yield lookups
             yield GaugeMetricFamily(PREFIX + "x5u_cache_entries", "Cached credentials",
-                                    value=len(cache))
-        if app.fetcher is not None:
-            yield _histogram("x5u_fetch_seconds", "Time to fetch an x5u chain",
-                             app.fetcher.latency)
+                                    value=entries)
 
 
 def make_registry(app: Application) -> CollectorRegistry:

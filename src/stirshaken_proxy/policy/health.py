@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +100,9 @@ class NumberHealth:
         self.numbers: dict[str, NumberStats] = {}
         self.quarantines = 0  # quarantines started, for metrics
         self.dirty: set[str] = set()  # changed since the last flush to the store
+        # Told every event that changes statistics or state, as (method, args); with several
+        # workers each keeps a replica and the others apply the events it publishes.
+        self.publish: Callable[[str, tuple[Any, ...]], None] | None = None
 
     def stats(self, tn: str) -> NumberStats:
         s = self.numbers.get(tn)
@@ -117,6 +122,8 @@ class NumberHealth:
             s.recent.popleft()
         s.bucket(now, self.limits.window_hours).attempts += 1
         s.last_used = now
+        if self.publish is not None:
+            self.publish("attempt", (tn, now))
 
     def final(self, tn: str, code: int, now: float) -> None:
         self.dirty.add(tn)
@@ -126,6 +133,8 @@ class NumberHealth:
         if 200 <= code < 300:
             b.answered += 1
         self._judge(s, now)
+        if self.publish is not None:
+            self.publish("final", (tn, code, now))
 
     def ended(self, tn: str, duration: float, now: float) -> None:
         self.dirty.add(tn)
@@ -136,6 +145,8 @@ class NumberHealth:
         if duration < self.limits.short_call_seconds:
             b.short += 1
         self._judge(s, now)
+        if self.publish is not None:
+            self.publish("ended", (tn, duration, now))
 
     # -- state ----------------------------------------------------------------------------
     def state(self, tn: str, now: float, max_per_hour: int | None = None) -> State:
@@ -152,6 +163,13 @@ class NumberHealth:
 
     def quarantine(self, tn: str, reason: str, now: float,
                    seconds: float | None = None) -> None:
+        """By the operator (automatic quarantines follow from the statistics, in each
+        replica alike, and are not published)."""
+        self._quarantine(tn, reason, now, seconds)
+        if self.publish is not None:
+            self.publish("quarantine", (tn, reason, now, seconds))
+
+    def _quarantine(self, tn: str, reason: str, now: float, seconds: float | None) -> None:
         s = self.stats(tn)
         s.quarantined_until = now + (seconds if seconds is not None
                                      else self.limits.quarantine_seconds)
@@ -165,6 +183,20 @@ class NumberHealth:
             s.quarantined_until = 0.0
             s.quarantine_reason = ""
             self.dirty.add(tn)
+        if self.publish is not None:
+            self.publish("release", (tn,))
+
+    _EVENTS = frozenset(("attempt", "final", "ended", "quarantine", "release"))
+
+    def apply(self, method: str, args: tuple[Any, ...]) -> None:
+        """An event another replica published."""
+        if method not in self._EVENTS:
+            raise ValueError(f"not a number-health event: {method}")
+        publish, self.publish = self.publish, None
+        try:
+            getattr(self, method)(*args)
+        finally:
+            self.publish = publish
 
     def _judge(self, s: NumberStats, now: float) -> None:
         if s.quarantined_until > now:
@@ -172,11 +204,11 @@ class NumberHealth:
         lim = self.limits
         t = s.totals(now, lim.window_hours)
         if t["attempts"] >= lim.min_samples and t["answer_ratio"] < lim.min_answer_ratio:
-            self.quarantine(s.tn, f"answer ratio {t['answer_ratio']:.2f} under "
-                            f"{lim.min_answer_ratio}", now)
+            self._quarantine(s.tn, f"answer ratio {t['answer_ratio']:.2f} under "
+                             f"{lim.min_answer_ratio}", now, None)
         elif t["ended"] >= lim.min_samples and t["average_duration"] < lim.min_average_duration:
-            self.quarantine(s.tn, f"average duration {t['average_duration']:.0f} s under "
-                            f"{lim.min_average_duration:.0f} s", now)
+            self._quarantine(s.tn, f"average duration {t['average_duration']:.0f} s under "
+                             f"{lim.min_average_duration:.0f} s", now, None)
 
     def report(self, tn: str, now: float) -> dict[str, object]:
         s = self.stats(tn)

@@ -500,3 +500,21 @@ def make_response(
     parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
     parts.append(body)
     return b"".join(parts)
+
+
+_CALL_ID_LINE = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r\n", re.I)
+
+
+def call_id_of(data: bytes) -> bytes:
+    """The Call-ID of a raw message without parsing it (which worker owns a call), b"" when
+    there is none. The value is the one the parser gives, folded lines included, so every
+    message of a call, whichever side and header form it came in, maps to the same bytes."""
+    m = _CALL_ID_LINE.search(data)
+    if m is None:
+        return b""
+    if data[m.end():m.end() + 1] in (b" ", b"\t"):  # a folded Call-ID: rare, ask the parser
+        try:
+            return parse_message(data, stream=True).call_id.encode("latin-1")
+        except SipError:
+            return m.group(1)
+    return m.group(1)

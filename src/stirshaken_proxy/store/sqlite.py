@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,25 +25,25 @@ from ..policy.numbers import (
 )
 
 SCHEMA_VERSION = 2
-_MIGRATIONS = {
-    1: """
-        CREATE TABLE numbers (
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE numbers (
             first TEXT NOT NULL PRIMARY KEY,
             last TEXT NOT NULL,
             account TEXT NOT NULL,
             label TEXT NOT NULL DEFAULT ''
-        );
-        CREATE INDEX numbers_account ON numbers(account);
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-        INSERT INTO meta(key, value) VALUES ('inventory_version', 0);
-    """,
-    2: """
-        CREATE TABLE number_health (
+        )""",
+        "CREATE INDEX numbers_account ON numbers(account)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO meta(key, value) VALUES ('inventory_version', 0)",
+    ),
+    2: (
+        """CREATE TABLE number_health (
             tn TEXT NOT NULL PRIMARY KEY,
             data TEXT NOT NULL,
             updated REAL NOT NULL
-        );
-    """,
+        )""",
+    ),
 }
 
 
@@ -76,28 +77,46 @@ class NumberStore:
         try:
             self.db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None,
                                       check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
             self._migrate()
+            self._wal()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: cannot open the number store: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
 
-    def _migrate(self) -> None:
-        current = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if current > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {current} is newer than this "
-                             f"program's {SCHEMA_VERSION}")
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            # One transaction per step: the schema change and its version land together.
+    def _wal(self, timeout: float = 10.0) -> None:
+        """WAL journal (readers never wait for the writer). Switching takes an exclusive lock
+        and SQLite does not wait for it, so another process opening the store at the same
+        moment is waited for here."""
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                self.db.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[version]}; "
-                                      f"PRAGMA user_version = {version}; COMMIT;")
-            except sqlite3.DatabaseError:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION. The version is read under the write lock, so
+        processes opening a new store together (workers, the CLI) migrate it once."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            current = db.execute("PRAGMA user_version").fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema version {current} is newer than this "
+                                 f"program's {SCHEMA_VERSION}")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     # -- reading ----------------------------------------------------------------------------
     def version(self) -> int:
