@@ -10,6 +10,7 @@ compare ratios taken in one run.
 from __future__ import annotations
 
 import gc
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -168,6 +169,21 @@ def bench_raw_es256_verify(n: int) -> Callable[[], None]:
     return run
 
 
+def openssl_speed() -> tuple[float, float] | None:
+    """Signs and verifies per second of `openssl speed ecdsap256` on one core (the physical
+    limit beside which ours is read), or None without openssl."""
+    try:
+        out = subprocess.run(["openssl", "speed", "-seconds", "3", "ecdsap256"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if "nistp256" in line:
+            fields = line.split()
+            return float(fields[-2]), float(fields[-1])
+    return None
+
+
 def main() -> None:
     gc.set_threshold(50_000, 20, 100)  # as the service runs (transport.gc_threshold)
     rows = [
@@ -180,6 +196,10 @@ def main() -> None:
         ("verify Identity, warm cache (all checks)", timeit(bench_verify_warm, 5000)),
         ("raw ES256 verify (cryptography)", timeit(bench_raw_es256_verify, 5000)),
     ]
+    speed = openssl_speed()
+    if speed is not None:
+        rows += [("openssl speed ecdsap256: sign", 1e6 / speed[0]),
+                 ("openssl speed ecdsap256: verify", 1e6 / speed[1])]
     for name, us in rows:
         print(f"{name:45s} {us:8.2f} µs/message   {1e6 / us:10.0f} /s")  # noqa: T201
 

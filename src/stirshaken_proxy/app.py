@@ -599,8 +599,11 @@ class Application:
             elif type(action) is Fetch and self.fetcher is not None:
                 self.fetcher.request(action.url)
 
-    def _arm_timer(self) -> None:
-        deadline = self.engine.next_deadline()
+    def _arm_timer(self, exact: bool = False) -> None:
+        # After each message, the heap's first entry is enough: it may be a cancelled timer
+        # (never later than the real next one), which costs at most an early wake-up that
+        # finds nothing due; after the timers ran, the exact next deadline.
+        deadline = self.engine.next_deadline() if exact else self.engine.timers.earliest()
         if deadline is None:
             return
         # One wake-up serves every timer due within timer_resolution (RFC 3261 timers are
@@ -625,7 +628,7 @@ class Application:
             log.exception("internal error in timers")
             actions = []
         self._execute(actions)
-        self._arm_timer()
+        self._arm_timer(exact=True)
 
 
 def build_verification(vc: VerifyConfig, *, on_done: Callable[[str], None],

@@ -24,6 +24,10 @@ class TimerHeap:
     def push(self, when: float, txn: Transaction, name: str) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), txn, name))
 
+    def earliest(self) -> float | None:
+        """The first entry's time, armed or not (never later than next_deadline)."""
+        return self._heap[0][0] if self._heap else None
+
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap:
