@@ -23,6 +23,7 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,16 +117,17 @@ def start_kamailio(work: Path, key: Path, x5u: str, children: int) -> Proxy:
     return Proxy("kamailio+secsipid", port, port, uas, proc)
 
 
-def start_ours(work: Path, transport: str = "") -> Proxy:
+def start_ours(work: Path, transport: str = "", workers: int = 1) -> Proxy:
     ports = Ports.pick()
+    transport = f"workers = {workers}\n{transport}"
     cfg = write_config(work / "proxy.toml", ports, transport=transport,
                        extra=signing_config(work, ports, refresh=2.0))
     svc = Service(cfg, ports.admin, work / "proxy.log")
     # Our own session, so its CPU is counted like Kamailio's.
     svc.start()
     assert svc.proc is not None
-    return Proxy("stirshaken-proxy", ports.dialer, ports.carrier, ports.carrier_next_hop,
-                 svc.proc)
+    name = "stirshaken-proxy" if workers == 1 else f"stirshaken-proxy x{workers}"
+    return Proxy(name, ports.dialer, ports.carrier, ports.carrier_next_hop, svc.proc)
 
 
 def invite_latencies(pcap: Path, in_port: int, out_port: int, uas_port: int) -> list[float]:
@@ -205,6 +207,8 @@ def main() -> None:
     parser.add_argument("--kamailio-children", type=int, default=2)
     parser.add_argument("--only", choices=("kamailio", "ours"), help="run one proxy only")
     parser.add_argument("--keep", help="keep logs and configs in this directory")
+    parser.add_argument("--ours-workers", default="1,2",
+                        help="run stirshaken-proxy with each of these [transport] workers")
     parser.add_argument("--ours-transport", default="",
                         help="extra [transport] lines for stirshaken-proxy (e.g. gc_threshold = 100000)")
     args = parser.parse_args()
@@ -219,13 +223,14 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         keys = init_dev_pki(work / "keys", spc="123A") if not (work / "keys").exists() \
             else DevPki.in_dir(work / "keys")
-        starters = {
-            "kamailio": lambda: start_kamailio(work, keys.key,
-                                               "https://certs.example.org/shaken.pem",
-                                               args.kamailio_children),
-            "ours": lambda: start_ours(work, args.ours_transport),
-        }
-        for name, start in starters.items():
+        starters: list[tuple[str, Callable[[], Proxy]]] = [
+            ("kamailio", lambda: start_kamailio(work, keys.key,
+                                                "https://certs.example.org/shaken.pem",
+                                                args.kamailio_children))]
+        for count in map(int, args.ours_workers.split(",")):
+            starters.append(("ours", lambda count=count: start_ours(  # type: ignore[misc]
+                work, args.ours_transport, count)))
+        for name, start in starters:
             if args.only and args.only != name:
                 continue
             proxy = start()
@@ -234,7 +239,7 @@ def main() -> None:
                 for rate in rates:
                     row = run_step(proxy, work, rate, args.seconds, args.hold_ms)
                     rows.append(row)
-                    print(f"{proxy.name:18s} {rate:6d} cps  {row['ok']:7.0f} ok "  # noqa: T201
+                    print(f"{proxy.name:20s} {rate:6d} cps  {row['ok']:7.0f} ok "  # noqa: T201
                           f"{row['failed']:5.0f} failed {row['retrans']:6.0f} retrans  "
                           f"{row['cpu_us_per_call']:7.1f} µs CPU/call  INVITE +"
                           f"{row['p50_us']:7.0f} µs p50 {row['p99_us']:8.0f} µs p99",
@@ -245,14 +250,19 @@ def main() -> None:
                 proxy.stop()
             results[proxy.name] = rows
     print()  # noqa: T201
-    print(f"{'rate':>6s} {'ours µs/call':>13s} {'kamailio µs/call':>17s} {'ratio':>6s}")  # noqa: T201
     kam = {r["rate"]: r for r in results.get("kamailio+secsipid", [])}
-    for row in results.get("stirshaken-proxy", []):
-        k = kam.get(row["rate"])
-        if k is None:
+    for name, rows in results.items():
+        if name == "kamailio+secsipid":
             continue
-        print(f"{row['rate']:6.0f} {row['cpu_us_per_call']:13.1f} "  # noqa: T201
-              f"{k['cpu_us_per_call']:17.1f} {row['cpu_us_per_call'] / k['cpu_us_per_call']:6.2f}")
+        print(f"{name}: {'rate':>6s} {'µs/call':>9s} {'kamailio µs/call':>17s} "  # noqa: T201
+              f"{'ratio':>6s}")
+        for row in rows:
+            k = kam.get(row["rate"])
+            if k is None:
+                continue
+            print(f"{'':{len(name) + 2}s}{row['rate']:6.0f} {row['cpu_us_per_call']:9.1f} "  # noqa: T201
+                  f"{k['cpu_us_per_call']:17.1f} "
+                  f"{row['cpu_us_per_call'] / k['cpu_us_per_call']:6.2f}")
 
     def best(rows: list[dict[str, float]]) -> float:
         ok = [r["rate"] for r in rows if not r["failed"] and not r["retrans"]]

@@ -37,12 +37,14 @@ HEALTH = b"H"  # a number-health event for the replica
 STATS = b"S"  # asks for a metrics snapshot
 STATS_REPLY = b"R"
 READY = b"Y"  # a worker is listening (worker 0 is ready when all are)
+BATCH = b"B"  # several of the above, each preceded by its length (4 octets)
 
 _HEAD = struct.Struct("!cBBBHB")  # kind, origin worker, side, transport, port, host length
 _SIDES = ("dialer", "carrier")
 _TRANSPORTS = ("udp", "tcp")
 _BUFFER = 4 << 20
 _MAX_QUEUED = 20_000  # datagrams waiting for a full link to drain, past this they are dropped
+_MAX_BATCH = 64 * 1024  # octets of messages gathered into one datagram
 
 Handler = Callable[[bytes, int, bytes], None]  # kind, origin worker, payload
 
@@ -76,6 +78,10 @@ class WorkerLink:
         self._handler: Handler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.dropped = 0
+        # Messages handed over during one turn of the event loop leave together at its end:
+        # one datagram and one wake-up of the other worker instead of one per message.
+        self._batches: dict[int, list[bytes]] = {}
+        self._batch_size: dict[int, int] = {}
 
     @staticmethod
     def mesh(count: int) -> list[WorkerLink]:
@@ -103,6 +109,9 @@ class WorkerLink:
         self._loop = asyncio.get_running_loop()
         for s in self.sockets.values():
             self._loop.add_reader(s.fileno(), self._readable, s)
+        for to, queue in self._queues.items():  # queued before the loop ran
+            if queue:
+                self._loop.add_writer(self.sockets[to].fileno(), self._writable, to)
 
     def _readable(self, s: socket.socket) -> None:
         handler = self._handler
@@ -112,7 +121,20 @@ class WorkerLink:
                 datagram = s.recv(1 << 17)
             except BlockingIOError:
                 return
-            handler(datagram[:1], datagram[1], datagram)
+            if datagram[:1] == BATCH:
+                self._unbatch(datagram, handler)
+            else:
+                handler(datagram[:1], datagram[1], datagram)
+
+    @staticmethod
+    def _unbatch(datagram: bytes, handler: Handler) -> None:
+        view = memoryview(datagram)
+        pos, end = 2, len(datagram)
+        while pos + 4 <= end:
+            length = int.from_bytes(view[pos:pos + 4], "big")
+            item = bytes(view[pos + 4:pos + 4 + length])
+            pos += 4 + length
+            handler(item[:1], item[1], item)
 
     def drain(self) -> None:
         """Process whatever is waiting (at shutdown, after the other workers stopped)."""
@@ -132,22 +154,48 @@ class WorkerLink:
             self.dropped += 1
             log.debug("link to worker %d: %s", to, exc)
 
-    def broadcast(self, datagram: bytes) -> None:
-        for to in self.sockets:
-            self.send(to, datagram)
-
     def message(self, to: int, peer: Peer, data: bytes) -> None:
-        self.send(to, encode_peer(MESSAGE, self.index, peer, data))
+        """Hand a received message to its owner (sent at the end of this loop turn)."""
+        self._batched(to, encode_peer(MESSAGE, self.index, peer, data))
+
+    def _batched(self, to: int, item: bytes) -> None:
+        batch = self._batches.get(to)
+        if batch is None:
+            if self._loop is None:
+                self.send(to, item)
+                return
+            if not self._batches:
+                self._loop.call_soon(self._send_batches)
+            self._batches[to] = [item]
+            self._batch_size[to] = len(item) + 4
+            return
+        if self._batch_size[to] + len(item) > _MAX_BATCH:
+            self._send_batch(to, batch)
+            batch.clear()
+            self._batch_size[to] = 0
+        batch.append(item)
+        self._batch_size[to] += len(item) + 4
+
+    def _send_batches(self) -> None:
+        batches, self._batches = self._batches, {}
+        for to, batch in batches.items():
+            self._send_batch(to, batch)
+
+    def _send_batch(self, to: int, batch: list[bytes]) -> None:
+        if len(batch) == 1:
+            self.send(to, batch[0])
+        elif batch:
+            self.send(to, BATCH + bytes((self.index,)) + b"".join(
+                len(item).to_bytes(4, "big") + item for item in batch))
 
     def tcp_send(self, to: int, peer: Peer, data: bytes) -> None:
         self.send(to, encode_peer(SEND, self.index, peer, data))
 
     def event(self, kind: bytes, value: Any, to: int | None = None) -> None:
+        """A value for one other worker or all of them (batched like messages)."""
         datagram = kind + bytes((self.index,)) + pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-        if to is None:
-            self.broadcast(datagram)
-        else:
-            self.send(to, datagram)
+        for other in self.sockets if to is None else (to,):
+            self._batched(other, datagram)
 
     @staticmethod
     def value(datagram: bytes) -> Any:
@@ -178,6 +226,7 @@ class WorkerLink:
 
     def flush(self, timeout: float = 2.0) -> None:
         """Send what is queued, waiting for the others to read it (at shutdown)."""
+        self._send_batches()
         for to, queue in self._queues.items():
             s = self.sockets[to]
             s.settimeout(timeout)
