@@ -204,3 +204,24 @@ def test_call_id_without_parsing_matches_the_parser() -> None:
         assert call_id_of(data) == parse_message(data).call_id.encode("latin-1"), line
     assert call_id_of(base % b"Call-ID: x1@h") == b"x1@h"
     assert call_id_of(base % b"X-Call-ID: x1@h") == b""
+
+
+def test_addresses_checked_once_stay_checked_alike() -> None:
+    """From/To/Contact values found well-formed are not checked again: the second message with
+    the same values must get the same answer, and a bad value must fail every time."""
+    base = (b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK%d\r\n"
+            b"From: %s;tag=1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: c%d\r\nCSeq: 1 OPTIONS\r\n"
+            b"Contact: %s\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+    good, bad = b"<sip:b@127.0.0.1>", b"<sip:b@127.0.0.1"
+    for i in range(3):
+        parse_message(base % (i, good, i, good))
+        for from_, contact in ((bad, good), (good, bad), (good + b", " + good, good)):
+            with pytest.raises(SipError) as info:
+                parse_message(base % (i, from_, i, contact))
+            assert info.value.status == 400
+    long_value = b"<sip:" + b"x" * 300 + b"@127.0.0.1>"
+    parse_message(base % (9, long_value, 9, good))
+    from stirshaken_proxy.sip import message
+
+    assert long_value.decode() + ";tag=1" not in message._VALID_ADDRESSES
+    assert bad.decode() not in message._VALID_ADDRESSES

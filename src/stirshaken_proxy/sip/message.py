@@ -410,6 +410,21 @@ def _parse_status_line(msg: SipMessage, line: str) -> None:
     msg.reason = reason
 
 
+# From, To and Contact values already found well-formed: every message of a dialog repeats
+# them, so each is checked once. Only valid values of everyday length enter; the set is
+# bounded (20,000 × 256 characters at most).
+_VALID_ADDRESSES: set[str] = set()
+_VALID_ADDRESSES_LIMIT = 20_000
+
+
+def _remember_valid(value: str) -> None:
+    if len(value) > 256:
+        return
+    if len(_VALID_ADDRESSES) >= _VALID_ADDRESSES_LIMIT:
+        _VALID_ADDRESSES.clear()
+    _VALID_ADDRESSES.add(value)
+
+
 def _validate(msg: SipMessage, data: bytes, body_start: int, stream: bool) -> None:
     index = msg.index
     for name in _REQUIRED:
@@ -417,9 +432,7 @@ def _validate(msg: SipMessage, data: bytes, body_start: int, stream: bool) -> No
             raise SipError(400, f"missing required header {name}")
     for name in _SINGLE:
         idx = index.get(name)
-        if idx and (
-            len(idx) > 1 or (name in ("from", "to") and len(split_values(msg.headers[idx[0]].value)) > 1)
-        ):
+        if idx and len(idx) > 1:
             raise SipError(400, f"more than one {name}")
     cseq_text = msg.headers[index["cseq"][0]].value
     num, _, cmethod = cseq_text.partition(" ")
@@ -444,13 +457,21 @@ def _validate(msg: SipMessage, data: bytes, body_start: int, stream: bool) -> No
         raise SipError(400, "malformed Max-Forwards")
     # From and To must be well-formed name-addr/addr-spec values; so must every Contact
     # value that is not '*'.
-    valid_name_addr(msg.headers[index["from"][0]].value)
-    valid_name_addr(msg.headers[index["to"][0]].value)
+    known = _VALID_ADDRESSES
+    for name in ("from", "to"):
+        value = msg.headers[index[name][0]].value
+        if value not in known:
+            if len(split_values(value)) > 1:
+                raise SipError(400, f"more than one {name}")
+            valid_name_addr(value)
+            _remember_valid(value)
     for i in index.get("contact", ()):
         value = msg.headers[i].value
-        for v in (value,) if "," not in value else split_values(value):
-            if v != "*":
-                valid_name_addr(v)
+        if value not in known:
+            for v in (value,) if "," not in value else split_values(value):
+                if v != "*":
+                    valid_name_addr(v)
+            _remember_valid(value)
     msg.top_via()
     available = len(data) - body_start
     cl = index.get("content-length")
