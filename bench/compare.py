@@ -120,9 +120,9 @@ def start_kamailio(work: Path, key: Path, x5u: str, children: int) -> Proxy:
 def start_ours(work: Path, transport: str = "", workers: int = 1) -> Proxy:
     ports = Ports.pick()
     transport = f"workers = {workers}\n{transport}"
-    cfg = write_config(work / "proxy.toml", ports, transport=transport,
+    cfg = write_config(work / f"proxy{workers}.toml", ports, transport=transport,
                        extra=signing_config(work, ports, refresh=2.0))
-    svc = Service(cfg, ports.admin, work / "proxy.log")
+    svc = Service(cfg, ports.admin, work / f"proxy{workers}.log")
     # Our own session, so its CPU is counted like Kamailio's.
     svc.start()
     assert svc.proc is not None
@@ -230,25 +230,28 @@ def main() -> None:
         for count in map(int, args.ours_workers.split(",")):
             starters.append(("ours", lambda count=count: start_ours(  # type: ignore[misc]
                 work, args.ours_transport, count)))
-        for name, start in starters:
-            if args.only and args.only != name:
-                continue
-            proxy = start()
-            rows: list[dict[str, float]] = []
-            try:
-                for rate in rates:
+        # Every proxy runs from the start, and each rate goes through all of them in turn,
+        # so a change in the shared machine's speed during the run touches them alike.
+        running: list[Proxy] = []
+        try:
+            for name, start in starters:
+                if not args.only or args.only == name:
+                    running.append(start())
+            active = list(running)
+            for rate in rates:
+                for proxy in list(active):
                     row = run_step(proxy, work, rate, args.seconds, args.hold_ms)
-                    rows.append(row)
+                    results.setdefault(proxy.name, []).append(row)
                     print(f"{proxy.name:20s} {rate:6d} cps  {row['ok']:7.0f} ok "  # noqa: T201
                           f"{row['failed']:5.0f} failed {row['retrans']:6.0f} retrans  "
                           f"{row['cpu_us_per_call']:7.1f} µs CPU/call  INVITE +"
                           f"{row['p50_us']:7.0f} µs p50 {row['p99_us']:8.0f} µs p99",
                           flush=True)
                     if row["failed"] or row["retrans"] or row["ok"] < rate * args.seconds:
-                        break
-            finally:
+                        active.remove(proxy)  # its ramp ends at its first failing step
+        finally:
+            for proxy in running:
                 proxy.stop()
-            results[proxy.name] = rows
     print()  # noqa: T201
     kam = {r["rate"]: r for r in results.get("kamailio+secsipid", [])}
     for name, rows in results.items():

@@ -23,7 +23,7 @@ from cryptography import x509
 from .config import Config, ConfigError, VerifyConfig, load_config
 from .engine.inbound import InboundVerifier
 from .engine.outbound import OutboundAuthenticator
-from .engine.proxy import CARRIER, DIALER, ProxyEngine, RequestHook
+from .engine.proxy import CARRIER, DIALER, EngineConfig, ProxyEngine, RequestHook
 from .engine.sources import SourceFilter
 from .io.admin import AdminServer
 from .io.fetcher import Fetcher
@@ -40,6 +40,7 @@ from .io.workers import (
     decode_peer,
     die_with_parent,
 )
+from .policy import regions
 from .policy.accounts import AccountDirectory
 from .policy.health import NumberHealth
 from .sip.message import call_id_of
@@ -149,7 +150,7 @@ class Application:
                  f", worker {self.worker_index} of {self.worker.count}"
                  if self.worker is not None else "")
 
-    def _engine_config(self, config: Config) -> Any:
+    def _engine_config(self, config: Config) -> EngineConfig:
         """The engine's limits are the service's: with several workers each gets its share
         (calls spread evenly over workers by Call-ID)."""
         ec = config.engine
@@ -336,6 +337,8 @@ class Application:
                 cert = x509.load_pem_x509_certificate(s.certificate.read_bytes())
                 self.certificate_expiry[s.name] = cert.not_valid_after_utc.timestamp()
         self.engine.request_hooks.append(self.auth)
+        if any(a.local_presence != "off" for a in ac.accounts):
+            await asyncio.to_thread(regions.preload)
         if ac.health is None:
             self.health = None
         else:

@@ -77,8 +77,8 @@ class InboundVerifier:
     def _count(self, verdict: Verdict) -> None:
         self.stats[("verifications", verdict.verstat.value,
                     str(verdict.code) if verdict.code is not None else "")] += 1
-        if verdict.verstat is not Verstat.PASSED and log.isEnabledFor(logging.INFO):
-            log.info("verification %s: %s", verdict.verstat.value, verdict.reason,
+        if verdict.verstat is not Verstat.PASSED and log.isEnabledFor(logging.DEBUG):
+            log.debug("verification %s: %s", verdict.verstat.value, verdict.reason,
                      extra={"verdict": verdict.verstat.value, "reason": verdict.reason})
 
     def _mark(self, msg: SipMessage, verdict: Verdict) -> None:

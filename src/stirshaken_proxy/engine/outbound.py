@@ -142,12 +142,13 @@ class OutboundAuthenticator:
                                      headers=(b"Retry-After: 60\r\n",))
                 if pick.tn != orig:
                     self._map_identity(msg, pick.tn)
-                    where = ("local" if pick.local else "same state" if pick.same_state
-                             else "other area")
-                    log.info("call %s: caller ID %s presented as %s (%s)", msg.call_id, orig,
-                             pick.tn, where,
-                             extra={"call_id": msg.call_id, "account": account.name,
-                                    "orig": orig})
+                    self.stats[("caller_id_substituted", account.name,
+                                "local" if pick.local else "same_state" if pick.same_state
+                                else "other_area")] += 1
+                    if log.isEnabledFor(logging.DEBUG):  # no per-call logging at info
+                        log.debug("call %s: caller ID %s presented as %s", msg.call_id, orig,
+                                  pick.tn, extra={"call_id": msg.call_id,
+                                                  "account": account.name, "orig": orig})
                     orig = pick.tn
         decision = decide(account, orig, self.inventory, dest)
         if decision.reason is Reason.NEIGHBOUR_SPOOFING and \

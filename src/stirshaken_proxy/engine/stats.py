@@ -22,6 +22,8 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...]]] = {
     "sip_transaction_timeouts": ("Transactions that timed out", ()),
     "sip_timer_c": ("Timer C expiries (INVITEs ringing too long)", ()),
     "calls_signed": ("INVITEs signed, by attestation and reason", ("account", "attest", "reason")),
+    "caller_id_substituted": ("Calls presented with another of the account's numbers, by how "
+                              "near it is to the callee", ("account", "match")),
     "calls_unsigned": ("INVITEs from the dialer side forwarded unsigned", ("reason",)),
     "sign_refused": ("INVITEs the authentication service refused", ("reason",)),
     "identity_removed": ("Identity headers removed from dialer-side requests", ()),

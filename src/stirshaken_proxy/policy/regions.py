@@ -44,3 +44,9 @@ def state_of_npa(npa: str) -> str | None:
     except phonenumbers.NumberParseException:
         return None
     return state_of_description(geocoder.description_for_number(number, "en"))
+
+
+def preload() -> None:
+    """Load the geocoding data now (about a quarter of a second, once per process) rather
+    than in the middle of the first call that needs it."""
+    state_of_npa("202")

@@ -412,7 +412,7 @@ def _parse_status_line(msg: SipMessage, line: str) -> None:
 
 # From, To and Contact values already found well-formed: every message of a dialog repeats
 # them, so each is checked once. Only valid values of everyday length enter; the set is
-# bounded (20,000 × 256 characters at most).
+# bounded (20,000 values of 256 characters at most).
 _VALID_ADDRESSES: set[str] = set()
 _VALID_ADDRESSES_LIMIT = 20_000
 
