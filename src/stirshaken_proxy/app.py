@@ -74,6 +74,7 @@ class Application:
         self._tcp_home: dict[tuple[str, str, int], int] = {}  # TCP peer -> worker holding it
         self._stopped = False
         self._workers_ready: set[int] = set()
+        self._retiring: set[asyncio.Task[None]] = set()  # fetchers replaced by a reload
         self.counters: Counter[str] = Counter()  # I/O events (the engine keeps its own)
         self.udp: dict[str, UdpEndpoint] = {}
         self.tcp: dict[str, TcpManager] = {}
@@ -266,23 +267,24 @@ class Application:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self.flush_health()
-        self.health_rows = None  # the replica itself carries on (nothing counted is lost)
-        self.engine.call_observers.clear()
-        self.engine.forward_filters.clear()
-        if self.fetcher is not None:
-            await self.fetcher.close()
-            self.fetcher = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-        self.engine.request_hooks.clear()
-        self.auth = self.inbound = None
-        self.certificate_expiry.clear()
+        # The new signer and verifier replace the running ones in one step (no await in
+        # between), so no request is ever handled by neither; calls in progress carry on.
         self.readiness_checks.clear()
         if new.auth is not None:
             await self._start_auth()
+        elif self.auth is not None:
+            self._swap(self.auth, None)
+            self.auth = self.health = self.health_rows = None
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            self.certificate_expiry.clear()
         if new.verify is not None:
             self._start_verify()
+        elif self.inbound is not None:
+            self._swap(self.inbound, None)
+            self.inbound = None
+            self._retire_fetcher()
         logging.getLogger().setLevel(new.log.level.upper())
         log.info("configuration reloaded from %s", new.path)
         self._signal_children(signal.SIGHUP)
@@ -299,7 +301,7 @@ class Application:
         self.engine.shutdown()
         if self._timer is not None:
             self._timer.cancel()
-        for task in (self._housekeeping, self._refresh, self._flusher):
+        for task in (self._housekeeping, self._refresh, self._flusher, *self._retiring):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -321,32 +323,37 @@ class Application:
 
     # -- the authentication service ---------------------------------------------------------
     async def _start_auth(self) -> None:
+        """Start signing, or (a reload) replace the running signer."""
         ac = self.config.auth
         assert ac is not None
-        self.store = await asyncio.to_thread(NumberStore, ac.store_path)
-        inventory = await asyncio.to_thread(self.store.load, ac.numbers)
+        # What needs waiting for comes first ...
+        store = await asyncio.to_thread(NumberStore, ac.store_path)
+        inventory = await asyncio.to_thread(store.load, ac.numbers)
+        if any(a.local_presence != "off" for a in ac.accounts):
+            await asyncio.to_thread(regions.preload)
+        rows = HealthRows(store)
+        restored = (await asyncio.to_thread(rows.load)
+                    if ac.health is not None and self.health is None else {})
+        # ... then the swap, with no await: the event loop sees the old signer or the new.
         self._store_ok = True
         directory = AccountDirectory(list(ac.accounts))
         signers = {s.name: Signer(SigningIdentity(name=s.name, key=s.key, x5u=s.x5u))
                    for s in ac.signing}
-        self.auth = OutboundAuthenticator(directory=directory, signers=signers,
-                                          inventory=inventory, policy=ac.policy,
-                                          stats=self.engine.stats, clock=time.perf_counter)
+        auth = OutboundAuthenticator(directory=directory, signers=signers,
+                                     inventory=inventory, policy=ac.policy,
+                                     stats=self.engine.stats, clock=time.perf_counter)
+        self.certificate_expiry.clear()
         for s in ac.signing:
             if s.certificate is not None:
                 cert = x509.load_pem_x509_certificate(s.certificate.read_bytes())
                 self.certificate_expiry[s.name] = cert.not_valid_after_utc.timestamp()
-        self.engine.request_hooks.append(self.auth)
-        if any(a.local_presence != "off" for a in ac.accounts):
-            await asyncio.to_thread(regions.preload)
         if ac.health is None:
-            self.health = None
+            self.health = self.health_rows = None
         else:
-            rows = HealthRows(self.store)
             health = self.health
             if health is None:
                 health = NumberHealth(ac.health)
-                for tn, data in (await asyncio.to_thread(rows.load)).items():
+                for tn, data in restored.items():
                     health.restore(tn, data)
                 health.dirty.clear()
                 if self.worker is not None:
@@ -354,11 +361,16 @@ class Application:
             else:  # a reload: the statistics carry on under the new limits
                 health.limits = ac.health
             self.health, self.health_rows = health, rows
-            self.auth.health = health
-            self.engine.call_observers.append(self.auth)
-            self.engine.forward_filters.append(self.auth.map_identities)
+            auth.health = health
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush_health_every(ac.health_flush_interval))
+        old, old_store = self.auth, self.store
+        if old is not None:
+            auth.carry_over(old)
+        self._swap(old, auth, observe=auth.health is not None)
+        self.auth, self.store = auth, store
+        if old_store is not None:
+            old_store.close()
         # Traffic from an account's sources is admitted on the dialer side.
         dialer = self.config.engine.dialer
         self.engine.set_source_filter(DIALER, SourceFilter(
@@ -392,13 +404,58 @@ class Application:
     def _start_verify(self) -> None:
         vc = self.config.verify
         assert vc is not None
-        verifier, self.fetcher = build_verification(vc, on_done=self._credential_ready,
-                                                    counters=self.counters)
-        self.inbound = InboundVerifier(verifier=verifier, policy=vc.policy,
-                                       stats=self.engine.stats, clock=time.perf_counter)
-        self.engine.request_hooks.append(self.inbound)
+        verifier, fetcher = build_verification(vc, on_done=self._credential_ready,
+                                               counters=self.counters)
+        inbound = InboundVerifier(verifier=verifier, policy=vc.policy,
+                                  stats=self.engine.stats, clock=time.perf_counter)
+        old = self.inbound
+        if old is not None:
+            inbound.carry_over(old)
+            self._retire_fetcher()
+        self._swap(old, inbound)
+        self.inbound, self.fetcher = inbound, fetcher
         self.readiness_checks["trust_anchors"] = lambda: bool(vc.anchors)
         log.info("verifying inbound calls against %d trust anchors", len(vc.anchors))
+
+    def _swap(self, old: Any, new: Any, *, observe: bool = False) -> None:
+        """Put ``new`` where ``old`` was among the engine's request hooks (in the same
+        place), and for the signer among its call observers and forward filters."""
+        hooks = self.engine.request_hooks
+        if old in hooks:
+            index = hooks.index(old)
+            if new is None:
+                del hooks[index]
+            else:
+                hooks[index] = new
+        elif new is not None:
+            hooks.append(new)
+        if isinstance(old, OutboundAuthenticator) or isinstance(new, OutboundAuthenticator):
+            observers, filters = self.engine.call_observers, self.engine.forward_filters
+            if old in observers:
+                observers.remove(old)
+            if old is not None and old.map_identities in filters:
+                filters.remove(old.map_identities)
+            if new is not None and observe:
+                observers.append(new)
+                filters.append(new.map_identities)
+
+    def _retire_fetcher(self) -> None:
+        """Close the running fetcher once its fetches in flight had their time (they still
+        resume the requests waiting on them)."""
+        fetcher, self.fetcher = self.fetcher, None
+        if fetcher is None:
+            return
+        timeout = self.config.verify.fetch.timeout if self.config.verify is not None else 5.0
+        task = asyncio.get_running_loop().create_task(self._close_later(fetcher, timeout + 1))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _close_later(fetcher: Fetcher, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:  # at once when the service stops first
+            await fetcher.close()
 
     def _credential_ready(self, url: str) -> None:
         self._execute(self.engine.credential_ready(url, time.time()))

@@ -132,3 +132,29 @@ def test_header_opt_in(tmp_path: Path, header: str, substituted: bool) -> None:
     fwd = to_side(e.receive(invite(extra=header), DIALER, NOW), "carrier")
     assert ("+12025550100" in (fwd.get("from") or "")) is substituted
     assert not fwd.has("x-local-presence")
+
+
+def test_a_reloaded_signer_carries_the_calls_in_progress(tmp_path: Path) -> None:
+    """SIGHUP builds a new authenticator: the calls it finds in progress keep their caller-ID
+    mapping and are still counted when they are answered and end."""
+    e, old = setup(tmp_path)
+    fwd = to_side(e.receive(invite(), DIALER, NOW), "carrier")
+    _, new = setup(tmp_path)
+    new.health = old.health
+    new.carry_over(old)
+    e.request_hooks[e.request_hooks.index(old)] = new
+    e.call_observers[e.call_observers.index(old)] = new
+    e.forward_filters[e.forward_filters.index(old.map_identities)] = new.map_identities
+    back = to_side(e.receive(answer(fwd.serialize(), 200), CARRIER, NOW + 1), "dialer")
+    assert back.get("from") == '"Sales" <sip:+13105550100@127.0.0.1>;tag=dialer1'
+    bye = (b"BYE sip:dialer@127.0.0.1:5070 SIP/2.0\r\n"
+           b"Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKcbye\r\n"
+           b"From: <sip:+12025559999@127.0.0.1>;tag=uas\r\n"
+           b"To: \"Sales\" <sip:+12025550100@127.0.0.1>;tag=dialer1\r\nCall-ID: cid-1\r\n"
+           b"CSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+    to_dialer = to_side(e.receive(bye, CARRIER, NOW + 60), "dialer")
+    assert to_dialer.get("to") == '"Sales" <sip:+13105550100@127.0.0.1>;tag=dialer1'
+    assert new.health is not None
+    report = new.health.report("12025550100", NOW + 61)
+    assert (report["attempts"], report["answered"], report["ended"]) == (1, 1, 1)
+    assert new.sign_latency is old.sign_latency

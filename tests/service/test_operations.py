@@ -49,9 +49,11 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_metrics_count_exactly_the_calls_placed(tmp_path: Path) -> None:
+def test_metrics_count_exactly_the_calls_placed(tmp_path: Path, workers: int) -> None:
+    """With two workers the scrape is the sum of both (each owns about half the calls)."""
     ports = Ports.pick()
-    cfg = write_config(tmp_path / "p.toml", ports, extra=signing_config(tmp_path, ports))
+    cfg = write_config(tmp_path / "p.toml", ports, extra=signing_config(tmp_path, ports),
+                       transport=f"workers = {workers}")
     with running_service(cfg, ports.admin, tmp_path / "proxy.log"):
         before = scrape(ports.admin)
         with SippUas("uas.xml", ports.carrier_next_hop, tmp_path):
@@ -77,36 +79,46 @@ def test_metrics_count_exactly_the_calls_placed(tmp_path: Path) -> None:
                   identity="default") > 300 * 86400
 
 
-def test_sighup_reloads_without_dropping_calls(tmp_path: Path) -> None:
+def test_sighup_reloads_without_dropping_calls(tmp_path: Path, workers: int) -> None:
+    """With two workers, worker 0 passes the SIGHUP on: calls owned by either are signed A."""
     ports = Ports.pick()
-    cfg = write_config(tmp_path / "p.toml", ports, extra=signing_config(tmp_path, ports))
+    cfg = write_config(tmp_path / "p.toml", ports, extra=signing_config(tmp_path, ports),
+                       transport=f"workers = {workers}")
     with running_service(cfg, ports.admin, tmp_path / "proxy.log") as svc:
         assert svc.proc is not None
         with SippUas("uas.xml", ports.carrier_next_hop, tmp_path) as uas:
             # Calls are up (500 ms hold) while the configuration changes under them:
             # +1 310 555 0100 becomes the account's number.
+            # Three reloads while 200 calls a second arrive: the signer is replaced each time.
             def reload_soon() -> None:
-                time.sleep(1.0)
+                time.sleep(0.8)
                 cfg.write_text(cfg.read_text().replace(
                     'numbers = ["+1 202 555 0100..0199"]',
                     'numbers = ["+1 202 555 0100..0199", "+1 310 555 0100"]'))
-                assert svc.proc is not None
-                svc.proc.send_signal(signal.SIGHUP)
+                for _ in range(3):
+                    assert svc.proc is not None
+                    svc.proc.send_signal(signal.SIGHUP)
+                    time.sleep(0.4)
 
             t = threading.Thread(target=reload_soon)
             t.start()
-            during = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=60, rate=20,
+            during = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=600, rate=200,
                              caller="+13105550100", hold_ms=500)
             t.join()
             time.sleep(0.5)
-            after = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=1, rate=1,
+            after = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=10, rate=10,
                             caller="+13105550100")
         msgs = uas.messages()
-    assert during.successful == 60 and during.failed == 0, during.output[-2000:]
-    assert after.successful == 1
+    assert during.successful == 600 and during.failed == 0, during.output[-2000:]
+    assert after.successful == 10
+    # No INVITE slipped through unsigned while the signer was being replaced.
+    invites = re.findall(r"^INVITE .*?\r?\n\r?\n", msgs, re.MULTILINE | re.DOTALL)
+    assert len(invites) >= 610
+    assert all("\nIdentity: " in invite for invite in invites)
     attests = re.findall(r"^Identity: [^.]+\.([^.]+)\.", msgs, re.MULTILINE)
-    last = json.loads(base64.urlsafe_b64decode(attests[-1] + "==="))
-    assert last["attest"] == "A" and last["orig"] == {"tn": "13105550100"}
+    for claims in attests[-10:]:
+        last = json.loads(base64.urlsafe_b64decode(claims + "==="))
+        assert last["attest"] == "A" and last["orig"] == {"tn": "13105550100"}
 
 
 def _base(name: str) -> str:

@@ -49,6 +49,10 @@ class InboundVerifier:
         self.policy = policy
         self.stats = stats
 
+
+    def carry_over(self, old: InboundVerifier) -> None:
+        """Keep the latency counts of the one this replaces (a reload)."""
+        self.verify_latency = old.verify_latency
     def __call__(self, msg: SipMessage, source: Peer, now: float) -> Rejection | Defer | None:
         if source.side != CARRIER or msg.method != "INVITE" or "tag=" in (msg.get("to") or ""):
             return None

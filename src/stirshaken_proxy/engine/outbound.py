@@ -95,6 +95,13 @@ class OutboundAuthenticator:
         self.stats = stats
         self._date_cache: tuple[int, bytes] = (-1, b"")
 
+    def carry_over(self, old: OutboundAuthenticator) -> None:
+        """Take over what the one this replaces (a reload) knows of calls in progress, so
+        their caller-ID mapping and their statistics go on; and its latency counts."""
+        self._calls = old._calls
+        self._identities = old._identities
+        self.sign_latency = old.sign_latency
+
     def __call__(self, msg: SipMessage, source: Peer, now: float) -> Rejection | None:
         if source.side != DIALER:
             return None
