@@ -86,13 +86,16 @@ def test_signed_calls_verify_with_secsipidx(tmp_path: Path, ports: Ports) -> Non
     assert len(re.findall(r"^BYE sip:", msgs, re.MULTILINE)) >= 150
 
 
-def test_inventory_changes_without_restart(tmp_path: Path, ports: Ports) -> None:
-    cfg = write_config(tmp_path / "proxy.toml", ports, extra=signing_config(tmp_path, ports))
+def test_inventory_changes_without_restart(tmp_path: Path, ports: Ports, workers: int) -> None:
+    """With two workers, each reads the new inventory: ten calls after the import (owned by
+    either worker) are all signed A."""
+    cfg = write_config(tmp_path / "proxy.toml", ports, extra=signing_config(tmp_path, ports),
+                       transport=f"workers = {workers}")
     csv = tmp_path / "more.csv"
     csv.write_text("tn,account,label\n+1 310 555 0100..0199,demo,west\n")
     with running_service(cfg, ports.admin, tmp_path / "proxy.log"):
         with SippUas("uas.xml", ports.carrier_next_hop, tmp_path) as uas:
-            before = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=1, rate=1,
+            before = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=10, rate=10,
                              caller="13105550123")
             imported = subprocess.run(
                 [sys.executable, "-m", "stirshaken_proxy", "numbers", "import", "--config",
@@ -100,8 +103,8 @@ def test_inventory_changes_without_restart(tmp_path: Path, ports: Ports) -> None
                 check=False)
             assert imported.returncode == 0, imported.stderr
             time.sleep(1.0)  # several refresh intervals (0.2 s)
-            after = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=1, rate=1,
+            after = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=10, rate=10,
                             caller="13105550123")
         msgs = uas.messages()
-    assert before.successful == 1 and after.successful == 1
-    assert [claims(v)["attest"] for v in identities(msgs)] == ["B", "A"]
+    assert before.successful == 10 and after.successful == 10
+    assert [claims(v)["attest"] for v in identities(msgs)] == ["B"] * 10 + ["A"] * 10
