@@ -56,6 +56,14 @@ def invite(n: int = 1, extra: str = "") -> bytes:
             "Content-Length: 0\r\n\r\n").encode()
 
 
+# The callee hangs up call cid-1, addressing the chosen number it was presented.
+CALLEE_BYE = (b"BYE sip:dialer@127.0.0.1:5070 SIP/2.0\r\n"
+              b"Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKcbye\r\n"
+              b"From: <sip:+12025559999@127.0.0.1>;tag=uas\r\n"
+              b"To: \"Sales\" <sip:+12025550100@127.0.0.1>;tag=dialer1\r\nCall-ID: cid-1\r\n"
+              b"CSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+
+
 def ok_for(request: SipMessage) -> bytes:
     """200 OK to an in-dialog request: its Via, From, To (already tagged), Call-ID, CSeq."""
     lines = [b"SIP/2.0 200 OK\r\n"]
@@ -94,12 +102,7 @@ def test_the_carrier_sees_the_chosen_number_and_the_dialer_its_own(tmp_path: Pat
         assert onward.get("from") == '"Sales" <sip:+12025550100@127.0.0.1>;tag=dialer1'
         assert not onward.has("identity")  # in-dialog requests are not signed
     # The callee hangs up: the BYE reaches the dialer addressed to its own identity ...
-    bye = (b"BYE sip:dialer@127.0.0.1:5070 SIP/2.0\r\n"
-           b"Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKcbye\r\n"
-           b"From: <sip:+12025559999@127.0.0.1>;tag=uas\r\n"
-           b"To: \"Sales\" <sip:+12025550100@127.0.0.1>;tag=dialer1\r\nCall-ID: cid-1\r\n"
-           b"CSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
-    to_dialer = to_side(e.receive(bye, CARRIER, NOW + 60), "dialer")
+    to_dialer = to_side(e.receive(CALLEE_BYE, CARRIER, NOW + 60), "dialer")
     assert to_dialer.get("to") == '"Sales" <sip:+13105550100@127.0.0.1>;tag=dialer1'
     # ... and its 200 goes back to the carrier with the chosen number.
     ok = to_side(e.receive(ok_for(to_dialer), DIALER, NOW + 60.1), "carrier")
@@ -147,12 +150,7 @@ def test_a_reloaded_signer_carries_the_calls_in_progress(tmp_path: Path) -> None
     e.forward_filters[e.forward_filters.index(old.map_identities)] = new.map_identities
     back = to_side(e.receive(answer(fwd.serialize(), 200), CARRIER, NOW + 1), "dialer")
     assert back.get("from") == '"Sales" <sip:+13105550100@127.0.0.1>;tag=dialer1'
-    bye = (b"BYE sip:dialer@127.0.0.1:5070 SIP/2.0\r\n"
-           b"Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKcbye\r\n"
-           b"From: <sip:+12025559999@127.0.0.1>;tag=uas\r\n"
-           b"To: \"Sales\" <sip:+12025550100@127.0.0.1>;tag=dialer1\r\nCall-ID: cid-1\r\n"
-           b"CSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
-    to_dialer = to_side(e.receive(bye, CARRIER, NOW + 60), "dialer")
+    to_dialer = to_side(e.receive(CALLEE_BYE, CARRIER, NOW + 60), "dialer")
     assert to_dialer.get("to") == '"Sales" <sip:+13105550100@127.0.0.1>;tag=dialer1'
     assert new.health is not None
     report = new.health.report("12025550100", NOW + 61)
