@@ -27,6 +27,7 @@ from .engine.proxy import CARRIER, DIALER, EngineConfig, ProxyEngine, RequestHoo
 from .engine.sources import SourceFilter
 from .io.admin import AdminServer
 from .io.fetcher import Fetcher
+from .io.logs import tag_worker
 from .io.metrics import exposition, make_registry, merge, snapshot
 from .io.transports import TcpConnection, TcpManager, UdpEndpoint
 from .io.workers import (
@@ -723,6 +724,7 @@ def run_app(config: Config) -> int:
             status = 1
             try:
                 die_with_parent(parent)
+                tag_worker(index)
                 for other in links:
                     if other is not links[index]:
                         other.close()
@@ -735,6 +737,7 @@ def run_app(config: Config) -> int:
         children.append(pid)
     for link in links[1:]:
         link.close()
+    tag_worker(0)
     return _run_worker(config, links[0], tuple(children))
 
 

@@ -93,3 +93,27 @@ def test_messages_handed_over_in_one_loop_turn_travel_together() -> None:
     assert all(p == peer for p, _ in got)
     for link in links:
         link.close()
+
+
+def test_log_lines_name_their_worker() -> None:
+    import io
+    import json
+    import logging
+
+    from stirshaken_proxy.io.logs import JsonFormatter, tag_worker
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    try:
+        text, js = io.StringIO(), io.StringIO()
+        plain = logging.StreamHandler(text)
+        plain.setFormatter(logging.Formatter("%(message)s"))
+        structured = logging.StreamHandler(js)
+        structured.setFormatter(JsonFormatter())
+        root.handlers[:] = [plain, structured]
+        tag_worker(3)
+        logging.getLogger("stirshaken_proxy.test").warning("hello")
+    finally:
+        root.handlers[:] = saved
+    assert "WARNING [worker 3] stirshaken_proxy.test: hello" in text.getvalue()
+    assert json.loads(js.getvalue())["worker"] == 3

@@ -124,4 +124,6 @@ def test_no_worker_outlives_the_service_nor_dies_unnoticed(tmp_path: Path) -> No
     os.kill(child, signal.SIGKILL)
     assert svc.proc.wait(10) == 1
     svc.stop()
-    assert re.search(r"worker process \d+ exited \(status -9\); stopping the service", svc.log())
+    # Each line names the worker that wrote it.
+    assert re.search(r"ERROR \[worker 0\] stirshaken_proxy.app: worker process \d+ exited "
+                     r"\(status -9\); stopping the service", svc.log()), svc.log()

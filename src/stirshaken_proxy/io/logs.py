@@ -9,7 +9,8 @@ import time
 
 
 class JsonFormatter(logging.Formatter):
-    _EXTRA = ("call_id", "account", "attest", "reason", "verdict", "orig", "dest", "peer")
+    _EXTRA = ("worker", "call_id", "account", "attest", "reason", "verdict", "orig", "dest",
+              "peer")
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
@@ -37,3 +38,23 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class _WorkerTag(logging.Filter):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def tag_worker(index: int) -> None:
+    """With several workers, every line says which one wrote it (JSON: "worker"; text:
+    "[worker N]" after the level)."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerTag(index))
+        if not isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(logging.Formatter(
+                "%(asctime)s %(levelname)s [worker %(worker)s] %(name)s: %(message)s"))
