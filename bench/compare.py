@@ -9,7 +9,8 @@ and offered rate it prints the calls that succeeded and failed, SIPp's retransmi
 proxy's CPU time per call (user + system over all its processes, from /proc) and the time the
 proxy adds to an INVITE (p50/p99: INVITE in -> signed INVITE out, from a loopback capture).
 Everything is on 127.0.0.1; every step is bounded in calls and time, and a proxy's ramp stops
-at its first step with failures or retransmissions.
+at its first step with failures or retransmissions. ``--no-capture`` leaves tcpdump out (no
+latency figures). ``--ours-workers 1,2`` runs stirshaken-proxy once per worker count.
 """
 
 from __future__ import annotations
@@ -172,14 +173,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_step(proxy: Proxy, work: Path, rate: int, seconds: int, hold_ms: int) -> dict[str, float]:
+def run_step(proxy: Proxy, work: Path, rate: int, seconds: int, hold_ms: int,
+             capture: bool = True) -> dict[str, float]:
     calls = rate * seconds
     pcap = work / f"{proxy.listen_port}-{rate}.pcap"
     dump = subprocess.Popen(
         ["tcpdump", "-i", "lo", "-s", "600", "-w", str(pcap), "-B", "65536", "-U",
          "--time-stamp-precision=micro", f"udp and (dst port {proxy.listen_port} or "
          f"(src port {proxy.out_port} and dst port {proxy.uas_port}))"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if capture else None
     time.sleep(0.5)
     with SippUas("uas.xml", proxy.uas_port, work, time_limit=seconds * 3 + 60,
                  trace_messages=False):
@@ -188,9 +190,11 @@ def run_step(proxy: Proxy, work: Path, rate: int, seconds: int, hold_ms: int) ->
                          hold_ms=hold_ms, caller="12025550142", time_limit=seconds * 3 + 30,
                          extra=("-l", str(rate * (hold_ms // 1000 + 3))))
         used = session_cpu(os.getsid(proxy.proc.pid)) - before
-    dump.send_signal(signal.SIGINT)
-    dump.wait(10)
-    lat = invite_latencies(pcap, proxy.listen_port, proxy.out_port, proxy.uas_port)
+    if dump is not None:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(10)
+    lat = invite_latencies(pcap, proxy.listen_port, proxy.out_port, proxy.uas_port) \
+        if pcap.exists() else []
     pcap.unlink(missing_ok=True)
     return {"rate": rate, "ok": result.successful, "failed": result.failed,
             "retrans": result.retransmissions,
@@ -206,6 +210,8 @@ def main() -> None:
     parser.add_argument("--hold-ms", type=int, default=500)
     parser.add_argument("--kamailio-children", type=int, default=2)
     parser.add_argument("--only", choices=("kamailio", "ours"), help="run one proxy only")
+    parser.add_argument("--no-capture", action="store_true",
+                        help="no tcpdump (no INVITE latency; tcpdump's CPU is left to the rest)")
     parser.add_argument("--keep", help="keep logs and configs in this directory")
     parser.add_argument("--ours-workers", default="1,2",
                         help="run stirshaken-proxy with each of these [transport] workers")
@@ -240,7 +246,8 @@ def main() -> None:
             active = list(running)
             for rate in rates:
                 for proxy in list(active):
-                    row = run_step(proxy, work, rate, args.seconds, args.hold_ms)
+                    row = run_step(proxy, work, rate, args.seconds, args.hold_ms,
+                                   capture=not args.no_capture)
                     results.setdefault(proxy.name, []).append(row)
                     print(f"{proxy.name:20s} {rate:6d} cps  {row['ok']:7.0f} ok "  # noqa: T201
                           f"{row['failed']:5.0f} failed {row['retrans']:6.0f} retrans  "
