@@ -41,6 +41,8 @@ def snapshot(app: Application) -> dict[str, Any]:
     if app.fetcher is not None:
         h = app.fetcher.latency
         histograms["x5u_fetch_seconds"] = (h.buckets, list(h.counts), h.sum)
+    for generation, h in enumerate(app.gc_pauses):
+        histograms[f"gc_pause_seconds:{generation}"] = (h.buckets, list(h.counts), h.sum)
     user, system = os.times()[:2]
     return {"stats": dict(engine.stats), "io": dict(app.counters),
             "transactions": engine.transactions, "parked": engine.parked,
@@ -125,11 +127,19 @@ class ServiceCollector(Collector):
         for worker, seconds in sorted(snap["cpu"].items()):
             cpu.add_metric([str(worker)], seconds)
         yield cpu
-        for name, (buckets, counts, hsum) in snap["histograms"].items():
+        gc_pauses = HistogramMetricFamily(
+            PREFIX + "gc_pause_seconds", "Python garbage-collector pauses, by generation",
+            labels=["generation"])
+        for name, (buckets, counts, hsum) in sorted(snap["histograms"].items()):
             h = LatencyHistogram(buckets)
             h.counts, h.sum = counts, hsum
-            yield HistogramMetricFamily(PREFIX + name, _HISTOGRAM_DOCS[name],
-                                        buckets=h.cumulative(), sum_value=h.sum)
+            base, _, generation = name.partition(":")
+            if base == "gc_pause_seconds":
+                gc_pauses.add_metric([generation], h.cumulative(), h.sum)
+            else:
+                yield HistogramMetricFamily(PREFIX + name, _HISTOGRAM_DOCS[name],
+                                            buckets=h.cumulative(), sum_value=h.sum)
+        yield gc_pauses
         if app.auth is not None:
             yield GaugeMetricFamily(PREFIX + "inventory_entries",
                                     "Numbers and ranges in the inventory",
