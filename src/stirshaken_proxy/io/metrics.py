@@ -44,7 +44,10 @@ def snapshot(app: Application) -> dict[str, Any]:
     for generation, h in enumerate(app.gc_pauses):
         histograms[f"gc_pause_seconds:{generation}"] = (h.buckets, list(h.counts), h.sum)
     user, system = os.times()[:2]
-    return {"stats": dict(engine.stats), "io": dict(app.counters),
+    io = dict(app.counters)
+    if app.worker is not None:
+        io["worker_link_drops"] = app.worker.dropped  # a link full past its queue
+    return {"stats": dict(engine.stats), "io": io,
             "transactions": engine.transactions, "parked": engine.parked,
             "tcp": {side: len(m.connections) for side, m in app.tcp.items()},
             "flood_bans": engine.flood.banned_total,

@@ -100,10 +100,6 @@ class WorkerLink:
     def owner(self, call_id: bytes) -> int:
         return owner_of(call_id, self.count)
 
-    @property
-    def others(self) -> list[int]:
-        return list(self.sockets)
-
     def start(self, handler: Handler) -> None:
         self._handler = handler
         self._loop = asyncio.get_running_loop()
