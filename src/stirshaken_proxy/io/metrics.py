@@ -25,24 +25,36 @@ if TYPE_CHECKING:
 PREFIX = "stirshaken_"
 
 
+# Histograms, keyed (name, *label values) like the engine's counters.
+_HISTOGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sign_seconds": ("Time to sign one PASSporT", ()),
+    "verify_seconds": ("Time to verify the Identity of one INVITE (certificate already "
+                       "fetched)", ()),
+    "x5u_fetch_seconds": ("Time to fetch an x5u chain", ()),
+    "gc_pause_seconds": ("Python garbage-collector pauses, by generation", ("generation",)),
+}
+HistogramValue = tuple[tuple[float, ...], list[int], float]  # buckets, counts, sum
+
+
+def _value(h: LatencyHistogram) -> HistogramValue:
+    return h.buckets, list(h.counts), h.sum
+
+
 def snapshot(app: Application) -> dict[str, Any]:
     """What one worker counts, as plain values that add up across workers."""
     engine = app.engine
-    histograms: dict[str, tuple[tuple[float, ...], list[int], float]] = {}
+    histograms: dict[tuple[str, ...], HistogramValue] = {}
     cache = (0, 0, 0)
     if app.auth is not None:
-        h = app.auth.sign_latency
-        histograms["sign_seconds"] = (h.buckets, list(h.counts), h.sum)
+        histograms[("sign_seconds",)] = _value(app.auth.sign_latency)
     if app.inbound is not None:
-        h = app.inbound.verify_latency
-        histograms["verify_seconds"] = (h.buckets, list(h.counts), h.sum)
+        histograms[("verify_seconds",)] = _value(app.inbound.verify_latency)
         c = app.inbound.verifier.cache
         cache = (c.hits, c.misses, len(c))
     if app.fetcher is not None:
-        h = app.fetcher.latency
-        histograms["x5u_fetch_seconds"] = (h.buckets, list(h.counts), h.sum)
+        histograms[("x5u_fetch_seconds",)] = _value(app.fetcher.latency)
     for generation, h in enumerate(app.gc_pauses):
-        histograms[f"gc_pause_seconds:{generation}"] = (h.buckets, list(h.counts), h.sum)
+        histograms[("gc_pause_seconds", str(generation))] = _value(h)
     user, system = os.times()[:2]
     io = dict(app.counters)
     if app.worker is not None:
@@ -57,33 +69,26 @@ def snapshot(app: Application) -> dict[str, Any]:
 
 
 def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
-    """The sum of several workers' snapshots."""
-    total = snapshots[0]
-    for other in snapshots[1:]:
+    """The sum of several workers' snapshots (the first one is not changed)."""
+    first, rest = snapshots[0], snapshots[1:]
+    total = {**first, **{key: dict(first[key]) for key in
+                         ("stats", "io", "tcp", "histograms", "cpu")}}
+    for other in rest:
         for key in ("stats", "io", "tcp"):
-            target = dict(total[key])
+            target = total[key]
             for k, v in other[key].items():
                 target[k] = target.get(k, 0) + v
-            total = {**total, key: target}
-        histograms = dict(total["histograms"])
-        for name, (buckets, counts, hsum) in other["histograms"].items():
-            mine = histograms.get(name)
-            histograms[name] = (buckets, counts, hsum) if mine is None else (
+        histograms = total["histograms"]
+        for k, (buckets, counts, hsum) in other["histograms"].items():
+            mine = histograms.get(k)
+            histograms[k] = (buckets, counts, hsum) if mine is None else (
                 buckets, [a + b for a, b in zip(mine[1], counts, strict=True)], mine[2] + hsum)
-        total = {**total, "histograms": histograms,
-                 "cache": tuple(a + b for a, b in zip(total["cache"], other["cache"],
-                                                      strict=True)),
-                 "cpu": {**total["cpu"], **other["cpu"]},
-                 **{k: total[k] + other[k] for k in ("transactions", "parked", "flood_bans",
-                                                     "flood_banned")}}
+        total["cpu"].update(other["cpu"])
+        total["cache"] = tuple(a + b for a, b in zip(total["cache"], other["cache"],
+                                                     strict=True))
+        for k in ("transactions", "parked", "flood_bans", "flood_banned"):
+            total[k] += other[k]
     return total
-
-
-_HISTOGRAM_DOCS = {
-    "sign_seconds": "Time to sign one PASSporT",
-    "verify_seconds": "Time to verify the Identity of one INVITE (certificate already fetched)",
-    "x5u_fetch_seconds": "Time to fetch an x5u chain",
-}
 
 
 class ServiceCollector(Collector):
@@ -130,19 +135,17 @@ class ServiceCollector(Collector):
         for worker, seconds in sorted(snap["cpu"].items()):
             cpu.add_metric([str(worker)], seconds)
         yield cpu
-        gc_pauses = HistogramMetricFamily(
-            PREFIX + "gc_pause_seconds", "Python garbage-collector pauses, by generation",
-            labels=["generation"])
-        for name, (buckets, counts, hsum) in sorted(snap["histograms"].items()):
+        histograms: dict[str, HistogramMetricFamily] = {}
+        for key, (buckets, counts, hsum) in sorted(snap["histograms"].items()):
+            hist = histograms.get(key[0])
+            if hist is None:
+                doc, labels = _HISTOGRAMS[key[0]]
+                hist = histograms[key[0]] = HistogramMetricFamily(PREFIX + key[0], doc,
+                                                                  labels=list(labels))
             h = LatencyHistogram(buckets)
             h.counts, h.sum = counts, hsum
-            base, _, generation = name.partition(":")
-            if base == "gc_pause_seconds":
-                gc_pauses.add_metric([generation], h.cumulative(), h.sum)
-            else:
-                yield HistogramMetricFamily(PREFIX + name, _HISTOGRAM_DOCS[name],
-                                            buckets=h.cumulative(), sum_value=h.sum)
-        yield gc_pauses
+            hist.add_metric(list(key[1:]), h.cumulative(), h.sum)
+        yield from histograms.values()
         if app.auth is not None:
             yield GaugeMetricFamily(PREFIX + "inventory_entries",
                                     "Numbers and ranges in the inventory",
