@@ -289,6 +289,7 @@ class Application:
             await self._start_auth()
         elif self.auth is not None:
             self._swap(self.auth, None)
+            self._swap_call_tracking(self.auth, None)
             self.auth = self.health = self.health_rows = None
             if self.store is not None:
                 self.store.close()
@@ -384,7 +385,8 @@ class Application:
         old, old_store = self.auth, self.store
         if old is not None:
             auth.carry_over(old)
-        self._swap(old, auth, observe=auth.health is not None)
+        self._swap(old, auth)
+        self._swap_call_tracking(old, auth)
         self.auth, self.store = auth, store
         if old_store is not None:
             old_store.close()
@@ -434,27 +436,28 @@ class Application:
         self.readiness_checks["trust_anchors"] = lambda: bool(vc.anchors)
         log.info("verifying inbound calls against %d trust anchors", len(vc.anchors))
 
-    def _swap(self, old: Any, new: Any, *, observe: bool = False) -> None:
-        """Put ``new`` where ``old`` was among the engine's request hooks (in the same
-        place), and for the signer among its call observers and forward filters."""
+    def _swap(self, old: RequestHook | None, new: RequestHook | None) -> None:
+        """Put ``new`` where ``old`` was among the engine's request hooks (in its place)."""
         hooks = self.engine.request_hooks
         if old in hooks:
-            index = hooks.index(old)
             if new is None:
-                del hooks[index]
+                hooks.remove(old)
             else:
-                hooks[index] = new
+                hooks[hooks.index(old)] = new
         elif new is not None:
             hooks.append(new)
-        if isinstance(old, OutboundAuthenticator) or isinstance(new, OutboundAuthenticator):
-            observers, filters = self.engine.call_observers, self.engine.forward_filters
-            if old in observers:
-                observers.remove(old)
-            if old is not None and old.map_identities in filters:
-                filters.remove(old.map_identities)
-            if new is not None and observe:
-                observers.append(new)
-                filters.append(new.map_identities)
+
+    def _swap_call_tracking(self, old: OutboundAuthenticator | None,
+                            new: OutboundAuthenticator | None) -> None:
+        """The signer also follows calls (number health, caller-ID mapping) when number
+        health is on: hand that over too."""
+        observers, filters = self.engine.call_observers, self.engine.forward_filters
+        if old is not None and old in observers:
+            observers.remove(old)
+            filters.remove(old.map_identities)
+        if new is not None and new.health is not None:
+            observers.append(new)
+            filters.append(new.map_identities)
 
     def _retire_fetcher(self) -> None:
         """Close the running fetcher once its fetches in flight had their time (they still

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import logging
 import os
 import pickle
+import signal
 import socket
 import struct
 import zlib
@@ -247,9 +249,6 @@ class WorkerLink:
 
 def die_with_parent(parent: int) -> None:
     """A worker gets SIGTERM when worker 0 dies, so none is left holding the ports."""
-    import ctypes
-    import signal
-
     pr_set_pdeathsig = 1
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
