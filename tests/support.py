@@ -250,5 +250,11 @@ def run_uac(scenario: str, target_port: int, local_port: int, workdir: Path, *, 
     return SippResult(proc.returncode, successful, failed, retrans, out)
 
 
+def scrape(port: int) -> str:
+    """The admin server's /metrics text."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
 def env_without_proxy() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,12 @@ from tests.support import (
     free_port,
     run_uac,
     running_service,
+    scrape,
     signing_config,
     write_config,
 )
 
 pytestmark = [requires_sipp, pytest.mark.sipp]
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as r:
-        return str(r.read().decode())
 
 
 def sample(text: str, name: str, **labels: str) -> float:

@@ -11,20 +11,19 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.service.conftest import requires_sipp
 from tests.support import (
-    HOST,
     ROOT,
     Ports,
     Service,
     SippUas,
     free_port,
     run_uac,
+    scrape,
     signing_config,
     write_config,
 )
@@ -32,9 +31,8 @@ from tests.support import (
 pytestmark = [requires_sipp, pytest.mark.sipp]
 
 
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+def samples(text: str) -> dict[str, float]:
+    """Every sample of a scrape, by its name and labels as written."""
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines() if line and not line.startswith("#")}
 
@@ -71,7 +69,7 @@ flush_interval = 60
         with SippUas("uas.xml", ports.carrier_next_hop, tmp_path) as carrier:
             result = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=60, rate=20,
                              caller="+13105550123", callee="12025550199")
-        metrics = scrape(ports.admin)
+        metrics = samples(scrape(ports.admin))
     finally:
         rc = svc.stop()
     assert rc == 0, svc.log()
