@@ -2,7 +2,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY src ./src
+COPY stirshaken_proxy ./stirshaken_proxy
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim

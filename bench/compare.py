@@ -11,6 +11,8 @@ proxy adds to an INVITE (p50/p99: INVITE in -> signed INVITE out, from a loopbac
 Everything is on 127.0.0.1; every step is bounded in calls and time, and a proxy's ramp stops
 at its first step with failures or retransmissions. ``--no-capture`` leaves tcpdump out (no
 latency figures). ``--ours-workers 1,2`` runs stirshaken-proxy once per worker count.
+``--baseline TREE`` also runs stirshaken-proxy from another source tree (a git worktree of an
+earlier commit), interleaved with the others, to measure a change before and after in one run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from stirshaken_proxy.io.keys import DevPki, init_dev_pki
 from tests.support import (
     ROOT,
     Ports,
@@ -38,8 +41,6 @@ from tests.support import (
     signing_config,
     write_config,
 )
-
-from stirshaken_proxy.stir.certs import DevPki, init_dev_pki
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
@@ -118,16 +119,23 @@ def start_kamailio(work: Path, key: Path, x5u: str, children: int) -> Proxy:
     return Proxy("kamailio+secsipid", port, port, uas, proc)
 
 
-def start_ours(work: Path, transport: str = "", workers: int = 1) -> Proxy:
+def start_ours(work: Path, transport: str = "", workers: int = 1,
+               tree: Path | None = None) -> Proxy:
     ports = Ports.pick()
     transport = f"workers = {workers}\n{transport}"
-    cfg = write_config(work / f"proxy{workers}.toml", ports, transport=transport,
+    tag = f"{workers}{'-baseline' if tree else ''}"
+    cfg = write_config(work / f"proxy{tag}.toml", ports, transport=transport,
                        extra=signing_config(work, ports, refresh=2.0))
-    svc = Service(cfg, ports.admin, work / f"proxy{workers}.log")
+    python_path = None
+    if tree is not None:  # the package at the top of the tree, or in src/ (older layout)
+        python_path = tree / "src" if (tree / "src" / "stirshaken_proxy").is_dir() else tree
+    svc = Service(cfg, ports.admin, work / f"proxy{tag}.log", python_path=python_path)
     # Our own session, so its CPU is counted like Kamailio's.
     svc.start()
     assert svc.proc is not None
     name = "stirshaken-proxy" if workers == 1 else f"stirshaken-proxy x{workers}"
+    if tree is not None:
+        name += " (baseline)"
     return Proxy(name, ports.dialer, ports.carrier, ports.carrier_next_hop, svc.proc)
 
 
@@ -215,6 +223,7 @@ def main() -> None:
     parser.add_argument("--keep", help="keep logs and configs in this directory")
     parser.add_argument("--ours-workers", default="1,2",
                         help="run stirshaken-proxy with each of these [transport] workers")
+    parser.add_argument("--baseline", help="also run stirshaken-proxy from this source tree")
     parser.add_argument("--ours-transport", default="",
                         help="extra [transport] lines for stirshaken-proxy (e.g. gc_threshold = 100000)")
     args = parser.parse_args()
@@ -236,6 +245,9 @@ def main() -> None:
         for count in map(int, args.ours_workers.split(",")):
             starters.append(("ours", lambda count=count: start_ours(  # type: ignore[misc]
                 work, args.ours_transport, count)))
+            if args.baseline:
+                starters.append(("ours", lambda count=count: start_ours(  # type: ignore[misc]
+                    work, args.ours_transport, count, Path(args.baseline))))
         # Every proxy runs from the start, and each rate goes through all of them in turn,
         # so a change in the shared machine's speed during the run touches them alike.
         running: list[Proxy] = []

@@ -9,7 +9,9 @@ compare ratios taken in one run.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import os
 import subprocess
 import tempfile
 import time
@@ -19,16 +21,24 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from stirshaken_proxy.engine.outbound import AuthPolicy, OutboundAuthenticator
 from stirshaken_proxy.engine.proxy import EngineConfig, ProxyEngine, SideConfig
+from stirshaken_proxy.engine.services import Services
+from stirshaken_proxy.engine.sources import SourceFilter
+from stirshaken_proxy.io.keys import init_dev_pki, load_private_key
 from stirshaken_proxy.policy.accounts import Account, AccountDirectory
 from stirshaken_proxy.policy.inventory import Inventory, NumberBlock
-from stirshaken_proxy.sip.message import parse_message
-from stirshaken_proxy.sip.transport import Peer
-from stirshaken_proxy.stir.certs import init_dev_pki, load_private_key
-from stirshaken_proxy.stir.credentials import CredentialCache, TrustStore, build_credential
+from stirshaken_proxy.sip.message import ParseCache, parse_message
+from stirshaken_proxy.sip.transport import Peer, Side, Transport
+from stirshaken_proxy.stir.credentials import CachePolicy, TrustStore
 from stirshaken_proxy.stir.passport import Signer, SigningIdentity
-from stirshaken_proxy.stir.verify import Verifier
+from stirshaken_proxy.stir.signing import Authenticator, AuthPolicy
+from stirshaken_proxy.stir.verification import (
+    FetchKind,
+    FetchRequest,
+    FetchResponse,
+    VerificationService,
+)
+from stirshaken_proxy.stir.verify import Checks
 from stirshaken_proxy.stir.x5u import UrlPolicy
 
 INVITE = (
@@ -64,26 +74,33 @@ def timeit(prepare: Callable[[int], Callable[[], None]], n: int, rounds: int = 5
 
 
 def engine() -> ProxyEngine:
-    d = SideConfig(name="dialer", host="127.0.0.1", port=5060, advertise_host="127.0.0.1",
+    d = SideConfig(name=Side.DIALER, host="127.0.0.1", port=5060, advertise_host="127.0.0.1",
                    advertise_port=5060, next_hop_host="127.0.0.1", next_hop_port=5082,
                    allow_any_source=True)
-    c = SideConfig(name="carrier", host="127.0.0.1", port=5062, advertise_host="127.0.0.1",
+    c = SideConfig(name=Side.CARRIER, host="127.0.0.1", port=5062, advertise_host="127.0.0.1",
                    advertise_port=5062, next_hop_host="127.0.0.1", next_hop_port=5080,
                    allow_any_source=True)
-    return ProxyEngine(EngineConfig(dialer=d, carrier=c, max_transactions=10**7))
+    services = Services(dialer_sources=SourceFilter((), allow_any=True),
+                        carrier_sources=SourceFilter((), allow_any=True))
+    return ProxyEngine(EngineConfig(dialer=d, carrier=c, max_transactions=10**7), services,
+                       rng=os.urandom)
 
 
 def bench_parse(n: int) -> Callable[[], None]:
+    cache = ParseCache()  # as the engine holds one
+
     def run() -> None:
         for _ in range(n):
-            parse_message(INVITE)
+            parse_message(INVITE, cache=cache)
     return run
 
 
 def bench_parse_edit_serialise(n: int) -> Callable[[], None]:
+    cache = ParseCache()
+
     def run() -> None:
         for _ in range(n):
-            msg = parse_message(INVITE)
+            msg = parse_message(INVITE, cache=cache)
             msg.replace_header(msg.index["max-forwards"][0], b"Max-Forwards: 69\r\n")
             msg.prepend_header(b"Record-Route: <sip:127.0.0.1:5060;lr>\r\n")
             msg.prepend_header(b"Record-Route: <sip:127.0.0.1:5062;lr>\r\n")
@@ -93,7 +110,7 @@ def bench_parse_edit_serialise(n: int) -> Callable[[], None]:
 
 
 def _engine_run(e: ProxyEngine, n: int) -> Callable[[], None]:
-    peer = Peer("dialer", "udp", "127.0.0.1", 5070)
+    peer = Peer(Side.DIALER, Transport.UDP, "127.0.0.1", 5070)
     datagrams = [INVITE.replace(b"-3131-1-0", b"-3131-%d-0" % i) for i in range(n)]
 
     def run() -> None:
@@ -113,11 +130,13 @@ def signing_engine(tmp: Path) -> ProxyEngine:
                       sources=("127.0.0.1/32",))
     signer = Signer(SigningIdentity(name="default", key=load_private_key(tmp / "key.pem"),
                                     x5u="https://certs.example/shaken.pem"))
-    e.request_hooks.append(OutboundAuthenticator(
-        directory=AccountDirectory([account]), signers={"default": signer},
+    auth = Authenticator(
+        signers={"default": signer},
         inventory=Inventory([NumberBlock(first="12025550100", last="12025550199",
                                          account="demo")]),
-        policy=AuthPolicy(), stats=e.stats))
+        policy=AuthPolicy(), stats=e.stats)
+    e.replace(services=dataclasses.replace(e.services, accounts=AccountDirectory([account]),
+                                           authenticator=auth))
     return e
 
 
@@ -135,17 +154,18 @@ def bench_raw_es256(n: int) -> Callable[[], None]:
     return run
 
 
-def _verifier_with_warm_cache() -> tuple[Verifier, str, float]:
+def _verifier_with_warm_cache() -> tuple[VerificationService, str, float]:
     from tests.stir_pki import NOW, identity, make_pki, token
 
     pki = make_pki()
     url = "https://cert.example.org/good.pem"
-    cache = CredentialCache()
     t = NOW.timestamp()
-    cache.put(url, build_credential(url, pki.leaves["good"].chain_pem, TrustStore([pki.root])),
-              t + 3600)
+    service = VerificationService(checks=Checks(url_policy=UrlPolicy()),
+                                  trust=TrustStore([pki.root]), cache_policy=CachePolicy())
+    service.fetched(FetchRequest(url=url, kind=FetchKind.X5U),
+                    FetchResponse(body=pki.leaves["good"].chain_pem, headers={}), t)
     value = identity(token(pki.leaves["good"], url, iat=int(t)), url)
-    return Verifier(cache=cache, url_policy=UrlPolicy()), value, t
+    return service, value, t
 
 
 def bench_verify_warm(n: int) -> Callable[[], None]:

@@ -15,6 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from bench.compare import session_cpu
 from tests.support import (
     Ports,
     Service,
@@ -24,8 +25,6 @@ from tests.support import (
     signing_config,
     write_config,
 )
-
-from bench.compare import session_cpu
 
 
 def ramp(rates: list[int], seconds: int, hold_ms: int, *, sign: bool = False,

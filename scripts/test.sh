@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check stirshaken_proxy tests bench fuzz
 .venv/bin/mypy
 .venv/bin/pytest -q "$@"

@@ -59,7 +59,7 @@ class Ports:
 def signing_config(tmp: Path, ports: Ports, *, numbers: str = '["+1 202 555 0100..0199"]',
                    refresh: float = 0.2, account_extra: str = "") -> str:
     """Config text for signing: development keys made in ``tmp``, account demo on 127.0.0.1."""
-    from stirshaken_proxy.stir.certs import init_dev_pki
+    from stirshaken_proxy.io.keys import init_dev_pki
 
     keys = tmp / "keys"
     if not (keys / "key.pem").exists():
@@ -122,17 +122,23 @@ level = "warning"
 class Service:
     """The real service, run as a child process on a config file."""
 
-    def __init__(self, config: Path, admin_port: int, log_path: Path) -> None:
+    def __init__(self, config: Path, admin_port: int, log_path: Path, *,
+                 python_path: Path | None = None) -> None:
         self.config = config
         self.admin_port = admin_port
         self.log_path = log_path
+        self.python_path = python_path  # run the package found there (another tree)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> None:
         self._log = open(self.log_path, "ab")
+        env = None
+        if self.python_path is not None:
+            env = {**os.environ, "PYTHONPATH": str(self.python_path)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stirshaken_proxy", "run", "--config", str(self.config)],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

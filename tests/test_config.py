@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stirshaken_proxy.config import ConfigError, load_config
-from stirshaken_proxy.stir.certs import init_dev_pki
+from stirshaken_proxy.io.keys import init_dev_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,9 +30,14 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_example_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fresh clone: the example asks for development keys (dev_spc), so the first load
+    creates them where it names them, and the [verify] section trusts their STI-CA."""
     monkeypatch.chdir(tmp_path)
-    init_dev_pki(tmp_path / "var" / "keys", spc="123A")
     config = load_config(ROOT / "config" / "example.toml")
+    assert [pki.key for pki in config.created_keys] == [Path("var/keys/key.pem")]
+    assert (tmp_path / "var/keys/key.pem").stat().st_mode & 0o777 == 0o600
+    assert config.verify is not None and len(config.verify.anchors) == 1
+    assert load_config(ROOT / "config" / "example.toml").created_keys == ()  # kept, not made anew
     assert config.engine.dialer.port == 5060 and config.engine.carrier.next_hop_port == 5080
     assert config.admin.port == 8080
     assert config.auth is not None and config.auth.accounts[0].name == "demo"
@@ -61,7 +66,7 @@ ERRORS = [
     (BASE.replace("[carrier]", "[carrierz]"), ":5: [carrierz]: unknown section (known: "),
     (BASE.split("[carrier]")[0], "section [carrier] is required"),
     (BASE + '[[signing]]\nkey = "missing.pem"\nx5u = "https://a.example/c.pem"\n',
-     ":10: [[signing]] #1 key: missing.pem does not exist (create development keys with"),
+     ":10: [[signing]] #1 key: missing.pem does not exist (development keys: set dev_spc"),
     (BASE + '[[signing]]\nkey = "KEY"\nx5u = "https://a.example/c.pem?x=1"\n',
      ":11: [[signing]] #1 x5u: must be an https:// URL without query or fragment"),
     (BASE + '[[signing]]\nkey = "KEY"\nx5u = "https://a.example/c.pem"\n\n'
@@ -108,6 +113,50 @@ def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
         load_config(path)
     assert str(info.value).startswith(str(path)), info.value
     assert message in str(info.value), info.value
+
+
+SIGNING = BASE + """[[signing]]
+dev_spc = "SPC"
+key = "DIR/key.pem"
+certificate = "DIR/mine.pem"
+x5u = "https://a.example/c"
+"""
+
+
+def test_dev_keys_are_made_only_when_asked(tmp_path: Path) -> None:
+    folder = tmp_path / "new" / "keys"
+    config = load_config(write(tmp_path, SIGNING.replace("DIR", str(folder))
+                               .replace("SPC", "999Z")))
+    (pki,) = config.created_keys
+    assert pki.cert == folder / "mine.pem" and pki.chain == folder / "chain.pem"
+    assert {p.name for p in folder.iterdir()} == {"ca.pem", "ca-key.pem", "key.pem", "mine.pem",
+                                                  "chain.pem"}
+    assert (folder / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+    from cryptography import x509
+
+    from stirshaken_proxy.stir.certs import certificate_spcs
+
+    cert = x509.load_pem_x509_certificate((folder / "mine.pem").read_bytes())
+    assert certificate_spcs(cert) == ["999Z"]
+    # Without dev_spc a missing key is an error, and nothing is written.
+    other = tmp_path / "other"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(write(tmp_path, SIGNING.replace('dev_spc = "SPC"\n', "")
+                          .replace("DIR", str(other))))
+    assert not other.exists()
+
+
+@pytest.mark.parametrize(("spc", "folder", "message"), [
+    ("", "keys", "does not exist"),  # an empty dev_spc asks for nothing
+    ("bad\tspc", "keys", "[[signing]] #1 dev_spc: SPC must be printable ASCII"),
+    ("123A", "/proc/no/such", "[[signing]] #1 key: cannot create development keys"),
+])
+def test_dev_key_errors(tmp_path: Path, spc: str, folder: str, message: str) -> None:
+    where = folder if folder.startswith("/") else str(tmp_path / folder)
+    text = SIGNING.replace("DIR", where).replace('"SPC"', '"' + spc + '"')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert message in str(info.value) and str(info.value).startswith(str(tmp_path)), info.value
 
 
 def test_wrong_kind_of_key(tmp_path: Path) -> None:

@@ -7,43 +7,48 @@ from pathlib import Path
 
 import pytest
 
-from stirshaken_proxy.engine.outbound import AuthPolicy, OutboundAuthenticator
+from stirshaken_proxy.engine.proxy import ProxyEngine
 from stirshaken_proxy.engine.sources import SourceFilter
-from stirshaken_proxy.policy.accounts import Account, AccountDirectory
+from stirshaken_proxy.io.keys import init_dev_pki, load_private_key
+from stirshaken_proxy.policy.accounts import Account, AccountDirectory, LocalPresence
 from stirshaken_proxy.policy.health import HealthLimits, NumberHealth
 from stirshaken_proxy.policy.inventory import Inventory, NumberBlock
 from stirshaken_proxy.sip.message import SipMessage, parse_message
-from stirshaken_proxy.sip.transport import Peer, Send
-from stirshaken_proxy.stir.certs import init_dev_pki, load_private_key
+from stirshaken_proxy.sip.transport import Peer, Send, Side, Transport
 from stirshaken_proxy.stir.passport import Signer, SigningIdentity, decode_passport
-from tests.engine.test_proxy import answer, engine
+from stirshaken_proxy.stir.signing import Authenticator, AuthPolicy
+from tests.engine.test_proxy import answer, engine, with_services
 
 NOW = 1_790_000_000.0
-DIALER = Peer("dialer", "udp", "127.0.0.1", 5070)
-CARRIER = Peer("carrier", "udp", "127.0.0.1", 5080)
+DIALER = Peer(Side.DIALER, Transport.UDP, "127.0.0.1", 5070)
+CARRIER = Peer(Side.CARRIER, Transport.UDP, "127.0.0.1", 5080)
 
 
-def setup(tmp: Path, mode: str = "always", limit: int = 50):  # type: ignore[no-untyped-def]
+def bundle(tmp: Path, e: ProxyEngine, mode: LocalPresence = LocalPresence.ALWAYS,
+           limit: int = 50, health: NumberHealth | None = None) -> Authenticator:
+    """A signing bundle for ``e`` (as a start or a reload builds one)."""
     if not (tmp / "key.pem").exists():
         init_dev_pki(tmp, spc="123A")
-    e = engine()
     account = Account(name="acme", origid="6a1b3f8e-7c2d-4e5f-9a0b-1c2d3e4f5a6b",
                       sources=("127.0.0.1/32",), local_presence=mode)
-    auth = OutboundAuthenticator(
-        directory=AccountDirectory([account]),
+    health = health or NumberHealth(HealthLimits(max_calls_per_hour=limit))
+    auth = Authenticator(
         signers={"default": Signer(SigningIdentity(name="default",
                                                    key=load_private_key(tmp / "key.pem"),
                                                    x5u="https://c.example/s.pem"))},
         inventory=Inventory([
             NumberBlock(first="12025550100", last="12025550101", account="acme"),
             NumberBlock(first="13105550100", last="13105550100", account="acme")]),
-        policy=AuthPolicy(), stats=e.stats)
-    auth.health = NumberHealth(HealthLimits(max_calls_per_hour=limit))
-    e.request_hooks.append(auth)
-    e.call_observers.append(auth)
-    e.forward_filters.append(auth.map_identities)
-    e.set_source_filter("dialer", SourceFilter(("127.0.0.1/32",)))
-    return e, auth
+        policy=AuthPolicy(), health=health, stats=e.stats)
+    with_services(e, accounts=AccountDirectory([account]), authenticator=auth, health=health,
+                  dialer_sources=SourceFilter(("127.0.0.1/32",)))
+    return auth
+
+
+def setup(tmp: Path, mode: LocalPresence = LocalPresence.ALWAYS,  # type: ignore[no-untyped-def]
+          limit: int = 50):
+    e = engine()
+    return e, bundle(tmp, e, mode, limit)
 
 
 def invite(n: int = 1, extra: str = "") -> bytes:
@@ -131,23 +136,20 @@ def test_calls_spread_and_the_pool_runs_out(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("header", "substituted"), [
     ("X-Local-Presence: yes\r\n", True), ("", False), ("x-local-presence: no\r\n", False)])
 def test_header_opt_in(tmp_path: Path, header: str, substituted: bool) -> None:
-    e, _ = setup(tmp_path, mode="header")
+    e, _ = setup(tmp_path, mode=LocalPresence.HEADER)
     fwd = to_side(e.receive(invite(extra=header), DIALER, NOW), "carrier")
     assert ("+12025550100" in (fwd.get("from") or "")) is substituted
     assert not fwd.has("x-local-presence")
 
 
-def test_a_reloaded_signer_carries_the_calls_in_progress(tmp_path: Path) -> None:
-    """SIGHUP builds a new authenticator: the calls it finds in progress keep their caller-ID
+def test_a_reloaded_bundle_carries_the_calls_in_progress(tmp_path: Path) -> None:
+    """SIGHUP builds a new bundle: the calls the engine has in progress keep their caller-ID
     mapping and are still counted when they are answered and end."""
     e, old = setup(tmp_path)
     fwd = to_side(e.receive(invite(), DIALER, NOW), "carrier")
-    _, new = setup(tmp_path)
-    new.health = old.health
+    new = bundle(tmp_path, e, health=old.health)
     new.carry_over(old)
-    e.request_hooks[e.request_hooks.index(old)] = new
-    e.call_observers[e.call_observers.index(old)] = new
-    e.forward_filters[e.forward_filters.index(old.map_identities)] = new.map_identities
+    assert e.services.authenticator is new
     back = to_side(e.receive(answer(fwd.serialize(), 200), CARRIER, NOW + 1), "dialer")
     assert back.get("from") == '"Sales" <sip:+13105550100@127.0.0.1>;tag=dialer1'
     to_dialer = to_side(e.receive(CALLEE_BYE, CARRIER, NOW + 60), "dialer")
@@ -155,4 +157,4 @@ def test_a_reloaded_signer_carries_the_calls_in_progress(tmp_path: Path) -> None
     assert new.health is not None
     report = new.health.report("12025550100", NOW + 61)
     assert (report["attempts"], report["answered"], report["ended"]) == (1, 1, 1)
-    assert new.sign_latency is old.sign_latency
+    assert new.latency is old.latency

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stirshaken_proxy.engine.flood import FloodConfig, FloodGuard
-from stirshaken_proxy.sip.transport import Peer
+from stirshaken_proxy.sip.transport import Peer, Side, Transport
 from tests.engine.test_proxy import engine, invite
 
 
@@ -26,8 +26,8 @@ def test_memory_is_bounded() -> None:
 
 def test_engine_drops_flood_from_untrusted_but_not_trusted() -> None:
     e = engine(flood=FloodConfig(requests_per_second=1, burst=3, ban_seconds=60))
-    untrusted = Peer("carrier", "udp", "127.0.0.9", 6000)
-    trusted = Peer("dialer", "udp", "127.0.0.1", 5070)  # the dialer trunk (allowed source)
+    untrusted = Peer(Side.CARRIER, Transport.UDP, "127.0.0.9", 6000)
+    trusted = Peer(Side.DIALER, Transport.UDP, "127.0.0.1", 5070)  # the dialer trunk (allowed source)
     outs = [e.receive(invite(f"z9hG4bKu{i}", call_id=b"u%d" % i), untrusted, 0.0)
             for i in range(10)]
     assert sum(1 for o in outs if o) == 3

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from stirshaken_proxy.policy.health import HealthLimits, NumberHealth
+from stirshaken_proxy.policy.health import HealthEvent, HealthEventKind, HealthLimits, NumberHealth
 from stirshaken_proxy.sip.message import parse_message
-from stirshaken_proxy.sip.transport import Peer, Send
+from stirshaken_proxy.sip.transport import Peer, Send, Side, Transport
 from tests.engine.test_outbound import FROM_ACME, NOW, invite, keys, setup  # noqa: F401
 from tests.engine.test_proxy import answer
 
-CARRIER = Peer("carrier", "udp", "127.0.0.1", 5080)
+CARRIER = Peer(Side.CARRIER, Transport.UDP, "127.0.0.1", 5080)
 
 
 def _bye(n: str) -> bytes:
@@ -30,17 +30,29 @@ def _bye(n: str) -> bytes:
 def test_attempt_answer_and_duration(keys: dict[str, Path], status: int,  # noqa: F811
                                      hangup_after: float | None, answered: int,
                                      duration: float) -> None:
-    e, auth = setup(keys)
-    auth.health = NumberHealth(HealthLimits())
-    e.call_observers.append(auth)
+    health = NumberHealth(HealthLimits())
+    e, _ = setup(keys, health=health)
     out = e.receive(invite(branch="z9hG4bKh1"), FROM_ACME, NOW)
     fwd = next(a for a in out if isinstance(a, Send) and a.peer.side == "carrier")
+    events = [a for a in out if isinstance(a, HealthEvent)]
     e.receive(answer(fwd.data, 180), CARRIER, NOW + 1)
-    e.receive(answer(fwd.data, status), CARRIER, NOW + 5)
-    e.receive(answer(fwd.data, status), CARRIER, NOW + 5.5)  # a retransmission counts once
+    events += [a for a in e.receive(answer(fwd.data, status), CARRIER, NOW + 5)
+               if isinstance(a, HealthEvent)]
+    # A retransmission counts once.
+    assert not [a for a in e.receive(answer(fwd.data, status), CARRIER, NOW + 5.5)
+                if isinstance(a, HealthEvent)]
     if hangup_after is not None:
-        e.receive(_bye("h1"), FROM_ACME, NOW + 5 + hangup_after)
-    report = auth.health.report("12025550142", NOW + 200)
+        events += [a for a in e.receive(_bye("h1"), FROM_ACME, NOW + 5 + hangup_after)
+                   if isinstance(a, HealthEvent)]
+    report = health.report("12025550142", NOW + 200)
+    # Every change leaves the engine as an action, for the other workers' replicas: a replica
+    # fed only these events holds the same figures.
+    assert [ev.kind for ev in events] == [HealthEventKind.ATTEMPT, HealthEventKind.FINAL] + (
+        [HealthEventKind.ENDED] if hangup_after is not None else [])
+    replica = NumberHealth(HealthLimits())
+    for ev in events:
+        replica.apply(ev)
+    assert replica.report("12025550142", NOW + 200) == report
     assert report["attempts"] == 1 and report["answered"] == answered
     assert report["average_duration"] == pytest.approx(duration)
     assert report["finals"] == {status: 1}

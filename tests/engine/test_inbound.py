@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from stirshaken_proxy.engine.inbound import InboundVerifier, VerifyPolicy
-from stirshaken_proxy.engine.stats import Stats
+from stirshaken_proxy.engine.actions import Fetch
 from stirshaken_proxy.sip.message import parse_message
-from stirshaken_proxy.sip.transport import Fetch, Peer, Send
-from stirshaken_proxy.stir.credentials import CredentialCache, TrustStore, build_credential
-from stirshaken_proxy.stir.verify import Verifier
+from stirshaken_proxy.sip.transport import Peer, Send, Side, Transport
+from stirshaken_proxy.stats import Stats
+from stirshaken_proxy.stir.credentials import CachePolicy, TrustStore
+from stirshaken_proxy.stir.verification import (
+    FetchKind,
+    FetchRequest,
+    FetchResponse,
+    OnFailure,
+    VerificationService,
+    VerifyPolicy,
+)
+from stirshaken_proxy.stir.verify import Checks
 from stirshaken_proxy.stir.x5u import UrlPolicy
-from tests.engine.test_proxy import engine
+from tests.engine.test_proxy import engine, with_services
 from tests.stir_pki import NOW, Pki, identity, make_pki, token
 
 T = int(NOW.timestamp())
 URL = "https://cert.example.org/good.pem"
-CARRIER = Peer("carrier", "udp", "127.0.0.1", 6000)
+CARRIER = Peer(Side.CARRIER, Transport.UDP, "127.0.0.1", 6000)
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +32,20 @@ def pki() -> Pki:
     return make_pki()
 
 
-def setup(policy: VerifyPolicy | None = None):  # type: ignore[no-untyped-def]
-    policy = policy or VerifyPolicy()
+def setup(policy: VerifyPolicy | None = None, pki: Pki | None = None):  # type: ignore[no-untyped-def]
     e = engine()
-    cache = CredentialCache()
-    hook = InboundVerifier(verifier=Verifier(cache=cache, url_policy=UrlPolicy()),
-                           policy=policy, stats=e.stats)
-    e.request_hooks.append(hook)
-    return e, cache
+    service = VerificationService(checks=Checks(url_policy=UrlPolicy()),
+                                  trust=TrustStore([pki.root] if pki else []),
+                                  cache_policy=CachePolicy(), stats=e.stats)
+    with_services(e, verification=service, verify_policy=policy or VerifyPolicy())
+    return e
+
+
+GOOD = FetchRequest(url=URL, kind=FetchKind.X5U)
+
+
+def chain(pki: Pki) -> FetchResponse:
+    return FetchResponse(body=pki.leaves["good"].chain_pem, headers={"Cache-Control": "max-age=600"})
 
 
 def invite(value: str | None, n: int = 1, pai: bool = True) -> bytes:
@@ -47,16 +61,14 @@ def invite(value: str | None, n: int = 1, pai: bool = True) -> bytes:
 
 
 def test_parks_fetches_once_and_resumes(pki: Pki) -> None:
-    e, cache = setup()
+    e = setup(pki=pki)
     value = identity(token(pki.leaves["good"], URL, iat=T), URL)
     out1 = e.receive(invite(value, 1), CARRIER, T)
     out2 = e.receive(invite(value, 2), CARRIER, T)
-    assert [type(a) for a in out1] == [Send, Fetch] and out1[1] == Fetch(URL)
+    assert [type(a) for a in out1] == [Send, Fetch] and out1[1] == Fetch(GOOD)
     assert [type(a) for a in out2] == [Send]  # same URL: no second fetch
     assert e.parked == 2
-    cache.put(URL, build_credential(URL, pki.leaves["good"].chain_pem, TrustStore([pki.root])),
-              T + 600)
-    out = e.credential_ready(URL, T + 0.2)
+    out = e.fetched(GOOD, chain(pki), T + 0.2)  # the bytes the shell fetched
     assert e.parked == 0 and len(out) == 2
     for send in out:
         assert isinstance(send, Send) and send.peer.side == "dialer"
@@ -67,15 +79,13 @@ def test_parks_fetches_once_and_resumes(pki: Pki) -> None:
 
 
 def test_cancel_while_parked_ends_with_487(pki: Pki) -> None:
-    e, cache = setup()
+    e = setup(pki=pki)
     value = identity(token(pki.leaves["good"], URL, iat=T), URL)
     e.receive(invite(value), CARRIER, T)
     cancel = invite(None).replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
     out = e.receive(cancel, CARRIER, T + 0.1)
     assert sorted(int(a.data[8:11]) for a in out if isinstance(a, Send)) == [200, 487]
-    cache.put(URL, build_credential(URL, pki.leaves["good"].chain_pem, TrustStore([pki.root])),
-              T + 600)
-    assert e.credential_ready(URL, T + 0.2) == []  # nothing is forwarded after the 487
+    assert e.fetched(GOOD, chain(pki), T + 0.2) == []  # nothing is forwarded after the 487
 
 
 @pytest.mark.parametrize(("pai", "header", "expected"), [
@@ -84,7 +94,7 @@ def test_cancel_while_parked_ends_with_487(pki: Pki) -> None:
     (False, "from", "<sip:+12025550100@127.0.0.1;verstat=No-TN-Validation>;tag=f"),
 ])
 def test_no_identity_is_marked(pai: bool, header: str, expected: str) -> None:
-    e, _ = setup()
+    e = setup()
     out = e.receive(invite(None, pai=pai), CARRIER, T)
     fwd = parse_message(next(a for a in out if isinstance(a, Send) and a.peer.side == "dialer")
                         .data)
@@ -92,7 +102,7 @@ def test_no_identity_is_marked(pai: bool, header: str, expected: str) -> None:
 
 
 def test_missing_identity_rejected_by_policy() -> None:
-    e, _ = setup(VerifyPolicy(on_missing="reject"))
+    e = setup(VerifyPolicy(on_missing=OnFailure.REJECT))
     out = e.receive(invite(None), CARRIER, T)
     final = [a for a in out if isinstance(a, Send) and not a.data.startswith(b"SIP/2.0 100")]
     assert final[0].data.startswith(b"SIP/2.0 428 Use Identity Header\r\n")
@@ -100,7 +110,7 @@ def test_missing_identity_rejected_by_policy() -> None:
 
 
 def test_parked_requests_are_bounded(pki: Pki) -> None:
-    e, _ = setup()
+    e = setup()
     e.config = type(e.config)(**{**e.config.__dict__, "max_parked": 1})
     value = identity(token(pki.leaves["good"], URL, iat=T), URL)
     e.receive(invite(value, 1), CARRIER, T)
@@ -109,7 +119,7 @@ def test_parked_requests_are_bounded(pki: Pki) -> None:
 
 
 def test_counted(pki: Pki) -> None:
-    e, _ = setup()
+    e = setup()
     stats: Stats = e.stats
     e.receive(invite("garbage"), CARRIER, T)
     assert stats[("verifications", "TN-Validation-Failed", "438")] == 1

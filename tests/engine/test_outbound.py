@@ -8,21 +8,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from stirshaken_proxy.engine.outbound import (
-    AuthPolicy,
-    OutboundAuthenticator,
-    format_date,
-    parse_date,
-)
+from stirshaken_proxy.engine.sip_sti import format_date, parse_date
 from stirshaken_proxy.engine.sources import SourceFilter
-from stirshaken_proxy.engine.stats import Stats
+from stirshaken_proxy.io.keys import init_dev_pki, load_private_key
 from stirshaken_proxy.policy.accounts import Account, AccountDirectory
+from stirshaken_proxy.policy.health import NumberHealth
 from stirshaken_proxy.policy.inventory import Inventory, NumberBlock
 from stirshaken_proxy.sip.message import parse_message
-from stirshaken_proxy.sip.transport import Peer
-from stirshaken_proxy.stir.certs import init_dev_pki, load_private_key
+from stirshaken_proxy.sip.transport import Peer, Side, Transport
 from stirshaken_proxy.stir.passport import Signer, SigningIdentity, decode_passport
-from tests.engine.test_proxy import engine
+from stirshaken_proxy.stir.signing import Authenticator, AuthPolicy, UnsignedCalls
+from tests.engine.test_proxy import engine, with_services
 
 NOW = 1_790_000_000.0
 ACME = Account(name="acme", origid="6a1b3f8e-7c2d-4e5f-9a0b-1c2d3e4f5a6b",
@@ -31,7 +27,7 @@ RESELLER = Account(name="reseller", origid="0f0e0d0c-0b0a-4909-8807-060504030201
                    sources=("127.0.0.3/32",), signing="reseller")
 GATEWAY = Account(name="gw", origid="11111111-2222-4333-8444-555555555555",
                   sources=("127.0.0.4/32",), gateway=True)
-FROM_ACME = Peer("dialer", "udp", "127.0.0.1", 5070)
+FROM_ACME = Peer(Side.DIALER, Transport.UDP, "127.0.0.1", 5070)
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +44,9 @@ def public_key(d: Path) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def setup(keys: dict[str, Path], policy: AuthPolicy | None = None):  # type: ignore[no-untyped-def]
+def setup(keys: dict[str, Path], policy: AuthPolicy | None = None,  # type: ignore[no-untyped-def]
+          health: NumberHealth | None = None):
     e = engine()
-    stats: Stats = e.stats
     signers = {name: Signer(SigningIdentity(name=name, key=load_private_key(d / "key.pem"),
                                             x5u=f"https://certs.example/{name}.pem"))
                for name, d in keys.items()}
@@ -58,12 +54,12 @@ def setup(keys: dict[str, Path], policy: AuthPolicy | None = None):  # type: ign
         NumberBlock(first="12025550100", last="12025550199", account="acme"),
         NumberBlock(first="13105550000", last="13105550000", account="reseller"),
     ])
-    auth = OutboundAuthenticator(directory=AccountDirectory([ACME, RESELLER, GATEWAY]),
-                                 signers=signers, inventory=inventory,
-                                 policy=policy or AuthPolicy(), stats=stats)
-    e.request_hooks.append(auth)
-    e.set_source_filter("dialer", SourceFilter(("127.0.0.0/8",)))
-    return e, auth
+    auth = Authenticator(signers=signers, inventory=inventory, policy=policy or AuthPolicy(),
+                         health=health, stats=e.stats)
+    directory = AccountDirectory([ACME, RESELLER, GATEWAY])
+    with_services(e, accounts=directory, authenticator=auth, health=health,
+                  dialer_sources=SourceFilter(("127.0.0.0/8",)))
+    return e, directory
 
 
 def invite(caller: str = "+12025550142", *, pai: str | None = None, extra: str = "",
@@ -95,9 +91,9 @@ CASES = [
     (FROM_ACME, "+12025550142", "<tel:+13105550000>", "B", "13105550000", "default"),
     (FROM_ACME, "+13105550000", None, "B", "13105550000", "default"),  # reseller's number
     (FROM_ACME, "+19998887777", None, "B", "19998887777", "default"),  # unknown number
-    (Peer("dialer", "udp", "127.0.0.3", 5070), "+13105550000", None, "A", "13105550000",
+    (Peer(Side.DIALER, Transport.UDP, "127.0.0.3", 5070), "+13105550000", None, "A", "13105550000",
      "reseller"),  # a reseller signs with its own certificate (its own SPC)
-    (Peer("dialer", "udp", "127.0.0.4", 5070), "+12025550142", None, "C", "12025550142",
+    (Peer(Side.DIALER, Transport.UDP, "127.0.0.4", 5070), "+12025550142", None, "C", "12025550142",
      "default"),
 ]
 
@@ -105,7 +101,7 @@ CASES = [
 @pytest.mark.parametrize(("source", "caller", "pai", "attest", "orig", "signing"), CASES)
 def test_signing(keys: dict[str, Path], source: Peer, caller: str, pai: str | None,
                  attest: str, orig: str, signing: str) -> None:
-    e, auth = setup(keys)
+    e, directory = setup(keys)
     msg, _ = forwarded(e, invite(caller, pai=pai), source)
     assert msg is not None
     identity = msg.get_all("identity")
@@ -114,7 +110,7 @@ def test_signing(keys: dict[str, Path], source: Peer, caller: str, pai: str | No
     assert params == f"info=<https://certs.example/{signing}.pem>;alg=ES256;ppt=shaken"
     passport = decode_passport(token)
     assert passport.verify(public_key(keys[signing]))
-    account = auth.directory.by_source(source.host)
+    account = directory.by_source(source.host)
     assert passport.claims == {"attest": attest, "dest": {"tn": ["12025550199"]},
                                "iat": int(NOW), "orig": {"tn": orig},
                                "origid": account.origid}
@@ -153,7 +149,7 @@ def test_smuggled_identity_is_removed_however_spelled(keys: dict[str, Path],
 def test_pai_from_outside_the_trust_domain_is_removed(keys: dict[str, Path]) -> None:
     e, _ = setup(keys)
     # 127.0.0.9 is admitted by the dialer side's allowed_sources but belongs to no account.
-    stranger = Peer("dialer", "udp", "127.0.0.9", 5070)
+    stranger = Peer(Side.DIALER, Transport.UDP, "127.0.0.9", 5070)
     msg, _ = forwarded(e, invite(pai="<sip:+12025550142@127.0.0.9>"), stranger)
     assert msg is not None and not msg.has("p-asserted-identity") and not msg.has("identity")
     assert e.stats[("pai_removed",)] == 1
@@ -174,8 +170,10 @@ def test_date_in_request_is_used_or_refused(keys: dict[str, Path]) -> None:
     assert out[-1].data.startswith(b"SIP/2.0 400 ")
 
 
-@pytest.mark.parametrize(("policy", "expected"), [("forward", None), ("reject", 433)])
-def test_anonymous_caller(keys: dict[str, Path], policy: str, expected: int | None) -> None:
+@pytest.mark.parametrize(("policy", "expected"), [(UnsignedCalls.FORWARD, None),
+                                                  (UnsignedCalls.REJECT, 433)])
+def test_anonymous_caller(keys: dict[str, Path], policy: UnsignedCalls,
+                          expected: int | None) -> None:
     e, _ = setup(keys, AuthPolicy(unsigned_calls=policy))
     msg, out = forwarded(e, invite("anonymous"))
     if expected is None:
@@ -191,7 +189,7 @@ def test_in_dialog_and_inbound_requests_are_not_signed(keys: dict[str, Path]) ->
                                 b"To: <sip:+12025550199@127.0.0.1>;tag=t9")
     msg, _ = forwarded(e, reinvite)
     assert msg is not None and not msg.has("identity")
-    out = e.receive(invite(branch="z9hG4bKin"), Peer("carrier", "udp", "127.0.0.1", 6000), NOW)
+    out = e.receive(invite(branch="z9hG4bKin"), Peer(Side.CARRIER, Transport.UDP, "127.0.0.1", 6000), NOW)
     fwd = parse_message(out[-1].data)
     assert out[-1].peer.side == "dialer" and not fwd.has("identity")
 

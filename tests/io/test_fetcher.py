@@ -1,4 +1,7 @@
-"""x5u fetching against a real HTTPS server on 127.0.0.1: policy, guard, bounds, caching, CRLs."""
+"""x5u fetching against a real HTTPS server on 127.0.0.1: policy, guard, bounds, caching, CRLs.
+
+The fetcher moves bytes and the STI core makes them credentials: wired here as the shell
+wires them (each outcome fed to the core, the further fetches it asks for started)."""
 
 from __future__ import annotations
 
@@ -11,9 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from stirshaken_proxy.io.fetcher import FetchConfig, Fetcher, cache_age
-from stirshaken_proxy.stir.credentials import Credential, CredentialCache, FetchFailure, TrustStore
-from stirshaken_proxy.stir.x5u import UrlPolicy
+from stirshaken_proxy.io.fetcher import Fetcher
+from stirshaken_proxy.stir.credentials import (
+    CachePolicy,
+    Credential,
+    CredentialCache,
+    FetchFailure,
+    TrustStore,
+    cache_age,
+)
+from stirshaken_proxy.stir.verification import (
+    FetchError,
+    FetchKind,
+    FetchRequest,
+    FetchResponse,
+    VerificationService,
+)
+from stirshaken_proxy.stir.verify import Checks
+from stirshaken_proxy.stir.x5u import FetchLimits, UrlPolicy
 from tests.https_server import CertServer, Route
 from tests.stir_pki import Pki, make_pki
 from tests.support import free_port
@@ -23,30 +41,39 @@ LOOPBACK = ("127.0.0.1/32",)
 
 def fetch(server: CertServer, pki: Pki, urls: list[str], *, allow: tuple[str, ...] = LOOPBACK,
           extra_port: int | None = None) -> tuple[CredentialCache, Counter[str], list[str]]:
-    """Ask a Fetcher for ``urls`` (each twice) and wait until every fetch has finished."""
+    """Ask a Fetcher for ``urls`` (each twice) and wait until the core has every one cached."""
     async def go() -> tuple[CredentialCache, Counter[str], list[str]]:
-        cache = CredentialCache()
         counters: Counter[str] = Counter()
         done: list[str] = []
         ports = (443, 8443, server.port) + ((extra_port,) if extra_port else ())
+        policy = UrlPolicy(ports=ports, allow_networks=allow)
+        service = VerificationService(checks=Checks(url_policy=policy),
+                                      trust=TrustStore([pki.root]), cache_policy=CachePolicy())
         ctx = ssl.create_default_context()
         assert server.ca_file is not None
         ctx.load_verify_locations(cafile=str(server.ca_file))
-        fetcher = Fetcher(policy=UrlPolicy(ports=ports, allow_networks=allow),
+
+        def on_done(request: FetchRequest, result: FetchResponse | FetchError) -> None:
+            outcome = service.fetched(request, result, time.time())
+            for more in outcome.fetch:
+                fetcher.request(more)
+            done.extend(outcome.ready)
+
+        fetcher = Fetcher(policy=policy,
                           crl_policy=UrlPolicy(ports=ports, allow_networks=allow,
                                                allow_http=True),
-                          cache=cache, trust=TrustStore([pki.root]),
-                          config=FetchConfig(timeout=0.5, max_bytes=64 * 1024),
-                          ssl_context=ctx, on_done=done.append, counters=counters)
+                          limits=FetchLimits(timeout=0.5, max_bytes=64 * 1024),
+                          ssl_context=ctx, on_done=on_done, counters=counters)
         for url in urls:
-            fetcher.request(url)
-            fetcher.request(url)  # asked again while in flight: nothing new starts
+            fetcher.request(FetchRequest(url=url, kind=FetchKind.X5U))
+            # Asked again while in flight: nothing new starts.
+            fetcher.request(FetchRequest(url=url, kind=FetchKind.X5U))
         for _ in range(250):
             if len(done) >= len(set(urls)):
                 break
             await asyncio.sleep(0.02)
         await fetcher.close()
-        return cache, counters, done
+        return service.cache, counters, done
 
     return asyncio.run(go())
 
@@ -137,4 +164,4 @@ def test_unreachable(served: tuple[CertServer, Pki]) -> None:
     ({}, 3600.0),
 ])
 def test_cache_age(headers: dict[str, str], expected: float) -> None:
-    assert cache_age(headers, 0.0, FetchConfig()) == expected
+    assert cache_age(headers, 0.0, CachePolicy()) == expected

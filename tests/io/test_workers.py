@@ -16,13 +16,13 @@ from stirshaken_proxy.io.workers import (
     encode_peer,
     owner_of,
 )
-from stirshaken_proxy.sip.transport import Peer
+from stirshaken_proxy.sip.transport import Peer, Side, Transport
 
 
 def test_peer_and_bytes_round_trip() -> None:
-    for peer in (Peer("dialer", "udp", "127.0.0.1", 5060),
-                 Peer("carrier", "tcp", "::1", 65535),
-                 Peer("carrier", "udp", "2001:db8::1:2:3:4", 1)):
+    for peer in (Peer(Side.DIALER, Transport.UDP, "127.0.0.1", 5060),
+                 Peer(Side.CARRIER, Transport.TCP, "::1", 65535),
+                 Peer(Side.CARRIER, Transport.UDP, "2001:db8::1:2:3:4", 1)):
         data = b"INVITE sip:x SIP/2.0\r\n\r\n" + bytes(range(256))
         datagram = encode_peer(MESSAGE, 3, peer, data)
         assert datagram[:1] == MESSAGE and datagram[1] == 3
@@ -50,7 +50,7 @@ def test_every_worker_reaches_every_other_and_a_full_link_queues() -> None:
         for i, link in enumerate(links):
             link.start(lambda kind, origin, d, i=i: received[i].append((kind, origin, d)))
         links[0].event(STATS, 7)  # to both others
-        links[2].tcp_send(0, Peer("dialer", "tcp", "127.0.0.1", 5060), b"bytes")
+        links[2].tcp_send(0, Peer(Side.DIALER, Transport.TCP, "127.0.0.1", 5060), b"bytes")
         for _ in range(400):
             await asyncio.sleep(0.005)
             if len(received[2]) == 402 and received[0] and received[1]:
@@ -62,7 +62,7 @@ def test_every_worker_reaches_every_other_and_a_full_link_queues() -> None:
     assert [r for r in received[2] if r[1] == 1][-1] == (SEND, 1, SEND + b"\x01last")
     assert [(k, o, WorkerLink.value(d)) for k, o, d in received[1]] == [(STATS, 0, 7)]
     assert [(k, o) for k, o, _ in received[0]] == [(SEND, 2)]
-    assert decode_peer(received[0][0][2]) == (Peer("dialer", "tcp", "127.0.0.1", 5060), b"bytes")
+    assert decode_peer(received[0][0][2]) == (Peer(Side.DIALER, Transport.TCP, "127.0.0.1", 5060), b"bytes")
     assert links[1].dropped == 0
     for link in links:
         link.close()
@@ -70,7 +70,7 @@ def test_every_worker_reaches_every_other_and_a_full_link_queues() -> None:
 
 def test_messages_handed_over_in_one_loop_turn_travel_together() -> None:
     links = WorkerLink.mesh(2)
-    peer = Peer("carrier", "udp", "127.0.0.1", 5080)
+    peer = Peer(Side.CARRIER, Transport.UDP, "127.0.0.1", 5080)
 
     async def main() -> None:
         links[0].start(lambda *a: None)

@@ -6,7 +6,9 @@ import pytest
 
 from stirshaken_proxy.policy.health import HealthLimits, NumberHealth, State
 from stirshaken_proxy.policy.presence import Pool, choose, is_neighbour
-from stirshaken_proxy.policy.regions import state_of_description, state_of_npa
+from stirshaken_proxy.policy.regions import Regions, state_of_description
+
+state_of_npa = Regions().state_of_npa
 
 T0 = 1_790_000_000.0
 TN = "12025550100"

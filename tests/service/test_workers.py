@@ -123,5 +123,5 @@ def test_no_worker_outlives_the_service_nor_dies_unnoticed(tmp_path: Path) -> No
     assert svc.proc.wait(10) == 1
     svc.stop()
     # Each line names the worker that wrote it.
-    assert re.search(r"ERROR \[worker 0\] stirshaken_proxy.app: worker process \d+ exited "
+    assert re.search(r"ERROR \[worker 0\] stirshaken_proxy.io.supervisor: worker process \d+ exited "
                      r"\(status -9\); stopping the service", svc.log()), svc.log()

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from stirshaken_proxy.sip.errors import SipError
 from stirshaken_proxy.sip.framing import StreamFramer
 from stirshaken_proxy.sip.message import parse_message
-from stirshaken_proxy.stir.credentials import CredentialCache
+from stirshaken_proxy.stir.credentials import CachePolicy, TrustStore
 from stirshaken_proxy.stir.passport import PassportError, decode_passport
-from stirshaken_proxy.stir.verify import Verifier, parse_identity
+from stirshaken_proxy.stir.verification import VerificationService
+from stirshaken_proxy.stir.verify import Checks, Verdict, parse_identity
 from stirshaken_proxy.stir.x5u import UrlPolicy
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "400"))
@@ -82,6 +83,11 @@ def test_stream_framing_any_chunking(message: bytes, seed: int) -> None:
     assert got == [message, message]
 
 
+def core() -> VerificationService:
+    return VerificationService(checks=Checks(url_policy=UrlPolicy()), trust=TrustStore([]),
+                               cache_policy=CachePolicy())
+
+
 @FUZZ
 @given(st.text(max_size=600))
 def test_identity_header_text(value: str) -> None:
@@ -93,9 +99,9 @@ def test_identity_header_text(value: str) -> None:
         decode_passport(value.split(";")[0])
     except PassportError:
         pass
-    verdict = Verifier(cache=CredentialCache(), url_policy=UrlPolicy()).verify(
-        [value], orig="12025550100", dest="12025550199", date=None, now=1.79e9)
-    assert verdict.code is not None or verdict.pending
+    verdict = core().verify([value], orig="12025550100", dest="12025550199", date=None,
+                            now=1.79e9)
+    assert not isinstance(verdict, Verdict) or verdict.code is not None
 
 
 @FUZZ
@@ -106,6 +112,6 @@ def test_identity_header_text(value: str) -> None:
                         ";info=<>;ppt=\"\""]))
 def test_identity_pieces(parts: list[str], params: str) -> None:
     value = ".".join(parts) + params
-    verdict = Verifier(cache=CredentialCache(), url_policy=UrlPolicy()).verify(
-        [value], orig="12025550100", dest="12025550199", date=None, now=1.79e9)
-    assert verdict.code in (403, 436, 437, 438) or verdict.pending
+    verdict = core().verify([value], orig="12025550100", dest="12025550199", date=None,
+                            now=1.79e9)
+    assert not isinstance(verdict, Verdict) or verdict.code in (403, 436, 437, 438)

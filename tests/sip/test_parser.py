@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stirshaken_proxy.sip.errors import SipError
-from stirshaken_proxy.sip.message import call_id_of, make_response, parse_message
+from stirshaken_proxy.sip.message import ParseCache, call_id_of, make_response, parse_message
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "rfc4475"
 
@@ -213,15 +213,15 @@ def test_addresses_checked_once_stay_checked_alike() -> None:
             b"From: %s;tag=1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: c%d\r\nCSeq: 1 OPTIONS\r\n"
             b"Contact: %s\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
     good, bad = b"<sip:b@127.0.0.1>", b"<sip:b@127.0.0.1"
+    cache = ParseCache()
     for i in range(3):
-        parse_message(base % (i, good, i, good))
+        parse_message(base % (i, good, i, good), cache=cache)
         for from_, contact in ((bad, good), (good, bad), (good + b", " + good, good)):
             with pytest.raises(SipError) as info:
-                parse_message(base % (i, from_, i, contact))
+                parse_message(base % (i, from_, i, contact), cache=cache)
             assert info.value.status == 400
+    assert good.decode() + ";tag=1" in cache.addresses
     long_value = b"<sip:" + b"x" * 300 + b"@127.0.0.1>"
-    parse_message(base % (9, long_value, 9, good))
-    from stirshaken_proxy.sip import message
-
-    assert long_value.decode() + ";tag=1" not in message._VALID_ADDRESSES
-    assert bad.decode() not in message._VALID_ADDRESSES
+    parse_message(base % (9, long_value, 9, good), cache=cache)
+    assert long_value.decode() + ";tag=1" not in cache.addresses
+    assert bad.decode() not in cache.addresses

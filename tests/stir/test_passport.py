@@ -13,12 +13,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from stirshaken_proxy.io.keys import init_dev_pki, load_private_key
 from stirshaken_proxy.stir.certs import (
     certificate_spcs,
     decode_tn_auth_list,
     encode_tn_auth_list_spc,
-    init_dev_pki,
-    load_private_key,
 )
 from stirshaken_proxy.stir.passport import (
     Attestation,
@@ -69,10 +68,9 @@ def test_token_is_exactly_shaken(pki: Path) -> None:
     assert not decode_passport(head + "." + forged + "." + sig).verify(key)
 
 
-def test_identity_header(pki: Path) -> None:
+def test_identity_value(pki: Path) -> None:
     s = signer(pki)
-    line = s.identity_header("a.b.c")
-    assert line == b"Identity: a.b.c;info=<%s>;alg=ES256;ppt=shaken\r\n" % X5U.encode()
+    assert s.identity_value("a.b.c") == f"a.b.c;info=<{X5U}>;alg=ES256;ppt=shaken"
 
 
 def test_tn_auth_list() -> None:
@@ -99,7 +97,7 @@ def test_secsipidx_verifies_our_identity(pki: Path, attest: Attestation) -> None
     s = signer(pki)
     token = s.sign(attest=attest, orig="12025550100", dest=["12025550199"],
                    iat=int(time.time()), origid=ORIGID)
-    value = s.identity_header(token).decode()[len("Identity: "):].strip()
+    value = s.identity_value(token)
     ok = _secsipidx(value, pki / "cert.pem", pki / "ca.pem")
     assert ok.returncode == 0 and "ok" in ok.stdout, ok.stdout + ok.stderr
     other = pki.parent / f"other-{attest.value}"

@@ -1,7 +1,8 @@
 """The verification procedure (RFC 8224 §6.2) as a table: Identity in, verdict and code out.
 
-Credentials are put in the cache directly here; fetching is tested in tests/io and through the
-real service in tests/service/test_verification.py.
+The STI core runs without sockets or a clock: each chain is fed to it as fetched bytes with an
+explicit ``now``, as the shell would after a fetch. Fetching itself is tested in tests/io and
+through the real service in tests/service/test_verification.py.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from collections.abc import Callable
 
 import pytest
 
-from stirshaken_proxy.stir.credentials import (
-    CredentialCache,
-    FetchFailure,
-    TrustStore,
-    build_credential,
-)
+from stirshaken_proxy.stir.credentials import CachePolicy, TrustStore
 from stirshaken_proxy.stir.passport import Attestation, b64url, canonical_json
-from stirshaken_proxy.stir.verify import Verifier, Verstat, parse_identity
+from stirshaken_proxy.stir.verification import (
+    FetchError,
+    FetchKind,
+    FetchRequest,
+    FetchResponse,
+    NeedsCredentials,
+    VerificationService,
+)
+from stirshaken_proxy.stir.verify import Checks, Verdict, Verstat, parse_identity
 from stirshaken_proxy.stir.x5u import UrlPolicy
 from tests.stir_pki import NOW, Pki, claims, forge, header, identity, make_pki, token
 
@@ -30,15 +34,31 @@ def pki() -> Pki:
     return make_pki()
 
 
-def verifier(pki: Pki) -> Verifier:
-    trust = TrustStore([pki.root], [pki.crl] if pki.crl else [])
-    cache = CredentialCache()
+def x5u(url: str) -> FetchRequest:
+    return FetchRequest(url=url, kind=FetchKind.X5U)
+
+
+def verifier(pki: Pki) -> VerificationService:
+    """The core with every leaf's chain fed as fetched (cached an hour), and one URL whose
+    fetch failed (HTTP 404, cached for an hour as well)."""
+    service = VerificationService(
+        checks=Checks(url_policy=UrlPolicy()),
+        trust=TrustStore([pki.root], [pki.crl] if pki.crl else []),
+        cache_policy=CachePolicy(negative_age=3600))
     for name, leaf in pki.leaves.items():
-        cache.put(URL.format(name), build_credential(URL.format(name), leaf.chain_pem, trust),
-                  T + 3600)
-    cache.put(URL.format("unfetchable"), FetchFailure(url=URL.format("unfetchable"),
-                                                      reason="HTTP 404"), T + 3600)
-    return Verifier(cache=cache, url_policy=UrlPolicy())
+        url = URL.format(name)
+        outcome = service.fetched(x5u(url), FetchResponse(
+            body=leaf.chain_pem, headers={"Cache-Control": "max-age=3600"}), T)
+        assert outcome.ready == (url,) and outcome.fetch == ()
+    service.fetched(x5u(URL.format("unfetchable")), FetchError(reason="HTTP 404"), T)
+    return service
+
+
+def verdict_of(service: VerificationService, identities: list[str], **kw: object) -> Verdict:
+    result = service.verify(identities, **{"orig": "12025550100", "dest": "12025550199",
+                                           "date": None, "now": T, **kw})  # type: ignore[arg-type]
+    assert isinstance(result, Verdict), result
+    return result
 
 
 def good(pki: Pki, name: str = "good", **kw: object) -> str:
@@ -131,9 +151,7 @@ CASES: list[Case] = [
 @pytest.mark.parametrize(("name", "make", "code"), CASES, ids=[c[0] for c in CASES])
 def test_verification_table(pki: Pki, name: str, make: Callable[[Pki], str],
                             code: int | None) -> None:
-    v = verifier(pki)
-    verdict = v.verify([make(pki)], orig="12025550100", dest="12025550199", date=None, now=T)
-    assert verdict.pending == ()
+    verdict = verdict_of(verifier(pki), [make(pki)])
     if code is None:
         assert verdict.verstat is Verstat.PASSED, verdict.results[0].checks
         assert verdict.attest == "A" and verdict.code is None
@@ -151,24 +169,29 @@ def test_table_has_enough_broken_cases() -> None:
 
 
 def test_no_identity_is_428_no_tn_validation(pki: Pki) -> None:
-    verdict = verifier(pki).verify([], orig="12025550100", dest="12025550199", date=None, now=T)
+    verdict = verdict_of(verifier(pki), [])
     assert verdict.verstat is Verstat.NONE and verdict.code == 428
 
 
 def test_each_header_gets_a_result_and_one_pass_is_enough(pki: Pki) -> None:
     div = good(pki, iat=T).replace("ppt=shaken", "ppt=div")
-    verdict = verifier(pki).verify([div, good(pki, iat=T)], orig="12025550100",
-                                   dest="12025550199", date=None, now=T)
+    verdict = verdict_of(verifier(pki), [div, good(pki, iat=T)])
     assert verdict.verstat is Verstat.PASSED
     assert [r.code for r in verdict.results] == [438, None]
 
 
-def test_unknown_credential_is_pending(pki: Pki) -> None:
+def test_unknown_credential_needs_one_fetch(pki: Pki) -> None:
     url = URL.format("not-cached")
     v = verifier(pki)
-    verdict = v.verify([identity(token(pki.leaves["good"], url, iat=T), url)],
-                       orig="12025550100", dest="12025550199", date=None, now=T)
-    assert verdict.pending == (url,) and verdict.code is None
+    value = identity(token(pki.leaves["good"], url, iat=T), url)
+    first = v.verify([value], orig="12025550100", dest="12025550199", date=None, now=T)
+    assert first == NeedsCredentials(urls=(url,), fetch=(x5u(url),))
+    # A second request for the same URL waits for the same fetch: nothing new to start.
+    again = v.verify([value], orig="12025550100", dest="12025550199", date=None, now=T)
+    assert again == NeedsCredentials(urls=(url,), fetch=())
+    assert v.fetched(x5u(url), FetchResponse(body=pki.leaves["good"].chain_pem, headers={}),
+                     T).ready == (url,)
+    assert verdict_of(v, [value]).verstat is Verstat.PASSED
 
 
 def test_cache_expiry(pki: Pki) -> None:

@@ -1,0 +1,458 @@
+"""Wiring: build the services bundle from the configuration, start the shells, reload, drain.
+
+The pieces each own one concern: ``io.shell`` the loop glue around the engine, ``io.dispatch``
+what workers tell each other, ``io.supervisor`` the worker processes, ``io.admin`` the admin
+HTTP handlers, ``store.sync`` the inventory and number-health write-behind, ``io.gcwatch``
+the garbage collector. What the service decides is in ``engine`` and the STI core below it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cryptography import x509
+
+from .config import Config, ConfigError, VerifyConfig, load_config
+from .engine.proxy import EngineConfig, ProxyEngine
+from .engine.services import Services
+from .engine.sources import SourceFilter
+from .io.admin import AdminServer, HealthApi, add_certificate_routes
+from .io.dispatch import WorkerDispatch
+from .io.fetcher import Fetcher
+from .io.gcwatch import GcWatch
+from .io.metrics import exposition, make_registry, merge, snapshot
+from .io.shell import EngineShell
+from .io.supervisor import Children, run_workers
+from .io.workers import WorkerLink
+from .policy.accounts import AccountDirectory, LocalPresence
+from .policy.health import NumberHealth
+from .policy.regions import Regions
+from .stats import Stats
+from .stir.credentials import TrustStore
+from .stir.passport import Signer, SigningIdentity
+from .stir.signing import Authenticator
+from .stir.verification import (
+    FetchError,
+    FetchRequest,
+    FetchResponse,
+    VerificationService,
+    VerifyPolicy,
+)
+from .stir.verify import Checks
+from .store.sqlite import HealthRows, NumberStore
+from .store.sync import HealthWriter, InventorySync
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class Parts:
+    """What one configuration runs with besides the bundle: replaced together on reload."""
+
+    services: Services
+    store: NumberStore | None = None
+    inventory: InventorySync | None = None
+    writer: HealthWriter | None = None
+    fetcher: Fetcher | None = None
+    health: NumberHealth | None = None  # the number-health replica in use
+    expiry: dict[str, float] = field(default_factory=dict)  # signing identity -> notAfter
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def build_verification(vc: VerifyConfig, *, stats: Stats, counters: Counter[str],
+                       on_done: Callable[[FetchRequest, FetchResponse | FetchError], None],
+                       clock: Callable[[], float] | None = None,
+                       ) -> tuple[VerificationService, Fetcher]:
+    """The verification service and the fetcher that brings it bytes (service and CLI)."""
+    service = VerificationService(
+        checks=Checks(url_policy=vc.url_policy, window=vc.freshness,
+                      country_code=vc.policy.country_code),
+        trust=TrustStore(list(vc.anchors), list(vc.crls)), cache_policy=vc.cache,
+        cache_entries=vc.cache_entries, stats=stats, clock=clock)
+    ssl_context = ssl.create_default_context()
+    if vc.tls_ca_file is not None:
+        ssl_context.load_verify_locations(cafile=str(vc.tls_ca_file))
+    fetcher = Fetcher(policy=vc.url_policy, crl_policy=vc.crl_policy, limits=vc.fetch,
+                      ssl_context=ssl_context, on_done=on_done, counters=counters)
+    return service, fetcher
+
+
+async def build_parts(config: Config, *, health: NumberHealth | None, regions: Regions,
+                      stats: Stats, counters: Counter[str],
+                      on_fetched: Callable[[FetchRequest, FetchResponse | FetchError], None],
+                      writer: bool) -> Parts:
+    """Everything a configuration runs with, waited for before anything is swapped in.
+    ``health`` is the running replica (a reload keeps its statistics); ``writer``: this
+    worker writes number health to the store."""
+    ec = config.engine
+    dialer_sources = ec.dialer.allowed_sources
+    accounts = AccountDirectory([])
+    authenticator: Authenticator | None = None
+    verification: VerificationService | None = None
+    parts = Parts(services=Services(dialer_sources=SourceFilter(()),
+                                    carrier_sources=SourceFilter(())))
+    ac = config.auth
+    if ac is not None:
+        parts.store = store = await asyncio.to_thread(NumberStore, ac.store_path)
+        inventory = await asyncio.to_thread(store.load, ac.numbers)
+        if any(a.local_presence is not LocalPresence.OFF for a in ac.accounts):
+            await asyncio.to_thread(regions.preload)
+        rows = HealthRows(store)
+        if ac.health is None:
+            health = None
+        elif health is None:
+            health = NumberHealth(ac.health)
+            for tn, data in (await asyncio.to_thread(rows.load)).items():
+                health.restore(tn, data)
+            health.dirty.clear()
+        else:  # a reload: the statistics carry on under the new limits
+            health.limits = ac.health
+        accounts = AccountDirectory(list(ac.accounts))
+        dialer_sources += accounts.all_sources()  # accounts' trunks are admitted
+        authenticator = Authenticator(
+            signers={s.name: Signer(SigningIdentity(name=s.name, key=s.key, x5u=s.x5u))
+                     for s in ac.signing},
+            inventory=inventory, policy=ac.policy, health=health,
+            state_of=regions.state_of_npa, stats=stats, clock=time.perf_counter)
+        parts.inventory = InventorySync(store, extra=ac.numbers, version=inventory.version,
+                                        apply=authenticator.set_inventory,
+                                        interval=ac.refresh_interval)
+        if health is not None and writer:  # one writer of the replica
+            parts.writer = HealthWriter(health, rows, interval=ac.health_flush_interval)
+        for s in ac.signing:
+            if s.certificate is not None:
+                cert = x509.load_pem_x509_certificate(s.certificate.read_bytes())
+                parts.expiry[s.name] = cert.not_valid_after_utc.timestamp()
+    vc = config.verify
+    if vc is not None:
+        verification, parts.fetcher = build_verification(
+            vc, stats=stats, counters=counters, on_done=on_fetched,
+            clock=time.perf_counter)
+    parts.services = Services(
+        dialer_sources=SourceFilter(dialer_sources, allow_any=ec.dialer.allow_any_source),
+        carrier_sources=SourceFilter(ec.carrier.allowed_sources,
+                                     allow_any=ec.carrier.allow_any_source),
+        accounts=accounts, authenticator=authenticator, verification=verification,
+        verify_policy=vc.policy if vc is not None else VerifyPolicy(),
+        health=health if ac is not None else None)
+    parts.health = health if ac is not None else None
+    return parts
+
+
+class Application:
+    """One worker of the service (the only one unless ``[transport] workers`` says more)."""
+
+    def __init__(self, config: Config, *, worker: WorkerLink | None = None,
+                 children: tuple[int, ...] = ()) -> None:
+        self.config = config
+        self.worker = worker
+        self.worker_index = worker.index if worker is not None else 0
+        self.children = Children(children, on_death=self.request_stop)
+        self.counters: Counter[str] = Counter()  # I/O events
+        self.stats = Stats()  # the engine's and the STI core's counters
+        self.gc = GcWatch()
+        self.regions = Regions()
+        self.health: NumberHealth | None = None  # the replica: lives across reloads
+        self.parts: Parts | None = None
+        self.engine: ProxyEngine | None = None
+        self.shell: EngineShell | None = None
+        self.dispatch: WorkerDispatch | None = None
+        self.admin: AdminServer | None = None
+        self._retiring: set[asyncio.Task[None]] = set()  # fetchers replaced by a reload
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._reloading: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.registry = make_registry(self)
+
+    # -- the bundle -------------------------------------------------------------------------
+    def _engine_config(self, config: Config) -> EngineConfig:
+        """The engine's limits are the service's: with several workers each gets its share
+        (calls spread evenly over workers by Call-ID)."""
+        ec = config.engine
+        if self.worker is None:
+            return ec
+        n = self.worker.count
+        flood = replace(ec.flood, requests_per_second=ec.flood.requests_per_second / n,
+                        burst=max(1.0, ec.flood.burst / n))
+        return replace(ec, max_transactions=max(1, ec.max_transactions // n),
+                       max_parked=max(1, ec.max_parked // n), flood=flood)
+
+    async def _build(self, config: Config) -> Parts:
+        parts = await build_parts(config, health=self.health, regions=self.regions,
+                                  stats=self.stats, counters=self.counters,
+                                  on_fetched=self._fetched, writer=self.worker_index == 0)
+        self.health = parts.health
+        return parts
+
+    def _run_parts(self, parts: Parts) -> None:
+        loop = asyncio.get_running_loop()
+        for task in (parts.inventory, parts.writer):
+            if task is not None:
+                parts.tasks.append(loop.create_task(task.run()))
+
+    def _fetched(self, request: FetchRequest, result: FetchResponse | FetchError) -> None:
+        if self.shell is not None:
+            self.shell.fetched(request, result)
+
+    # -- start and stop -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self.config = await resolve_next_hops(self.config)
+        tc = self.config.transport
+        self.parts = parts = await self._build(self.config)
+        self.engine = ProxyEngine(self._engine_config(self.config), parts.services,
+                                  rng=os.urandom, stats=self.stats)
+        self.shell = shell = EngineShell(self.engine, counters=self.counters,
+                                         timer_resolution=tc.timer_resolution,
+                                         worker=self.worker)
+        shell.fetch = parts.fetcher.request if parts.fetcher is not None else None
+        if self.worker is not None:
+            self.dispatch = WorkerDispatch(self.worker, shell, snapshot=lambda: snapshot(self),
+                                           counters=self.counters)
+            self.dispatch.health = self.health
+            shell.publish = self.dispatch.publish
+        self._run_parts(parts)
+        await shell.listen(tcp=tc.tcp, shared=self.worker is not None,
+                           max_tcp_connections=tc.max_tcp_connections,
+                           max_tcp_pending_bytes=tc.max_tcp_pending_bytes,
+                           tcp_connect_timeout=tc.tcp_connect_timeout)
+        if self.dispatch is not None:
+            self.dispatch.start()
+        if self.config.admin.enabled and self.worker_index == 0:
+            await self._start_admin()
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+        self.gc.start(tc.gc_threshold)
+        if self.dispatch is not None and self.worker_index != 0:
+            self.dispatch.say_ready()
+        ec = self.config.engine
+        log.info("listening: dialer %s:%d, carrier %s:%d (udp%s)%s", ec.dialer.host,
+                 ec.dialer.port, ec.carrier.host, ec.carrier.port, "+tcp" if tc.tcp else "",
+                 f", worker {self.worker_index} of {self.worker.count}"
+                 if self.worker is not None else "")
+
+    async def _start_admin(self) -> None:
+        self.admin = admin = AdminServer(self.config.admin.host, self.config.admin.port,
+                                         readiness=self.readiness)
+        ac = self.config.auth
+        add_certificate_routes(admin, {s.serve_path: s.chain for s in (ac.signing if ac else ())
+                                       if s.serve_path and s.chain is not None})
+        admin.add_get("/metrics", self._metrics)
+        HealthApi(lambda: self.health,
+                  self.dispatch.publish if self.dispatch is not None else None).add_to(admin)
+        await admin.start()
+
+    def readiness(self) -> dict[str, bool]:
+        parts = self.parts
+        checks = {"listeners": self.shell is not None and self.shell.listening}
+        if self.dispatch is not None:  # worker 0: every other worker started and is alive
+            others = self.dispatch.link.count - 1
+            checks["workers"] = len(self.children) == others == len(self.dispatch.ready)
+        if parts is not None and parts.services.authenticator is not None:
+            checks["keys"] = bool(parts.services.authenticator.signers)
+            checks["store"] = parts.inventory is None or parts.inventory.ok
+        if self.config.verify is not None:
+            checks["trust_anchors"] = bool(self.config.verify.anchors)
+        return checks
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT, then drain and stop. SIGHUP reloads the configuration."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    def _schedule_reload(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> None:
+        """Re-read the configuration file and apply it without dropping calls: accounts,
+        signing identities, the inventory, verification policy and trust, limits and timers
+        take effect for new requests; transactions and calls in flight carry on. Listener
+        addresses and next hops need a restart (logged)."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        assert self.engine is not None and self.shell is not None and self.parts is not None
+        ec, nec = self.config.engine, new.engine
+        for side, nside in ((ec.dialer, nec.dialer), (ec.carrier, nec.carrier)):
+            if (side.host, side.port, side.next_hop_host, side.next_hop_port,
+                    side.next_hop_transport) != (nside.host, nside.port, nside.next_hop_host,
+                                                 nside.next_hop_port, nside.next_hop_transport):
+                log.warning("[%s] listen/next_hop changes need a restart; kept as running",
+                            side.name)
+        old = self.parts
+        await self._stop_parts(old, retire_fetcher=False)
+        new = replace(new, engine=replace(nec, dialer=ec.dialer, carrier=ec.carrier))
+        parts = await self._build(new)
+        # One step, no await: the event loop sees the old bundle or the new one.
+        self.engine.replace(services=parts.services, config=self._engine_config(new))
+        if old.services.authenticator and parts.services.authenticator:
+            parts.services.authenticator.carry_over(old.services.authenticator)
+        if old.services.verification and parts.services.verification:
+            parts.services.verification.carry_over(old.services.verification)
+        self.shell.fetch = parts.fetcher.request if parts.fetcher is not None else None
+        if self.dispatch is not None:
+            self.dispatch.health = self.health
+        self.parts, self.config = parts, new
+        self._run_parts(parts)
+        self._retire(old)
+        logging.getLogger().setLevel(new.log.level.upper())
+        log.info("configuration reloaded from %s", new.path)
+        self.children.signal(signal.SIGHUP)
+
+    async def _stop_parts(self, parts: Parts, *, retire_fetcher: bool = True) -> None:
+        for task in parts.tasks:
+            task.cancel()
+        await asyncio.gather(*parts.tasks, return_exceptions=True)
+        parts.tasks.clear()
+        if parts.writer is not None:
+            await parts.writer.flush()
+        if retire_fetcher and parts.fetcher is not None:
+            await parts.fetcher.close()
+
+    def _retire(self, old: Parts) -> None:
+        """Close what a reload replaced; the old fetcher once its fetches in flight had
+        their time (they still resume the requests waiting on them)."""
+        if old.store is not None:
+            old.store.close()
+        if old.fetcher is not None:
+            timeout = self.config.verify.fetch.timeout if self.config.verify else 5.0
+            task = asyncio.get_running_loop().create_task(_close_later(old.fetcher, timeout + 1))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def stop(self) -> None:
+        self.children.stopping = True
+        self.children.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.transport.shutdown_grace
+        engine = self.engine
+        if engine is not None:
+            engine.draining = True
+            while engine.pending_requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if engine.pending_requests:
+                log.info("stopping with %d requests still unanswered", engine.pending_requests)
+            engine.shutdown()
+        for task in (self._housekeeping, *self._retiring):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.dispatch is not None:
+            await self.children.wait(deadline + 5.0)
+            self.dispatch.stopped = True
+            self.dispatch.link.drain()  # the others' last number-health events
+            self.dispatch.link.flush()
+            self.dispatch.link.close()
+        if self.parts is not None:
+            await self._stop_parts(self.parts)
+            if self.parts.store is not None:
+                self.parts.store.close()
+        if self.shell is not None:
+            await self.shell.close()
+        if self.admin is not None:
+            await self.admin.stop()
+        self.gc.stop()
+        log.info("stopped")
+
+    @property
+    def exit_code(self) -> int:
+        return self.children.exit_code
+
+    async def _housekeep(self) -> None:
+        idle = self.config.transport.tcp_idle_timeout
+        interval = min(idle, 10.0)
+        if len(self.children):
+            interval = min(interval, 0.5)  # also how soon a dead worker is noticed
+        while True:
+            await asyncio.sleep(interval)
+            self.children.reap()
+            now = asyncio.get_running_loop().time()
+            for manager in (self.shell.tcp.values() if self.shell is not None else ()):
+                manager.close_idle(now, idle)
+
+    # -- metrics ----------------------------------------------------------------------------
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """This worker's counters plus the others' (fetched by the /metrics handler)."""
+        others = self.dispatch.peer_snapshots if self.dispatch is not None else []
+        return merge([snapshot(self), *others])
+
+    async def _metrics(self, request: Any) -> Any:
+        from aiohttp import web
+
+        if self.dispatch is not None:
+            await self.dispatch.gather_snapshots()
+        return web.Response(body=exposition(self.registry), content_type="text/plain",
+                            charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def _close_later(fetcher: Fetcher, delay: float) -> None:
+    try:
+        await asyncio.sleep(delay)
+    finally:  # at once when the service stops first
+        await fetcher.close()
+
+
+async def resolve_next_hops(config: Config) -> Config:
+    """Next hops may be host names: resolve them once, at start (never per message)."""
+    ec = config.engine
+    sides = []
+    for side in (ec.dialer, ec.carrier):
+        try:
+            ipaddress.ip_address(side.next_hop_host)
+            sides.append(side)
+            continue
+        except ValueError:
+            pass
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            side.next_hop_host, side.next_hop_port, type=socket.SOCK_DGRAM)
+        if not infos:
+            raise ConfigError(f"[{side.name}] next_hop {side.next_hop_host} does not resolve")
+        sides.append(replace(side, next_hop_host=str(infos[0][4][0])))
+    return replace(config, engine=replace(ec, dialer=sides[0], carrier=sides[1]))
+
+
+def run_app(config: Config) -> int:
+    """Run the service in the foreground (uvloop when it is installed) until it is stopped;
+    returns the exit status. With ``[transport] workers`` above 1 this process is worker 0
+    and forks the others before any event loop or thread exists."""
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+
+    def worker(link: WorkerLink | None, children: tuple[int, ...]) -> int:
+        async def main() -> int:
+            app = Application(config, worker=link, children=children)
+            await app.run()
+            return app.exit_code
+
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main())
+
+    return run_workers(config.transport.workers, worker)
+
+
+__all__ = ["Application", "build_verification", "run_app"]

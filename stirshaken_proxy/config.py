@@ -1,0 +1,622 @@
+"""The configuration file: one TOML file, validated as a whole at start.
+
+Every key has a type and a default; an unknown key, a wrong type or a bad value is a
+ConfigError that names the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+import tomllib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .engine.flood import FloodConfig
+from .engine.proxy import CARRIER, DIALER, EngineConfig, SideConfig
+from .io.keys import DevPki, KeyFileError, load_private_key, write_dev_pki
+from .policy.accounts import Account, LocalPresence
+from .policy.health import HealthLimits
+from .policy.inventory import NumberBlock
+from .policy.numbers import NumberFormatError, block_text, overlapping, parse_block_text
+from .sip.transport import Side, Transport
+from .sip.uri import ascii_digits
+from .stir.credentials import CachePolicy
+from .stir.signing import AuthPolicy, NeighbourSpoofing, UnsignedCalls
+from .stir.verification import OnFailure, VerifyPolicy
+from .stir.x5u import FetchLimits, UrlPolicy
+from .transaction import TimerConfig
+
+
+class ConfigError(Exception):
+    """A problem in the configuration, phrased for the operator."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    enabled: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransportConfig:
+    tcp: bool = True
+    max_tcp_connections: int = 1024
+    tcp_idle_timeout: float = 300.0
+    tcp_connect_timeout: float = 5.0
+    max_tcp_pending_bytes: int = 1 << 20
+    shutdown_grace: float = 2.0
+    gc_threshold: int = 50_000
+    timer_resolution: float = 0.01
+    workers: int = 1  # processes sharing the SIP ports, one per core at most
+
+
+@dataclass(frozen=True, kw_only=True)
+class SigningConfig:
+    name: str
+    key_path: Path
+    key: ec.EllipticCurvePrivateKey
+    x5u: str
+    certificate: Path | None = None
+    chain: Path | None = None
+    serve_path: str = ""
+    dev_spc: str = ""  # development keys for this SPC are created when the key is missing
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    store_path: Path
+    refresh_interval: float
+    signing: tuple[SigningConfig, ...]
+    accounts: tuple[Account, ...]
+    numbers: tuple[NumberBlock, ...]  # numbers owned by accounts, written in the config
+    policy: AuthPolicy
+    health: HealthLimits | None = None  # None: number health is off
+    health_flush_interval: float = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyConfig:
+    policy: VerifyPolicy
+    url_policy: UrlPolicy
+    crl_policy: UrlPolicy
+    fetch: FetchLimits
+    cache: CachePolicy
+    anchors: tuple[x509.Certificate, ...]
+    crls: tuple[x509.CertificateRevocationList, ...]
+    freshness: int
+    cache_entries: int
+    max_parked: int
+    tls_ca_file: Path | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    path: Path
+    engine: EngineConfig
+    auth: AuthConfig | None = None
+    verify: VerifyConfig | None = None
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    raw: dict[str, Any] = field(default_factory=dict)
+    created_keys: tuple[DevPki, ...] = ()  # development keys this load created
+
+
+# -- schema ------------------------------------------------------------------------------
+# Each section: key -> (expected python type(s), default). Defaults of None mean required.
+_SIDE_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "listen": ((str,), None),
+    "advertise": ((str,), ""),
+    "next_hop": ((str,), None),
+    "next_hop_transport": ((str,), "udp"),
+    "allowed_sources": ((list,), []),
+    "allow_any_source": ((bool,), False),
+}
+_SIP_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "max_message_size": ((int,), 65535),
+    "max_transactions": ((int,), 100_000),
+    "retry_after": ((int,), 5),
+    "t1": ((int, float), 0.5),
+    "t2": ((int, float), 4.0),
+    "t4": ((int, float), 5.0),
+    "timer_c": ((int, float), 180.0),
+    "server_name": ((str,), "stirshaken-proxy"),
+}
+_TRANSPORT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "tcp": ((bool,), True),
+    "max_tcp_connections": ((int,), 1024),
+    "tcp_idle_timeout": ((int, float), 300.0),
+    "tcp_connect_timeout": ((int, float), 5.0),
+    "max_tcp_pending_bytes": ((int,), 1 << 20),
+    "shutdown_grace": ((int, float), 2.0),
+    "gc_threshold": ((int,), 50_000),
+    "timer_resolution": ((int, float), 0.01),
+    "workers": ((int, str), 1),
+}
+_ADMIN_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "listen": ((str,), "127.0.0.1:8080"),
+    "enabled": ((bool,), True),
+}
+_LOG_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "level": ((str,), "info"),
+    "format": ((str,), "text"),
+}
+_STORE_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "path": ((str,), "var/stirshaken.db"),
+    "refresh_interval": ((int, float), 2.0),
+}
+_SIGNING_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "name": ((str,), "default"),
+    "key": ((str,), None),
+    "x5u": ((str,), None),
+    "certificate": ((str,), ""),
+    "chain": ((str,), ""),
+    "serve_path": ((str,), ""),
+    "dev_spc": ((str,), ""),
+}
+_ACCOUNT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "name": ((str,), None),
+    "origid": ((str,), None),
+    "sources": ((list,), []),
+    "signing": ((str,), "default"),
+    "gateway": ((bool,), False),
+    "numbers": ((list,), []),
+    "local_presence": ((str,), "off"),
+    "max_calls_per_hour": ((int,), 0),  # 0: the [health] limit
+}
+_AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "unsigned_calls": ((str,), "forward"),
+    "max_date_skew": ((int,), 60),
+    "country_code": ((str,), "1"),
+    "neighbour_spoofing": ((str,), "sign_b"),
+    "local_presence_header": ((str,), "X-Local-Presence"),
+}
+_VERIFY_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "enabled": ((bool,), True),
+    "on_failure": ((str,), "mark"),
+    "on_missing": ((str,), "mark"),
+    "freshness": ((int,), 60),
+    "trust_anchors": ((list,), None),
+    "crl_files": ((list,), []),
+    "fetch_timeout": ((int, float), 2.0),
+    "fetch_max_bytes": ((int,), 65536),
+    "cache_max_age": ((int, float), 86400.0),
+    "cache_default_age": ((int, float), 3600.0),
+    "negative_cache_age": ((int, float), 30.0),
+    "cache_entries": ((int,), 10000),
+    "max_in_flight": ((int,), 64),
+    "max_parked": ((int,), 10000),
+    "allowed_ports": ((list,), [443, 8443]),
+    "allow_networks": ((list,), []),
+    "allow_http": ((bool,), False),
+    "tls_ca_file": ((str,), ""),
+    "attestation_header": ((bool,), True),
+}
+_FLOOD_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "enabled": ((bool,), True),
+    "requests_per_second": ((int, float), 50.0),
+    "burst": ((int, float), 100.0),
+    "ban_seconds": ((int, float), 60.0),
+    "max_sources": ((int,), 100_000),
+    "exempt": ((list,), []),
+}
+_HEALTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "enabled": ((bool,), True),
+    "max_calls_per_hour": ((int,), 50),
+    "min_average_duration": ((int, float), 30.0),
+    "min_answer_ratio": ((int, float), 0.2),
+    "short_call_seconds": ((int, float), 6.0),
+    "min_samples": ((int,), 50),
+    "quarantine_hours": ((int, float), 24.0),
+    "flush_interval": ((int, float), 5.0),
+}
+# Sections that later parts of the service validate themselves (see extra_sections).
+_SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+    DIALER: _SIDE_KEYS,
+    CARRIER: _SIDE_KEYS,
+    "sip": _SIP_KEYS,
+    "transport": _TRANSPORT_KEYS,
+    "admin": _ADMIN_KEYS,
+    "log": _LOG_KEYS,
+    "store": _STORE_KEYS,
+    "signing": _SIGNING_KEYS,
+    "accounts": _ACCOUNT_KEYS,
+    "auth": _AUTH_KEYS,
+    "verify": _VERIFY_KEYS,
+    "flood": _FLOOD_KEYS,
+    "health": _HEALTH_KEYS,
+}
+
+
+class _Source:
+    """The config file's text, to point errors at a line."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of(self, section: str, key: str | None = None, entry: int = 0) -> int | None:
+        """Line of ``key`` in ``[section]`` (or in the ``entry``-th ``[[section]]``)."""
+        header = re.compile(r"^\s*\[\[?\s*" + re.escape(section) + r"\s*\]\]?\s*(#.*)?$")
+        in_section = False
+        seen = -1
+        for n, line in enumerate(self.lines, 1):
+            if header.match(line):
+                seen += 1
+                if seen < entry:
+                    continue
+                if seen > entry:
+                    return None
+                if key is None:
+                    return n
+                in_section = True
+                continue
+            if in_section:
+                if re.match(r"^\s*\[", line):
+                    in_section = False
+                elif key is not None and re.match(r"^\s*" + re.escape(key) + r"\s*=", line):
+                    return n
+        return None
+
+    def error(self, section: str, key: str | None, problem: str,
+              entry: int | None = None) -> ConfigError:
+        e = entry or 0
+        line = self.line_of(section, key, e) or self.line_of(section, None, e)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        table = f"[[{section}]] #{e + 1}" if entry is not None else f"[{section}]"
+        name = f"{table} {key}" if key else table
+        return ConfigError(f"{where}: {name}: {problem}")
+
+
+def _section(src: _Source, data: dict[str, Any], name: str,
+             schema: dict[str, tuple[tuple[type, ...], Any]], *, entry: int | None = None,
+             raw: Any = None) -> dict[str, Any]:
+    """Validate one table against its schema: unknown keys, types, required keys, defaults."""
+    if raw is None:
+        raw = data.get(name, {})
+    if not isinstance(raw, dict):
+        raise src.error(name, None, "must be a table", entry)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise src.error(name, key, f"unknown key (known keys: {known})", entry)
+        types, _ = schema[key]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            want = " or ".join(t.__name__ for t in types)
+            raise src.error(name, key, f"must be {want}, not {type(value).__name__}", entry)
+        out[key] = value
+    for key, (_, default) in schema.items():
+        if key not in out:
+            if default is None:
+                raise src.error(name, key, "is required", entry)
+            out[key] = default
+    return out
+
+
+def _array(src: _Source, data: dict[str, Any], name: str) -> list[Any]:
+    raw = data.get(name, [])
+    if not isinstance(raw, list):
+        raise src.error(name, None, f"must be an array of tables ([[{name}]])")
+    return raw
+
+
+def parse_hostport(src: _Source, section: str, key: str, text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not ascii_digits(port) or not 0 <= int(port) <= 65535:
+        raise src.error(section, key, f"must be host:port, not {text!r}")
+    return host, int(port)
+
+
+def _positive(src: _Source, section: str, values: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        if values[key] <= 0:
+            raise src.error(section, key, f"must be greater than 0, not {values[key]}")
+
+
+def _side(src: _Source, name: Side, values: dict[str, Any]) -> SideConfig:
+    host, port = parse_hostport(src, name, "listen", values["listen"])
+    adv = values["advertise"] or values["listen"]
+    adv_host, adv_port = parse_hostport(src, name, "advertise", adv)
+    if adv_port == 0:
+        adv_port = port
+    nh_host, nh_port = parse_hostport(src, name, "next_hop", values["next_hop"])
+    transport = _choice(src, name, "next_hop_transport", values["next_hop_transport"],
+                        Transport)
+    cidrs = _cidrs(src, name, "allowed_sources", values["allowed_sources"])
+    return SideConfig(
+        name=name, host=host, port=port, advertise_host=adv_host, advertise_port=adv_port,
+        next_hop_host=nh_host, next_hop_port=nh_port,
+        next_hop_transport=transport, allowed_sources=cidrs,
+        allow_any_source=values["allow_any_source"])
+
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+def _choice(src: _Source, section: str, key: str, value: str, kind: type[_E],
+            entry: int | None = None) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        names = " or ".join(f'"{m.value}"' for m in kind)
+        raise src.error(section, key, f"must be {names}, not {value!r}", entry) from None
+
+
+def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Config:
+    """Read and validate a config file. Raises ConfigError naming file, line and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    src = _Source(path, text)
+    known = set(_SECTIONS) | set(extra_sections)
+    for name in data:
+        if name not in known:
+            raise src.error(name, None, f"unknown section (known: {', '.join(sorted(known))})")
+    sides = {}
+    for name in (DIALER, CARRIER):
+        if name not in data:
+            raise ConfigError(f"{path}: section [{name}] is required")
+        sides[name] = _side(src, name, _section(src, data, name, _SIDE_KEYS))
+    sip = _section(src, data, "sip", _SIP_KEYS)
+    _positive(src, "sip", sip, "max_message_size", "max_transactions", "t1", "t2", "t4",
+              "timer_c")
+    transport = _section(src, data, "transport", _TRANSPORT_KEYS)
+    _positive(src, "transport", transport, "max_tcp_connections", "tcp_idle_timeout",
+              "tcp_connect_timeout", "max_tcp_pending_bytes", "gc_threshold",
+              "timer_resolution")
+    if transport["timer_resolution"] > 0.1:
+        raise src.error("transport", "timer_resolution", "must be at most 0.1 s (T1 is 0.5 s)")
+    if transport["shutdown_grace"] < 0:
+        raise src.error("transport", "shutdown_grace", "must not be negative")
+    if transport["workers"] == "auto":
+        transport["workers"] = len(os.sched_getaffinity(0))
+    elif isinstance(transport["workers"], str) or not 1 <= transport["workers"] <= 64:
+        raise src.error("transport", "workers", "must be \"auto\" (one per core) or 1 to 64")
+    admin = _section(src, data, "admin", _ADMIN_KEYS)
+    admin_host, admin_port = parse_hostport(src, "admin", "listen", admin["listen"])
+    log = _section(src, data, "log", _LOG_KEYS)
+    if log["level"] not in ("debug", "info", "warning", "error"):
+        raise src.error("log", "level", "must be debug, info, warning or error")
+    if log["format"] not in ("text", "json"):
+        raise src.error("log", "format", "must be \"text\" or \"json\"")
+    flood_values = _section(src, data, "flood", _FLOOD_KEYS)
+    _positive(src, "flood", flood_values, "requests_per_second", "burst", "ban_seconds",
+              "max_sources")
+    flood = FloodConfig(
+        enabled=flood_values["enabled"],
+        requests_per_second=float(flood_values["requests_per_second"]),
+        burst=float(flood_values["burst"]), ban_seconds=float(flood_values["ban_seconds"]),
+        max_sources=flood_values["max_sources"],
+        exempt=_cidrs(src, "flood", "exempt", flood_values["exempt"]))
+    created: list[DevPki] = []
+    auth = _auth(src, data, created) if "signing" in data or "accounts" in data else None
+    verify = _verify(src, data) if "verify" in data else None
+    timers = TimerConfig(t1=float(sip["t1"]), t2=float(sip["t2"]), t4=float(sip["t4"]),
+                         timer_c=float(sip["timer_c"]))
+    engine = EngineConfig(
+        dialer=sides[DIALER], carrier=sides[CARRIER], timers=timers,
+        max_message_size=sip["max_message_size"], max_transactions=sip["max_transactions"],
+        max_parked=verify.max_parked if verify else 10_000, flood=flood,
+        retry_after=sip["retry_after"], server_name=sip["server_name"])
+    return Config(
+        path=path, engine=engine, auth=auth, verify=verify,
+        transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
+        admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"]),
+        log=LogConfig(level=log["level"], format=log["format"]),
+        raw=data, created_keys=tuple(created))
+
+
+def _cidrs(src: _Source, section: str, key: str, values: list[Any],
+           entry: int | None = None) -> tuple[str, ...]:
+    out = []
+    for item in values:
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except (TypeError, ValueError):
+            raise src.error(section, key, f"{item!r} is not an IP address or CIDR",
+                            entry) from None
+    return tuple(out)
+
+
+def _dev_keys(src: _Source, v: dict[str, Any], entry: int) -> DevPki:
+    """Development keys at the paths a [[signing]] entry names (its directory gets ca.pem and
+    ca-key.pem, and cert.pem / chain.pem where it names none)."""
+    key = Path(v["key"])
+    folder = key.parent
+    paths = DevPki(ca_cert=folder / "ca.pem", ca_key=folder / "ca-key.pem",
+                   cert=Path(v["certificate"]) if v["certificate"] else folder / "cert.pem",
+                   key=key, chain=Path(v["chain"]) if v["chain"] else folder / "chain.pem")
+    try:
+        return write_dev_pki(paths, spc=v["dev_spc"])
+    except ValueError as exc:
+        raise src.error("signing", "dev_spc", str(exc), entry) from None
+    except (FileExistsError, KeyFileError) as exc:
+        raise src.error("signing", "key", f"cannot create development keys: {exc}",
+                        entry) from None
+
+
+def _auth(src: _Source, data: dict[str, Any], created: list[DevPki]) -> AuthConfig:
+    store = _section(src, data, "store", _STORE_KEYS)
+    _positive(src, "store", store, "refresh_interval")
+    policy = _section(src, data, "auth", _AUTH_KEYS)
+    unsigned = _choice(src, "auth", "unsigned_calls", policy["unsigned_calls"], UnsignedCalls)
+    if policy["max_date_skew"] <= 0:
+        raise src.error("auth", "max_date_skew", "must be greater than 0")
+    if not ascii_digits(policy["country_code"]):
+        raise src.error("auth", "country_code", "must be digits, e.g. \"1\"")
+    neighbour = _choice(src, "auth", "neighbour_spoofing", policy["neighbour_spoofing"],
+                        NeighbourSpoofing)
+    hv = _section(src, data, "health", _HEALTH_KEYS)
+    _positive(src, "health", hv, "max_calls_per_hour", "min_average_duration", "min_samples",
+              "quarantine_hours", "flush_interval")
+    if not 0 <= hv["min_answer_ratio"] <= 1:
+        raise src.error("health", "min_answer_ratio", "must be between 0 and 1")
+    health = HealthLimits(
+        max_calls_per_hour=hv["max_calls_per_hour"],
+        min_average_duration=float(hv["min_average_duration"]),
+        min_answer_ratio=float(hv["min_answer_ratio"]),
+        short_call_seconds=float(hv["short_call_seconds"]), min_samples=hv["min_samples"],
+        quarantine_seconds=float(hv["quarantine_hours"]) * 3600) if hv["enabled"] else None
+    signing: dict[str, SigningConfig] = {}
+    for i, raw in enumerate(_array(src, data, "signing")):
+        v = _section(src, data, "signing", _SIGNING_KEYS, entry=i, raw=raw)
+        if v["name"] in signing:
+            raise src.error("signing", "name", f"duplicate name {v['name']!r}", i)
+        if not re.match(r"https?://[^\s?#]+\Z", v["x5u"]):
+            raise src.error("signing", "x5u", "must be an https:// URL without query or "
+                            "fragment (http:// only for development)", i)
+        key_path = Path(v["key"])
+        if v["dev_spc"] and not key_path.exists():
+            created.append(_dev_keys(src, v, i))
+        try:
+            key = load_private_key(key_path)
+        except FileNotFoundError:
+            raise src.error("signing", "key", f"{key_path} does not exist (development keys: "
+                            "set dev_spc, or run stirshaken-proxy keys init DIR --spc CODE)",
+                            i) from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise src.error("signing", "key", f"{key_path}: not a usable private key: {exc}",
+                            i) from None
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise src.error("signing", "key", f"{key_path}: ES256 needs a P-256 key", i)
+        for opt in ("certificate", "chain"):
+            if v[opt] and not Path(v[opt]).is_file():
+                raise src.error("signing", opt, f"{v[opt]} does not exist", i)
+        if v["serve_path"] and (not v["serve_path"].startswith("/") or not v["chain"]):
+            raise src.error("signing", "serve_path", "must start with / and needs chain", i)
+        signing[v["name"]] = SigningConfig(
+            name=v["name"], key_path=key_path, key=key, x5u=v["x5u"],
+            certificate=Path(v["certificate"]) if v["certificate"] else None,
+            chain=Path(v["chain"]) if v["chain"] else None, serve_path=v["serve_path"],
+            dev_spc=v["dev_spc"])
+    accounts: list[Account] = []
+    numbers: list[NumberBlock] = []
+    for i, raw in enumerate(_array(src, data, "accounts")):
+        v = _section(src, data, "accounts", _ACCOUNT_KEYS, entry=i, raw=raw)
+        if any(a.name == v["name"] for a in accounts):
+            raise src.error("accounts", "name", f"duplicate name {v['name']!r}", i)
+        try:
+            uuid.UUID(v["origid"])
+        except ValueError:
+            raise src.error("accounts", "origid", f"{v['origid']!r} is not a UUID", i) from None
+        if v["signing"] not in signing:
+            known = ", ".join(sorted(signing)) or "none configured"
+            raise src.error("accounts", "signing",
+                            f"no [[signing]] named {v['signing']!r} (known: {known})", i)
+        for text in v["numbers"]:
+            try:
+                first, last = parse_block_text(str(text), country_code=policy["country_code"])
+            except NumberFormatError as exc:
+                raise src.error("accounts", "numbers", str(exc), i) from None
+            numbers.append(NumberBlock(first=first, last=last, account=v["name"],
+                                       label="config"))
+        if v["max_calls_per_hour"] < 0:
+            raise src.error("accounts", "max_calls_per_hour", "must not be negative", i)
+        presence = _choice(src, "accounts", "local_presence", v["local_presence"],
+                           LocalPresence, i)
+        accounts.append(Account(name=v["name"], origid=v["origid"],
+                                sources=_cidrs(src, "accounts", "sources", v["sources"], i),
+                                signing=v["signing"], gateway=v["gateway"],
+                                local_presence=presence,
+                                max_calls_per_hour=v["max_calls_per_hour"] or None))
+    clash = overlapping(numbers)
+    if clash is not None:
+        entry = next(i for i, a in enumerate(accounts) if a.name == clash[1].account)
+        raise src.error("accounts", "numbers",
+                        f"{block_text(clash[1])} ({clash[1].account}) overlaps "
+                        f"{block_text(clash[0])} ({clash[0].account})", entry)
+    if not signing:
+        raise ConfigError(f"{src.path}: [[accounts]] need at least one [[signing]] identity")
+    return AuthConfig(
+        store_path=Path(store["path"]), refresh_interval=float(store["refresh_interval"]),
+        signing=tuple(signing.values()), accounts=tuple(accounts), numbers=tuple(numbers),
+        policy=AuthPolicy(unsigned_calls=unsigned,
+                          max_date_skew=policy["max_date_skew"],
+                          country_code=policy["country_code"],
+                          neighbour_spoofing=neighbour,
+                          local_presence_header=policy["local_presence_header"]),
+        health=health, health_flush_interval=float(hv["flush_interval"]))
+
+
+def _load_pem_certs(src: _Source, key: str, paths: list[Any]) -> list[x509.Certificate]:
+    certs: list[x509.Certificate] = []
+    for item in paths:
+        path = Path(str(item))
+        try:
+            certs.extend(x509.load_pem_x509_certificates(path.read_bytes()))
+        except FileNotFoundError:
+            raise src.error("verify", key, f"{path} does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise src.error("verify", key, f"{path}: not PEM certificates: {exc}") from None
+    return certs
+
+
+def _verify(src: _Source, data: dict[str, Any]) -> VerifyConfig | None:
+    v = _section(src, data, "verify", _VERIFY_KEYS)
+    if not v["enabled"]:
+        return None
+    on_failure = _choice(src, "verify", "on_failure", v["on_failure"], OnFailure)
+    on_missing = _choice(src, "verify", "on_missing", v["on_missing"], OnFailure)
+    _positive(src, "verify", v, "freshness", "fetch_timeout", "fetch_max_bytes",
+              "cache_max_age", "cache_default_age", "negative_cache_age", "cache_entries",
+              "max_in_flight", "max_parked")
+    anchors = _load_pem_certs(src, "trust_anchors", v["trust_anchors"])
+    if not anchors:
+        raise src.error("verify", "trust_anchors", "needs at least one STI-CA root certificate")
+    crls: list[x509.CertificateRevocationList] = []
+    for item in v["crl_files"]:
+        path = Path(str(item))
+        try:
+            raw = path.read_bytes()
+            crls.append(x509.load_pem_x509_crl(raw) if raw.lstrip().startswith(b"-----")
+                        else x509.load_der_x509_crl(raw))
+        except (OSError, ValueError) as exc:
+            raise src.error("verify", "crl_files", f"{path}: not a CRL: {exc}") from None
+    ports = v["allowed_ports"]
+    if not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
+        raise src.error("verify", "allowed_ports", "must be port numbers")
+    nets = _cidrs(src, "verify", "allow_networks", v["allow_networks"])
+    tls_ca = Path(v["tls_ca_file"]) if v["tls_ca_file"] else None
+    if tls_ca is not None and not tls_ca.is_file():
+        raise src.error("verify", "tls_ca_file", f"{tls_ca} does not exist")
+    country = data.get("auth", {}).get("country_code", "1")
+    return VerifyConfig(
+        policy=VerifyPolicy(on_failure=on_failure, on_missing=on_missing,
+                            attestation_header=v["attestation_header"],
+                            country_code=str(country)),
+        url_policy=UrlPolicy(ports=tuple(ports), allow_networks=nets,
+                             allow_http=v["allow_http"]),
+        # CRL distribution points are plain http on port 80 as a rule.
+        crl_policy=UrlPolicy(ports=tuple({80, *ports}), allow_networks=nets, allow_http=True),
+        fetch=FetchLimits(timeout=float(v["fetch_timeout"]), max_bytes=v["fetch_max_bytes"],
+                          max_in_flight=v["max_in_flight"]),
+        cache=CachePolicy(max_age=float(v["cache_max_age"]),
+                          default_age=float(v["cache_default_age"]),
+                          negative_age=float(v["negative_cache_age"])),
+        anchors=tuple(anchors), crls=tuple(crls), freshness=v["freshness"],
+        cache_entries=v["cache_entries"], max_parked=v["max_parked"], tls_ca_file=tls_ca)

@@ -1,0 +1,87 @@
+"""What the engine remembers of each call it signed: the calling number its health is counted
+on, when it was answered, and a replaced caller ID to map in both directions (pure).
+
+This is call state, not policy: it lives in the engine and outlives a reload of the policy
+bundle, so calls in progress keep their mapping and their statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..sip.message import SipMessage
+from ..sip.transport import Side
+from ..sip.uri import uri_user, with_uri_user
+
+_IDENTITY_HEADERS = (("from", b"From"), ("to", b"To"),
+                     ("p-asserted-identity", b"P-Asserted-Identity"))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IdentityMap:
+    """A call whose caller ID was replaced: the dialer's own users and the presented one."""
+
+    from_user: str
+    pai_user: str | None
+    chosen: str  # "+" and the canonical chosen number
+
+
+@dataclass(slots=True, kw_only=True)
+class TrackedCall:
+    tn: str  # the calling number signed, whose health the call counts in
+    answered_at: float = 0.0  # 0 until a 2xx
+    identities: IdentityMap | None = None
+    done: bool = False  # its final response (non-2xx) or BYE was counted
+
+
+class CallTable:
+    """Signed calls by Call-ID, bounded (the oldest go first)."""
+
+    __slots__ = ("_calls", "max_calls")
+
+    def __init__(self, max_calls: int = 200_000) -> None:
+        self.max_calls = max_calls
+        self._calls: dict[str, TrackedCall] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def get(self, call_id: str) -> TrackedCall | None:
+        return self._calls.get(call_id)
+
+    def add(self, call_id: str, call: TrackedCall) -> None:
+        self._calls[call_id] = call
+        if len(self._calls) > self.max_calls:
+            del self._calls[next(iter(self._calls))]
+
+    def pop(self, call_id: str) -> TrackedCall | None:
+        return self._calls.pop(call_id, None)
+
+
+def identity_map(msg: SipMessage, chosen: str) -> IdentityMap:
+    """The dialer's identities in ``msg`` and the number that replaces them toward the carrier."""
+    pai = msg.get("p-asserted-identity")
+    return IdentityMap(from_user=uri_user(msg.get("from") or ""),
+                       pai_user=uri_user(pai) if pai else None, chosen="+" + chosen)
+
+
+def map_identities(msg: SipMessage, entry: IdentityMap, out_side: Side) -> None:
+    """Toward the carrier the dialer's identity becomes the chosen number; toward the dialer
+    the chosen number becomes the dialer's identity again, in From, To and
+    P-Asserted-Identity. Tags and Call-ID never change, so both dialogs stay whole (UAs match
+    dialogs on them, RFC 3261 §12)."""
+    for name, label in _IDENTITY_HEADERS:
+        for i in msg.index.get(name, ()):
+            value = msg.headers[i].value
+            user = uri_user(value)
+            if not user:
+                continue
+            if out_side is not Side.DIALER and user in (entry.from_user, entry.pai_user) \
+                    and user != entry.chosen:
+                new = with_uri_user(value, entry.chosen)
+            elif out_side is Side.DIALER and user == entry.chosen:
+                new = with_uri_user(value, entry.pai_user if name == "p-asserted-identity"
+                                    and entry.pai_user else entry.from_user)
+            else:
+                continue
+            msg.replace_header(i, label + b": " + new.encode("latin-1") + b"\r\n")

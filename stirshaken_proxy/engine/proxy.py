@@ -1,0 +1,618 @@
+"""The proxy engine: a transaction-stateful SIP proxy between two sides (RFC 3261 §16), the
+in-path front end of the STI core.
+
+Requests that arrive on the dialer side go to the carrier's next hop and the other way round.
+Initial INVITEs from the dialer side are signed by the authenticator, those from the carrier
+side verified by the verification service, both held in the ``Services`` bundle. The engine
+is pure: ``receive(data, peer, now)``, ``on_timers(now)`` and ``fetched(...)`` return the
+actions to carry out (datagrams, fetches, number-health events); ``next_deadline()`` says when
+to call ``on_timers`` again.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from ..sip.errors import SipError
+from ..sip.message import ParseCache, SipMessage, make_response, parse_message
+from ..sip.transport import Peer, Send, Side, Transport
+from ..sip.uri import parse_name_addr, parse_uri, split_values
+from ..stats import Stats
+from ..stir.verification import FetchError, FetchOutcome, FetchRequest, FetchResponse
+from ..transaction import (
+    AckTemplate,
+    ClientInvite,
+    ClientNonInvite,
+    ServerInvite,
+    ServerNonInvite,
+    State,
+    TimerConfig,
+    TimerHeap,
+    Transaction,
+)
+from ..transaction.machine import ClientTransaction, Event, ServerTransaction
+from .actions import Action, Fetch
+from .flood import FloodConfig, FloodGuard
+from .services import Services
+from .sip_sti import is_initial_invite
+from .sources import SourceFilter
+from .sti_leg import Defer, Rejection, StiLeg
+
+log = logging.getLogger(__name__)
+
+DIALER = Side.DIALER
+CARRIER = Side.CARRIER
+# Requests that may create a dialog, so the proxy Record-Routes them (RFC 3261 §16.6 step 4).
+_DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+ALLOW = b"INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SideConfig:
+    """One side of the proxy: where it listens, how it names itself, where it forwards to."""
+
+    name: Side
+    host: str
+    port: int
+    advertise_host: str
+    advertise_port: int
+    next_hop_host: str
+    next_hop_port: int
+    next_hop_transport: Transport = Transport.UDP
+    allowed_sources: tuple[str, ...] = ()
+    allow_any_source: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    dialer: SideConfig
+    carrier: SideConfig
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    max_message_size: int = 65535
+    max_transactions: int = 100_000
+    max_parked: int = 10_000  # requests waiting for a credential fetch; past this, 503
+    flood: FloodConfig = field(default_factory=FloodConfig)
+    retry_after: int = 5
+    server_name: str = "stirshaken-proxy"
+
+
+class _Parked:
+    """A request waiting for credentials, with the server transaction that answers it."""
+
+    __slots__ = ("msg", "server", "source", "urls")
+
+    def __init__(self, msg: SipMessage, source: Peer, server: ServerTransaction,
+                 urls: tuple[str, ...]) -> None:
+        self.msg = msg
+        self.source = source
+        self.server = server
+        self.urls = set(urls)
+
+
+class ContextKind(enum.Enum):
+    FORWARD = "forward"  # a request we forward: its server and client transactions
+    CANCEL = "cancel"  # a CANCEL we generated (§9.1): its responses stop here
+
+
+class _Context:
+    """Per-request proxy state linking the server transaction to its client transaction."""
+
+    __slots__ = (
+        "ack",
+        "cancel_pending",
+        "cancelled",
+        "client",
+        "final_seen",
+        "kind",
+        "provisional",
+        "route_lines",
+        "ruri",
+        "server",
+        "timer_c_fired",
+        "to_line",
+        "via_line",
+    )
+
+    def __init__(self, kind: ContextKind, server: ServerTransaction | None) -> None:
+        self.kind = kind
+        self.server = server
+        self.client: ClientTransaction | None = None
+        self.provisional = False
+        self.cancel_pending = False
+        self.cancelled = False
+        self.timer_c_fired = False
+        self.final_seen = False
+        self.via_line = b""
+        self.route_lines: tuple[bytes, ...] = ()
+        self.ruri = b""
+        self.to_line = b""
+        self.ack: AckTemplate | None = None
+
+
+class ProxyEngine:
+    """Transaction-stateful proxy. Implements the TransactionUser protocol for its transactions."""
+
+    def __init__(self, config: EngineConfig, services: Services, *,
+                 rng: Callable[[int], bytes], stats: Stats | None = None) -> None:
+        self.config = config
+        self.services = services
+        self.sides = {DIALER: config.dialer, CARRIER: config.carrier}
+        self.timers = TimerHeap()
+        self.server_txns: dict[tuple[object, ...], ServerTransaction] = {}
+        self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
+        self.stats: Stats = stats if stats is not None else Stats()
+        self.sti = StiLeg(self.stats)  # signing, verification, the calls we signed
+        self._parse_cache = ParseCache()
+        self._local = {
+            (side.advertise_host.lower(), side.advertise_port) for side in self.sides.values()
+        } | {(side.host.lower(), side.port) for side in self.sides.values()}
+        self._own_route_prefixes = tuple(f"<sip:{h}:{p}" for h, p in sorted(self._local))
+        self._branch_prefix = "z9hG4bK" + rng(4).hex() + "."
+        self._branch_seq = itertools.count(1)
+        self._tag = rng(4).hex()
+        self._via_prefix = {name: self._via_start(side) for name, side in self.sides.items()}
+        self._rr_line = {name: self._rr(side) for name, side in self.sides.items()}
+        self._next_hop = {
+            name: Peer(name, side.next_hop_transport, side.next_hop_host, side.next_hop_port)
+            for name, side in self.sides.items()
+        }
+        self._server_header = b"Server: " + config.server_name.encode() + b"\r\n"
+        self.flood = FloodGuard(config.flood)
+        self._flood_exempt = self._exempt(config)
+        # While draining for shutdown, new dialogs are refused; transactions in flight finish.
+        self.draining = False
+        self._waiting: dict[str, list[_Parked]] = {}  # x5u URL -> requests waiting for it
+        self._parked = 0
+
+    def replace(self, *, services: Services, config: EngineConfig | None = None) -> None:
+        """A reload, in one step: new requests meet the new bundle (and limits and timers);
+        transactions and calls in progress carry on. Listen addresses and next hops stay as
+        they are (they need a restart)."""
+        if config is not None:
+            self.config = replace(config, dialer=self.config.dialer,
+                                  carrier=self.config.carrier)
+            self.flood.config = config.flood
+            self._flood_exempt = self._exempt(self.config)
+        self.services = services
+
+    # -- configuration-derived bytes ----------------------------------------------------
+    @staticmethod
+    def _via_start(side: SideConfig) -> bytes:
+        transport = side.next_hop_transport.upper()
+        return f"Via: SIP/2.0/{transport} {side.advertise_host}:{side.advertise_port};branch=".encode()
+
+    @staticmethod
+    def _rr(side: SideConfig) -> bytes:
+        tp = ";transport=tcp" if side.next_hop_transport is Transport.TCP else ""
+        return f"Record-Route: <sip:{side.advertise_host}:{side.advertise_port}{tp};lr>\r\n".encode()
+
+    @staticmethod
+    def _exempt(config: EngineConfig) -> SourceFilter:
+        return SourceFilter(config.flood.exempt + tuple(
+            f"{side.next_hop_host}/32" if ":" not in side.next_hop_host
+            else f"{side.next_hop_host}/128" for side in (config.dialer, config.carrier)))
+
+    # -- the engine's interface --------------------------------------------------------
+    def receive(self, data: bytes, source: Peer, now: float) -> list[Action]:
+        out: list[Action] = []
+        try:
+            msg = parse_message(data, max_size=self.config.max_message_size,
+                                stream=source.reliable, cache=self._parse_cache)
+        except SipError as exc:
+            self._bad_message(exc, source, out)
+            return out
+        try:
+            if msg.is_request:
+                self.stats[("sip_requests", source.side, msg.method)] += 1
+                self._on_request(msg, source, now, out)
+            else:
+                self.stats[("sip_responses", source.side, str(msg.status))] += 1
+                self._on_response(msg, source, now, out)
+        except SipError as exc:
+            # Semantic errors found past parsing (a malformed Route, …).
+            exc.message = msg
+            self._bad_message(exc, source, out)
+        return out
+
+    def on_timers(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        for txn, timer in self.timers.pop_due(now):
+            if txn.state is not State.TERMINATED:
+                txn.timer_fired(timer, now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def fetched(self, request: FetchRequest, result: FetchResponse | FetchError,
+                now: float) -> list[Action]:
+        """A fetch asked for by a Fetch action ended: the verification service takes the
+        bytes; the requests waiting for the credentials now cached go on."""
+        out: list[Action] = []
+        verification = self.services.verification
+        outcome = verification.fetched(request, result, now) if verification is not None \
+            else FetchOutcome(ready=(request.url,))  # verification turned off meanwhile
+        out.extend(Fetch(r) for r in outcome.fetch)
+        for url in outcome.ready:
+            for parked in self._waiting.pop(url, ()):
+                parked.urls.discard(url)
+                if parked.urls:
+                    continue
+                self._parked -= 1
+                if parked.server.state is State.PROCEEDING:  # not cancelled or timed out
+                    self._decide(parked.msg, parked.source, parked.server, now, out)
+        return out
+
+    @property
+    def transactions(self) -> int:
+        return len(self.server_txns) + len(self.client_txns)
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests still waiting for a final answer (what a graceful stop waits for; finished
+        transactions only linger to absorb retransmissions)."""
+        return sum(1 for t in self.server_txns.values()
+                   if t.state in (State.PROCEEDING, State.TRYING))
+
+    @property
+    def parked(self) -> int:
+        return self._parked
+
+    # -- errors ---------------------------------------------------------------------------
+    def _bad_message(self, exc: SipError, source: Peer, out: list[Action]) -> None:
+        self.stats[("sip_malformed",)] += 1
+        msg: SipMessage | None = exc.message
+        log.debug("malformed message from %s:%d: %s", source.host, source.port, exc.detail)
+        if exc.status is None or msg is None or not msg.is_request or msg.method == "ACK":
+            self.stats[("sip_dropped", "unanswerable")] += 1
+            return
+        if not msg.has("via") or not msg.has("cseq"):
+            self.stats[("sip_dropped", "no_via_or_cseq")] += 1  # RFC 4475 §3.3.1
+            return
+        out.append(Send(make_response(msg, exc.status, to_tag=self._tag,
+                                      extra=(self._server_header,)), source))
+
+    # -- requests -------------------------------------------------------------------------
+    def _sources(self, side: Side) -> SourceFilter:
+        services = self.services
+        return services.dialer_sources if side is DIALER else services.carrier_sources
+
+    def _trusted(self, host: str) -> bool:
+        """Peers the flood guard leaves alone: next hops, the exempt list, and the dialer
+        side's admitted sources (accounts' trunks), unless that side admits anyone."""
+        if self._flood_exempt.allows(host):
+            return True
+        dialer = self.services.dialer_sources
+        return not dialer.allow_any and dialer.allows(host)
+
+    def _server_key(self, msg: SipMessage, method: str, source: Peer) -> tuple[object, ...]:
+        """RFC 3261 §17.2.3 matching (branch, sent-by, method; RFC 2543 rules without the
+        magic cookie), plus the source: a retransmission comes from where the request came
+        from, and a request from elsewhere reusing a branch must not hijack its transaction
+        (a deliberate tightening of §17.2.3)."""
+        via = msg.top_via()
+        if via.rfc3261_branch:
+            return (via.branch, via.host, via.port, method, source)
+        from_tag = msg.from_().tag
+        return ("2543", msg.call_id, from_tag, msg.cseq, via.text, method, source)
+
+    def _on_request(self, msg: SipMessage, source: Peer, now: float, out: list[Action]) -> None:
+        method = msg.method
+        if not self._trusted(source.host) and not self.flood.allow(source.host, now):
+            self.stats[("sip_dropped", "flood")] += 1
+            return
+        if not self._sources(source.side).allows(source.host):
+            self.stats[("sip_refused_sources", source.side)] += 1
+            if method != "ACK":
+                out.append(Send(self._respond(msg, 403, "Forbidden"), source))
+            return
+        if method == "ACK":
+            txn = self.server_txns.get(self._server_key(msg, "INVITE", source))
+            if txn is not None:
+                txn.fire(Event.ACK, now, out)  # ACK for a non-2xx final: absorbed hop by hop
+                return
+            self._forward_stateless(msg, source, out)  # ACK for a 2xx: end to end
+            return
+        key = self._server_key(msg, method, source)
+        txn = self.server_txns.get(key)
+        if txn is not None:
+            self.stats[("sip_retransmissions_absorbed",)] += 1
+            txn.receive_request(now, out)
+            return
+        if len(self.server_txns) >= self.config.max_transactions or (
+                self.draining and "tag=" not in (msg.get("to") or "")):
+            self.stats[("sip_overload_responses",)] += 1
+            out.append(Send(self._respond(
+                msg, 503, extra=(b"Retry-After: %d\r\n" % self.config.retry_after,)), source))
+            return
+        if method == "BYE":
+            self.sti.call_ended(self.services, msg.call_id, now, out)
+        cls = ServerInvite if method == "INVITE" else ServerNonInvite
+        txn = cls(key=key, peer=source, tu=self, config=self.config.timers, request=msg)
+        self.server_txns[key] = txn
+        if method == "INVITE":
+            txn.send_response(self._respond(msg, 100), 100, now, out)
+        if method == "CANCEL":
+            self._on_cancel(msg, txn, now, out)
+            return
+        self._decide(msg, source, txn, now, out)
+
+    def _decide(self, msg: SipMessage, source: Peer, txn: ServerTransaction, now: float,
+                out: list[Action]) -> None:
+        """Run the checks and the STI service of the side; then answer, forward, or park for
+        a fetch."""
+        decision = self._check(msg, source, now, out)
+        if isinstance(decision, Defer):
+            if self._parked >= self.config.max_parked:
+                self.stats[("sip_overload_responses",)] += 1
+                data = self._respond(msg, 503, extra=(
+                    b"Retry-After: %d\r\n" % self.config.retry_after,))
+                txn.send_response(data, 503, now, out)
+                return
+            parked = _Parked(msg, source, txn, decision.urls)
+            self._parked += 1
+            for url in decision.urls:
+                self._waiting.setdefault(url, []).append(parked)
+            return
+        if decision is not None:
+            self.stats[("sip_rejected", str(decision.status))] += 1
+            data = self._respond(msg, decision.status, decision.reason, extra=decision.headers)
+            txn.send_response(data, decision.status, now, out)
+            return
+        self._forward_stateful(msg, source, txn, now, out)
+
+    def _check(self, msg: SipMessage, source: Peer, now: float,
+               out: list[Action]) -> Rejection | Defer | None:
+        """Checks of RFC 3261 §16.3 and this element's own policy, in order."""
+        scheme = msg.uri.partition(":")[0].lower()
+        if scheme not in ("sip", "sips", "tel"):
+            return Rejection(status=416)
+        if msg.method == "OPTIONS" and self._addressed_to_us(msg):
+            return Rejection(status=200, headers=(b"Allow: " + ALLOW + b"\r\n",
+                                                  b"Accept: application/sdp\r\n"))
+        proxy_require = msg.values("proxy-require")
+        if proxy_require:
+            # We support no extensions that a proxy must understand (§16.3 step 6).
+            unsupported = ", ".join(proxy_require).encode("latin-1")
+            return Rejection(status=420, headers=(b"Unsupported: " + unsupported + b"\r\n",))
+        mf = msg.get("max-forwards")
+        if mf is not None and int(mf) == 0:
+            return Rejection(status=483)
+        if source.side is DIALER:
+            return self.sti.authenticate(self.services, msg, source, now, out)
+        if self.services.verification is not None and is_initial_invite(msg):
+            return self.sti.verify(self.services, msg, now, out)
+        return None
+
+    def _addressed_to_us(self, msg: SipMessage) -> bool:
+        uri = parse_uri(msg.uri)
+        if not uri.is_sip or uri.user or msg.has("route"):
+            return False
+        return (uri.host, uri.port or 5060) in self._local
+
+    def _respond(self, msg: SipMessage, status: int, reason: str | None = None,
+                 extra: tuple[bytes, ...] = ()) -> bytes:
+        return make_response(msg, status, reason, to_tag=self._tag,
+                             extra=(*extra, self._server_header))
+
+    def _new_branch(self) -> str:
+        return self._branch_prefix + str(next(self._branch_seq))
+
+    def _prepare_forward(self, msg: SipMessage, source: Peer, branch: str) -> tuple[bytes, Peer]:
+        """Edit a request for forwarding (§16.6): Route, Max-Forwards, Record-Route, Via."""
+        out_side = source.side.opposite
+        self._pop_own_routes(msg)
+        mf_idx = msg.index.get("max-forwards")
+        if mf_idx:
+            value = min(int(msg.headers[mf_idx[0]].value), 256) - 1
+            msg.replace_header(mf_idx[0], b"Max-Forwards: %d\r\n" % value)
+        else:
+            msg.append_header(b"Max-Forwards: 70\r\n")
+        if msg.method in _DIALOG_CREATING and "tag=" not in (msg.get("to") or ""):
+            # Double Record-Route: the side we entered on below, the side we leave from on top,
+            # so each UA's route set names the address it can reach.
+            msg.prepend_header(self._rr_line[source.side])
+            msg.prepend_header(self._rr_line[out_side])
+        via = self._via_prefix[out_side] + branch.encode() + b"\r\n"
+        msg.prepend_header(via)
+        self.sti.map_identities(msg, out_side)
+        return via, self._next_hop[out_side]
+
+    def _pop_own_routes(self, msg: SipMessage) -> None:
+        """Remove the Route values that name this proxy (loose routing, §16.4)."""
+        idx = msg.index.get("route")
+        if not idx:
+            return
+        for i in idx:
+            values = split_values(msg.headers[i].value)
+            kept = list(values)
+            while kept and self._is_own_route(kept[0]):
+                kept.pop(0)
+            if kept:
+                if len(kept) != len(values):
+                    msg.replace_header(i, b"Route: " + ", ".join(kept).encode("latin-1") + b"\r\n")
+                return
+            msg.remove_header(i)
+
+    def _is_own_route(self, value: str) -> bool:
+        # The Record-Route values we write come back as `<sip:HOST:PORT;...>`: a prefix test
+        # settles them without parsing; anything else is parsed.
+        for prefix in self._own_route_prefixes:
+            if value.startswith(prefix) and value[len(prefix) : len(prefix) + 1] in (";", ">"):
+                return True
+        uri = parse_uri(parse_name_addr(value).uri)
+        return uri.is_sip and (uri.host, uri.port or 5060) in self._local
+
+    def _forward_stateful(self, msg: SipMessage, source: Peer, server: ServerTransaction,
+                          now: float, out: list[Action]) -> None:
+        branch = self._new_branch()
+        via, dest = self._prepare_forward(msg, source, branch)
+        data = msg.serialize()
+        ctx = _Context(ContextKind.FORWARD, server)
+        server.context = ctx
+        key = (branch, msg.method)
+        if msg.method == "INVITE":
+            ctx.ruri = msg.uri.encode("latin-1")
+            ctx.via_line = via
+            # CANCEL and the ACK of a non-2xx carry the Route lines as forwarded (§9.1).
+            ctx.route_lines = tuple(msg.current_lines("route"))
+            ctx.to_line = b"".join(msg.current_lines("to"))
+            ctx.ack = AckTemplate(
+                head=b"ACK " + ctx.ruri + b" SIP/2.0\r\n" + via + b"".join(ctx.route_lines),
+                from_call_id=b"".join(msg.current_lines("from"))
+                + b"".join(msg.raw_lines("call-id")),
+                cseq=msg.cseq)
+            client: ClientTransaction = ClientInvite(
+                key=key, peer=dest, tu=self, config=self.config.timers, request=data,
+                ack_template=ctx.ack)
+        else:
+            client = ClientNonInvite(key=key, peer=dest, tu=self, config=self.config.timers,
+                                     request=data)
+        client.context = ctx
+        ctx.client = client
+        self.client_txns[key] = client
+        self.stats[("sip_forwarded", dest.side, msg.method)] += 1
+        client.start(now, out)  # type: ignore[attr-defined]
+
+    def _forward_stateless(self, msg: SipMessage, source: Peer, out: list[Action]) -> None:
+        _, dest = self._prepare_forward(msg, source, self._new_branch())
+        self.stats[("sip_forwarded", dest.side, msg.method)] += 1
+        out.append(Send(msg.serialize(), dest))
+
+    def _on_cancel(self, msg: SipMessage, txn: ServerTransaction, now: float,
+                   out: list[Action]) -> None:
+        """CANCEL (RFC 3261 §16.10): answer it here, cancel the pending branch downstream."""
+        invite = self.server_txns.get(self._server_key(msg, "INVITE", txn.peer))
+        if invite is None:
+            txn.send_response(self._respond(msg, 481), 481, now, out)
+            return
+        txn.send_response(self._respond(msg, 200), 200, now, out)
+        ctx = invite.context
+        if ctx is None and invite.state is State.PROCEEDING and invite.request is not None:
+            # Not forwarded yet (waiting for a credential fetch): it ends here (§16.10).
+            invite.send_response(self._respond(invite.request, 487), 487, now, out)
+            return
+        if ctx is None or invite.state is not State.PROCEEDING or ctx.cancelled:
+            return
+        if ctx.provisional:
+            self._send_cancel(ctx, now, out)
+        else:
+            ctx.cancel_pending = True  # §9.1: wait for a provisional response before CANCEL
+
+    def _send_cancel(self, ctx: _Context, now: float, out: list[Action]) -> None:
+        client = ctx.client
+        if client is None or ctx.cancelled or ctx.ack is None:
+            return
+        ctx.cancelled = True
+        data = b"".join((
+            b"CANCEL ", ctx.ruri, b" SIP/2.0\r\n", ctx.via_line, *ctx.route_lines,
+            ctx.ack.from_call_id, ctx.to_line,
+            b"CSeq: %d CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n" % ctx.ack.cseq,
+        ))
+        branch = client.key[0]
+        cancel = ClientNonInvite(key=(branch, "CANCEL"), peer=client.peer, tu=self,
+                                 config=self.config.timers, request=data)
+        cancel.context = _Context(ContextKind.CANCEL, None)
+        self.client_txns[cancel.key] = cancel
+        self.stats[("sip_cancels_sent",)] += 1
+        cancel.start(now, out)
+
+    # -- responses ------------------------------------------------------------------------
+    def _on_response(self, msg: SipMessage, source: Peer, now: float, out: list[Action]) -> None:
+        via = msg.top_via()
+        client = self.client_txns.get((via.branch, msg.cseq_method))
+        if client is None:
+            self._forward_response_stateless(msg, out)
+            return
+        client.receive_response(msg, now, out)
+
+    def _forward_response_stateless(self, msg: SipMessage, out: list[Action]) -> None:
+        """§16.7: a response matching no transaction is forwarded statelessly, but only when
+        the top Via is ours and the next one says (received/rport) where its sender was."""
+        vias = msg.vias()
+        top = vias[0]
+        if (top.host, top.port or 5060) not in self._local or len(vias) < 2:
+            self.stats[("sip_dropped", "response_unmatched")] += 1
+            return
+        addr = vias[1].response_address()
+        if addr is None:
+            self.stats[("sip_dropped", "response_unmatched")] += 1
+            return
+        self._strip_top_via(msg)
+        side = CARRIER if top.port == self.sides[CARRIER].advertise_port else DIALER
+        dest = Peer(side.opposite, Transport.UDP, addr[0], addr[1])
+        self.sti.map_identities(msg, dest.side)
+        out.append(Send(msg.serialize(), dest))
+
+    @staticmethod
+    def _strip_top_via(msg: SipMessage) -> None:
+        i = msg.index["via"][0]
+        values = split_values(msg.headers[i].value)
+        if len(values) == 1:
+            msg.remove_header(i)
+        else:
+            msg.replace_header(i, b"Via: " + ", ".join(values[1:]).encode("latin-1") + b"\r\n")
+
+    # -- TransactionUser ------------------------------------------------------------------
+    def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float,
+                    out: list[Action]) -> None:
+        ctx: _Context = txn.context
+        if ctx.kind is ContextKind.CANCEL:
+            return  # responses to our CANCEL stop here
+        status = msg.status
+        if status < 200 and isinstance(txn, ClientInvite):
+            ctx.provisional = True
+            if ctx.cancel_pending:
+                self._send_cancel(ctx, now, out)
+        if status == 100:
+            return  # 100 Trying is hop by hop (§16.7 step 3)
+        if status >= 200 and isinstance(txn, ClientInvite) and not ctx.final_seen:
+            ctx.final_seen = True
+            self.sti.call_final(self.services, msg.call_id, status, now, out)
+        server = ctx.server
+        if server is None:
+            return
+        self._strip_top_via(msg)
+        self.sti.map_identities(msg, server.peer.side)
+        server.send_response(msg.serialize(), status, now, out)
+
+    def on_timeout(self, txn: Transaction, now: float, out: list[Action]) -> None:
+        self.stats[("sip_transaction_timeouts",)] += 1
+        if not isinstance(txn, ClientTransaction):
+            return
+        ctx: _Context = txn.context
+        server = ctx.server
+        if ctx.kind is ContextKind.FORWARD and server is not None and server.request is not None and \
+                server.state in (State.PROCEEDING, State.TRYING):
+            # §16.7 step 6 / §16.8: a branch that timed out counts as a 408.
+            server.send_response(self._respond(server.request, 408), 408, now, out)
+
+    def on_timer_c(self, txn: ClientInvite, now: float, out: list[Action]) -> None:
+        """§16.8: Timer C fired. CANCEL the branch; if it still has no final answer when
+        Timer C fires again, give up on it and answer 408 upstream."""
+        ctx: _Context = txn.context
+        self.stats[("sip_timer_c",)] += 1
+        if ctx.provisional and not ctx.timer_c_fired:
+            ctx.timer_c_fired = True
+            self._send_cancel(ctx, now, out)
+            txn.arm_timer_c(64 * self.config.timers.t1, now)
+            return
+        self.on_timeout(txn, now, out)  # the 408 upstream, while the context is still there
+        txn.terminate()
+
+    def on_terminated(self, txn: Transaction) -> None:
+        if isinstance(txn, ServerTransaction):
+            if self.server_txns.get(txn.key) is txn:
+                del self.server_txns[txn.key]
+        elif self.client_txns.get(txn.key) is txn:
+            del self.client_txns[txn.key]
+
+    def shutdown(self) -> None:
+        """Drop every transaction (the I/O layer drains first for a grace period)."""
+        for txn in [*self.server_txns.values(), *self.client_txns.values()]:
+            txn.terminate()
+

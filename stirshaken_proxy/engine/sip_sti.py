@@ -1,0 +1,164 @@
+"""Between SIP messages and the STI core: what a front end takes from a request to sign or
+verify it, and how it writes the outcome back (pure). The in-path proxy and the 302 redirect
+server share these, so a call gets the same treatment whichever way it reaches us.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from dataclasses import dataclass
+
+from ..policy.accounts import Account
+from ..sip.message import SipMessage
+from ..sip.numbers import called_tn, calling_tn
+from ..stats import Stats
+from ..stir.signing import AuthPolicy, CallFacts, Signed
+from ..stir.verify import Verdict, Verstat
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# RFC 3261 §20.17: rfc1123-date, and only "GMT" (RFC 4475 §3.1.2.12).
+_DATE_RE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d{2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    r" (\d{4}) (\d{2}):(\d{2}):(\d{2}) GMT\Z")
+_VERSTAT_PARAM = re.compile(r";verstat=[^;>]*", re.IGNORECASE)
+_TRUE = ("yes", "true", "1", "on")
+
+
+def format_date(t: int) -> str:
+    """RFC 3261 §20.17 Date for Unix time ``t`` (locale-independent)."""
+    g = time.gmtime(t)
+    return (f"{_DAYS[g.tm_wday]}, {g.tm_mday:02d} {_MONTHS[g.tm_mon - 1]} {g.tm_year:04d} "
+            f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} GMT")
+
+
+def parse_date(text: str) -> int | None:
+    """Unix time of an RFC 3261 Date value, or None when it is not one."""
+    m = _DATE_RE.match(text.strip())
+    if m is None:
+        return None
+    d, mon, y, h, mi, s = m.groups()
+    try:
+        return calendar.timegm((int(y), _MONTHS.index(mon) + 1, int(d), int(h), int(mi),
+                                int(s), 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BadDate:
+    """The request's Date header is not an RFC 3261 date: answer 400."""
+
+    text: str
+
+
+def strip_untrusted(msg: SipMessage, account: Account | None, stats: Stats) -> None:
+    """What a dialer-side request may not carry past us: its own Identity headers (a customer
+    never places its own PASSporT on our trunk), and an asserted identity from outside the
+    trust domain (RFC 3325 §5: no account vouches for this source)."""
+    if msg.has("identity"):
+        stats[("identity_removed",)] += msg.remove_all("identity")
+    if account is None and msg.has("p-asserted-identity"):
+        msg.remove_all("p-asserted-identity")
+        stats[("pai_removed",)] += 1
+
+
+def is_initial_invite(msg: SipMessage) -> bool:
+    """SHAKEN signs and verifies initial INVITEs only (no To tag)."""
+    return msg.method == "INVITE" and "tag=" not in (msg.get("to") or "")
+
+
+def call_facts(msg: SipMessage, account: Account | None, policy: AuthPolicy) -> CallFacts | BadDate:
+    """The facts of a dialer-side INVITE for the authentication service. The dialer's local
+    presence request header stops here."""
+    cc = policy.country_code
+    date_text = msg.get("date")
+    date = None
+    if date_text is not None:
+        date = parse_date(date_text)
+        if date is None:
+            return BadDate(text=date_text)
+    name = policy.local_presence_header.lower()
+    asked = False
+    if msg.has(name):
+        asked = (msg.get(name) or "").strip().lower() in _TRUE
+        msg.remove_all(name)
+    return CallFacts(
+        account=account,
+        orig=calling_tn(msg.values("p-asserted-identity"), msg.get("from"), country_code=cc),
+        dest=called_tn(msg.uri, msg.get("to"), country_code=cc),
+        date=date, presence_requested=asked)
+
+
+class DateLines:
+    """``Date:`` header lines by second, the last one kept (most calls in a second share it)."""
+
+    __slots__ = ("_line", "_t")
+
+    def __init__(self) -> None:
+        self._t = -1
+        self._line = b""
+
+    def line(self, t: int) -> bytes:
+        if t != self._t:
+            self._t, self._line = t, b"Date: " + format_date(t).encode() + b"\r\n"
+        return self._line
+
+
+def identity_line(signed: Signed) -> bytes:
+    return b"Identity: " + signed.identity.encode("ascii") + b"\r\n"
+
+
+# -- verification ------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VerifyInput:
+    identities: list[str]
+    orig: str | None
+    dest: str | None
+    date: int | None
+
+
+def verify_input(msg: SipMessage, country_code: str) -> VerifyInput:
+    date_text = msg.get("date")
+    return VerifyInput(
+        identities=msg.get_all("identity"),
+        orig=calling_tn(msg.values("p-asserted-identity"), msg.get("from"),
+                        country_code=country_code),
+        dest=called_tn(msg.uri, msg.get("to"), country_code=country_code),
+        date=parse_date(date_text) if date_text else None)
+
+
+def reason_header(code: int, phrase: str) -> bytes:
+    """RFC 9410 §3: ``Reason: STIR ;cause=<code> ;text="<phrase>"``."""
+    return f'Reason: STIR ;cause={code} ;text="{phrase}"\r\n'.encode()
+
+
+def mark_verdict(msg: SipMessage, verdict: Verdict, *, attestation_header: bool) -> None:
+    """verstat on the URI of P-Asserted-Identity (else From), as 3GPP TS 24.229 does; the
+    attestation level on a passed call; a Reason header when the call goes on after a
+    failure (RFC 9410 §3)."""
+    name, label = ("p-asserted-identity", b"P-Asserted-Identity") \
+        if msg.has("p-asserted-identity") else ("from", b"From")
+    i = msg.index[name][0]
+    marked = with_verstat(msg.headers[i].value, verdict.verstat.value)
+    msg.replace_header(i, label + b": " + marked.encode("latin-1") + b"\r\n")
+    if verdict.verstat is Verstat.PASSED and verdict.attest and attestation_header:
+        msg.remove_all("p-attestation-indicator")
+        msg.append_header(b"P-Attestation-Indicator: " + verdict.attest.encode() + b"\r\n")
+    if verdict.code is not None and verdict.verstat is Verstat.FAILED:
+        msg.append_header(reason_header(verdict.code, verdict.phrase))
+
+
+def with_verstat(value: str, verstat: str) -> str:
+    """Put ``;verstat=`` inside the URI of a name-addr or addr-spec value (replacing one a
+    previous hop put there)."""
+    lt = value.find("<")
+    if lt >= 0:
+        gt = value.find(">", lt)
+        uri = _VERSTAT_PARAM.sub("", value[lt + 1 : gt])
+        return f"{value[:lt]}<{uri};verstat={verstat}>{value[gt + 1 :]}"
+    # addr-spec: what follows ';' are header parameters, so the URI gets brackets.
+    uri, semi, params = value.partition(";")
+    return f"<{_VERSTAT_PARAM.sub('', uri)};verstat={verstat}>" + (";" + params if semi else "")

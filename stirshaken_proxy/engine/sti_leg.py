@@ -1,0 +1,164 @@
+"""The in-path proxy's STI leg: what the proxy engine asks of the STI core for a request it is
+about to forward (pure). A dialer-side request is cleaned and, if it is an initial INVITE,
+signed; a carrier-side initial INVITE is verified and marked, or answered with the RFC code.
+It also keeps the calls it signed (``calls.py``): their health events follow the call's
+final response and BYE, and a replaced caller ID is mapped on every message of the call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ..sip.message import SipMessage
+from ..sip.transport import Peer, Side
+from ..stats import Stats
+from ..stir.signing import Refusal, Signed
+from ..stir.verification import NeedsCredentials
+from .actions import Action, Fetch
+from .calls import CallTable, TrackedCall, identity_map, map_identities
+from .services import Services
+from .sip_sti import (
+    BadDate,
+    DateLines,
+    call_facts,
+    identity_line,
+    is_initial_invite,
+    mark_verdict,
+    reason_header,
+    strip_untrusted,
+    verify_input,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rejection:
+    """A decision not to forward a request: the response to send instead."""
+
+    status: int
+    reason: str | None = None
+    headers: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defer:
+    """The verification service needs these credentials fetched before it can decide; the
+    request waits (parked) and is decided again when they are in."""
+
+    urls: tuple[str, ...]
+
+
+
+class StiLeg:
+    """Signing and verification as the in-path proxy applies them to a request it forwards."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.calls = CallTable()  # signed calls: health tracking, replaced caller IDs
+        self._dates = DateLines()
+
+    def authenticate(self, services: Services, msg: SipMessage, source: Peer, now: float,
+                     out: list[Action]) -> Rejection | None:
+        """The authentication service (RFC 8224 §6.1) for a request from the dialer side."""
+        auth = services.authenticator
+        if auth is None:
+            return None
+        account = services.accounts.by_source(source.host)
+        strip_untrusted(msg, account, self.stats)
+        if not is_initial_invite(msg):
+            return None
+        facts = call_facts(msg, account, auth.policy)
+        if isinstance(facts, BadDate):
+            self.stats[("sign_refused", "bad_date")] += 1
+            return Rejection(status=400, reason="Bad Request (Date)")
+        outcome = auth.sign(facts, now)
+        if type(outcome) is Signed:
+            identities = None
+            if outcome.substitution is not None:
+                identities = identity_map(msg, outcome.orig)
+                if log.isEnabledFor(logging.DEBUG):  # no per-call logging at info
+                    log.debug("call %s: caller ID %s presented as %s", msg.call_id,
+                              facts.orig, outcome.orig, extra={
+                                  "call_id": msg.call_id, "account": outcome.account})
+            msg.append_header(identity_line(outcome))
+            if facts.date is None:
+                msg.append_header(self._dates.line(outcome.iat))
+            if outcome.events or identities is not None:
+                out.extend(outcome.events)
+                self.calls.add(msg.call_id, TrackedCall(tn=outcome.orig, identities=identities))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("signed %s %s->%s attest %s (%s)", msg.call_id, outcome.orig,
+                          outcome.dest, outcome.attest.value, outcome.reason.value, extra={
+                              "call_id": msg.call_id, "account": outcome.account,
+                              "attest": outcome.attest.value, "reason": outcome.reason.value})
+            return None
+        if type(outcome) is Refusal:
+            extra = () if outcome.retry_after is None else (
+                b"Retry-After: %d\r\n" % outcome.retry_after,)
+            return Rejection(status=outcome.status, reason=outcome.phrase, headers=extra)
+        return None  # Unsigned: policy forwards it as it is
+
+    def verify(self, services: Services, msg: SipMessage, now: float,
+               out: list[Action]) -> Rejection | Defer | None:
+        """The verification service (RFC 8224 §6.2) for an initial INVITE from the carrier."""
+        verification = services.verification
+        assert verification is not None
+        policy = services.verify_policy
+        facts = verify_input(msg, policy.country_code)
+        verdict = verification.verify(facts.identities, orig=facts.orig, dest=facts.dest,
+                                      date=facts.date, now=now)
+        if isinstance(verdict, NeedsCredentials):
+            out.extend(Fetch(r) for r in verdict.fetch)
+            return Defer(urls=verdict.urls)
+        if verdict.code is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("verification %s: %s", verdict.verstat.value, verdict.reason,
+                      extra={"call_id": msg.call_id, "verdict": verdict.verstat.value,
+                             "reason": verdict.reason})
+        if policy.rejects(verdict):
+            code = verdict.code or 438
+            return Rejection(status=code, reason=verdict.phrase,
+                             headers=(reason_header(code, verdict.phrase),))
+        mark_verdict(msg, verdict, attestation_header=policy.attestation_header)
+        return None
+
+    # -- the calls we signed ---------------------------------------------------------------
+    def map_identities(self, msg: SipMessage, out_side: Side) -> None:
+        if self.calls:
+            call = self.calls.get(msg.call_id)
+            if call is not None and call.identities is not None:
+                map_identities(msg, call.identities, out_side)
+
+    def call_final(self, services: Services, call_id: str, status: int, now: float,
+                   out: list[Action]) -> None:
+        """The final response to a signed INVITE: counted in the number's health."""
+        call = self.calls.get(call_id) if self.calls else None
+        health = services.health
+        if call is None or call.done:
+            return
+        if health is not None:
+            out.append(health.final(call.tn, status, now))
+        if 200 <= status < 300:
+            call.answered_at = now
+        else:
+            self._call_done(call_id, call)
+
+    def call_ended(self, services: Services, call_id: str, now: float,
+                   out: list[Action]) -> None:
+        """A BYE: the answered call's duration counts in the number's health."""
+        call = self.calls.get(call_id) if self.calls else None
+        if call is None or call.done:
+            return
+        health = services.health
+        if call.answered_at and health is not None:
+            out.append(health.ended(call.tn, now - call.answered_at, now))
+        self._call_done(call_id, call)
+
+    def _call_done(self, call_id: str, call: TrackedCall) -> None:
+        # A replaced caller ID is still mapped for what follows (the BYE itself, its 200,
+        # retransmissions); the table's bound retires it.
+        if call.identities is None:
+            self.calls.pop(call_id)
+        else:
+            call.done = True

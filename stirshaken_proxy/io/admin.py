@@ -1,0 +1,117 @@
+"""The admin HTTP server: health, readiness, metrics, number health and quarantine, and the
+development certificate repository (each chain at its x5u path)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from ..policy.health import HealthEvent, NumberHealth
+
+log = logging.getLogger(__name__)
+
+Readiness = Callable[[], dict[str, bool]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminServer:
+    def __init__(self, host: str, port: int, *, readiness: Readiness) -> None:
+        self.host = host
+        self.port = port
+        self.readiness = readiness
+        self.app = web.Application()
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
+        self._runner: web.AppRunner | None = None
+
+    def add_get(self, path: str, handler: Handler) -> None:
+        self.app.router.add_get(path, handler)
+
+    def add_post(self, path: str, handler: Handler) -> None:
+        self.app.router.add_post(path, handler)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        checks = self.readiness()
+        ready = all(checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class HealthApi:
+    """``GET /numbers/health``, ``POST /numbers/{tn}/quarantine`` and ``/release``. The
+    replica in use is asked for each time (a reload may turn number health on or off)."""
+
+    def __init__(self, health: Callable[[], NumberHealth | None],
+                 publish: Callable[[HealthEvent], None] | None) -> None:
+        self.health = health
+        self.publish = publish  # to the other workers' replicas
+
+    def add_to(self, admin: AdminServer) -> None:
+        admin.add_get("/numbers/health", self.report)
+        admin.add_post("/numbers/{tn}/quarantine", self.quarantine)
+        admin.add_post("/numbers/{tn}/release", self.release)
+
+    @staticmethod
+    def _off() -> web.Response:
+        return web.json_response({"error": "number health is off"}, status=404)
+
+    async def report(self, request: web.Request) -> web.Response:
+        health = self.health()
+        if health is None:
+            return self._off()
+        now = time.time()
+        return web.json_response([health.report(tn, now) for tn in sorted(health.numbers)])
+
+    async def quarantine(self, request: web.Request) -> web.Response:
+        health = self.health()
+        if health is None:
+            return self._off()
+        tn = request.match_info["tn"]
+        try:
+            hours = float(request.query.get("hours", "24"))
+        except ValueError:
+            return web.json_response({"error": "hours must be a number"}, status=400)
+        reason = request.query.get("reason", "flagged by operator")[:200]
+        self._share(health.quarantine(tn, reason, time.time(), hours * 3600))
+        log.info("number %s quarantined by the operator for %.1f h: %s", tn, hours, reason)
+        return web.json_response(health.report(tn, time.time()))
+
+    async def release(self, request: web.Request) -> web.Response:
+        health = self.health()
+        if health is None:
+            return self._off()
+        tn = request.match_info["tn"]
+        self._share(health.release(tn, time.time()))
+        return web.json_response(health.report(tn, time.time()))
+
+    def _share(self, event: HealthEvent) -> None:
+        if self.publish is not None:
+            self.publish(event)
+
+
+def add_certificate_routes(admin: AdminServer, chains: dict[str, Path]) -> None:
+    """The development certificate repository: each chain file at its serve path."""
+    for path, chain in chains.items():
+        body = chain.read_bytes()
+
+        async def serve(request: web.Request, body: bytes = body) -> web.Response:
+            return web.Response(body=body, content_type="application/pem-certificate-chain",
+                                headers={"Cache-Control": "max-age=86400"})
+
+        admin.add_get(path, serve)

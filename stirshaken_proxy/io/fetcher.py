@@ -1,0 +1,227 @@
+"""Fetching for the verification service (x5u chains and CRLs): moves bytes, never blocks
+the proxy, and hands every outcome to a callback (``on_done``): the body and headers, or why
+there is none. What the bytes mean is the STI core's business (stir.verification).
+
+- Asyncio only; one fetch in flight per URL (the core asks once per URL, and so does this).
+- The URL must pass the ATIS-1000074 policy (CRLs: their own policy, plain http allowed); the
+  host is resolved here and every address is checked against the SSRF guard, and the
+  connection goes to exactly the addresses checked (a pinned resolver), so DNS cannot rebind
+  it elsewhere.
+- Bounded: total time, response size, concurrent fetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from ..stats import LatencyHistogram
+from ..stir.verification import (
+    FetchError,
+    FetchKind,
+    FetchRequest,
+    FetchResponse,
+    VerificationService,
+)
+from ..stir.verify import Verdict, Verstat
+from ..stir.x5u import FetchLimits, UrlPolicy
+
+log = logging.getLogger(__name__)
+
+
+class GuardError(Exception):
+    pass
+
+
+class PinnedResolver(AbstractResolver):
+    """Resolves, then keeps only the addresses the SSRF guard allows."""
+
+    def __init__(self, policy: UrlPolicy) -> None:
+        self.policy = policy
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                           family=socket.AF_UNSPEC)
+        except OSError as exc:
+            raise GuardError(f"cannot resolve {host}: {exc}") from None
+        out: list[ResolveResult] = []
+        refused: list[str] = []
+        for fam, _, proto, _, sockaddr in infos:
+            address = str(sockaddr[0])
+            if not self.policy.address_allowed(address):
+                refused.append(address)
+                continue
+            out.append(ResolveResult(hostname=host, host=address, port=int(sockaddr[1]),
+                                     family=fam, proto=proto, flags=socket.AI_NUMERICHOST))
+        if not out:
+            raise GuardError(f"{host} resolves to addresses that are not allowed "
+                             f"({', '.join(sorted(set(refused)))})")
+        return out
+
+    async def close(self) -> None:
+        return None
+
+
+OnDone = Callable[[FetchRequest, FetchResponse | FetchError], None]
+
+
+class Fetcher:
+    def __init__(self, *, policy: UrlPolicy, crl_policy: UrlPolicy, limits: FetchLimits,
+                 ssl_context: ssl.SSLContext | None, on_done: OnDone,
+                 counters: Counter[str]) -> None:
+        self.policy = policy
+        self.crl_policy = crl_policy
+        self.limits = limits
+        self.ssl_context = ssl_context
+        self.on_done = on_done
+        self.counters = counters
+        self._tasks: dict[FetchRequest, asyncio.Task[None]] = {}
+        self._sem = asyncio.Semaphore(limits.max_in_flight)
+        self._session: aiohttp.ClientSession | None = None
+        self._crl_session: aiohttp.ClientSession | None = None
+        self.latency = LatencyHistogram((0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+
+    def session(self, crl: bool = False) -> aiohttp.ClientSession:
+        attr = "_crl_session" if crl else "_session"
+        current: aiohttp.ClientSession | None = getattr(self, attr)
+        if current is None or current.closed:
+            policy = self.crl_policy if crl else self.policy
+            connector = aiohttp.TCPConnector(resolver=PinnedResolver(policy), limit=64,
+                                             ssl=self.ssl_context or True, use_dns_cache=False)
+            current = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                            trust_env=False)
+            setattr(self, attr, current)
+        return current
+
+    def request(self, request: FetchRequest) -> None:
+        """Start fetching unless the same fetch is in flight."""
+        if request in self._tasks:
+            return
+        self._tasks[request] = asyncio.get_running_loop().create_task(self._run(request))
+
+    async def _run(self, request: FetchRequest) -> None:
+        crl = request.kind is FetchKind.CRL
+        name = "crl" if crl else "x5u"
+        started = time.monotonic()
+        result: FetchResponse | FetchError
+        try:
+            async with self._sem:
+                body, headers = await self.get(request.url, crl=crl)
+        except (GuardError, aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                reason = f"timed out after {self.limits.timeout} s"
+            self.counters[f"{name}_fetch_failures"] += 1
+            (log.warning if crl else log.info)("%s fetch %s failed: %s", name, request.url,
+                                                reason)
+            result = FetchError(reason=reason)
+        else:
+            self.counters[f"{name}_fetches"] += 1
+            if not crl:
+                self.latency.observe(time.monotonic() - started)
+            result = FetchResponse(body=body, headers={k: v for k, v in headers.items()})
+        finally:
+            self._tasks.pop(request, None)
+        self.on_done(request, result)
+
+    async def get(self, url: str, *, crl: bool = False) -> tuple[bytes, Any]:
+        """GET within the limits; raises GuardError / aiohttp / timeout errors."""
+        policy = self.crl_policy if crl else self.policy
+        problem = policy.check_url(url)
+        if problem is not None:
+            raise GuardError(problem)
+        host = (urlsplit(url).hostname or "").strip("[]")
+        if _is_ip(host) and not policy.address_allowed(host):
+            # aiohttp does not consult the resolver for address literals: check them here.
+            raise GuardError(f"address {host} is not allowed")
+        limit = self.limits.max_bytes
+        async with asyncio.timeout(self.limits.timeout):
+            async with self.session(crl).get(url, allow_redirects=False,
+                                             headers={"Accept": "application/pem-certificate-"
+                                                      "chain, application/pkix-cert, */*"}) as r:
+                if r.status != 200:
+                    raise GuardError(f"HTTP {r.status}")
+                if r.content_length is not None and r.content_length > limit:
+                    raise GuardError(f"response of {r.content_length} bytes exceeds {limit}")
+                body = bytearray()
+                async for chunk in r.content.iter_chunked(16384):
+                    body += chunk
+                    if len(body) > limit:
+                        raise GuardError(f"response exceeds {limit} bytes")
+                return bytes(body), r.headers
+
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        for session in (self._session, self._crl_session):
+            if session is not None:
+                await session.close()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class AsyncVerifier:
+    """The verification service for front ends that await a verdict (the CLI, the REST API):
+    verify, fetch what is missing, verify again. The fetcher's ``on_done`` must be
+    ``self.on_done``; one fetch per URL is shared by every request waiting for it."""
+
+    def __init__(self, service: VerificationService) -> None:
+        self.service = service
+        self.fetcher: Fetcher | None = None
+        self._ready: dict[str, asyncio.Event] = {}
+
+    def on_done(self, request: FetchRequest, result: FetchResponse | FetchError) -> None:
+        outcome = self.service.fetched(request, result, time.time())
+        for more in outcome.fetch:
+            self._fetch(more)
+        for url in outcome.ready:
+            event = self._ready.pop(url, None)
+            if event is not None:
+                event.set()
+
+    def _fetch(self, request: FetchRequest) -> None:
+        if self.fetcher is None:
+            self.on_done(request, FetchError(reason="fetching is off"))
+        else:
+            self.fetcher.request(request)
+
+    async def verify(self, identities: list[str], *, orig: str | None, dest: str | None,
+                     date: int | None, now: float,
+                     on_fetch: Callable[[str], None] | None = None) -> Verdict:
+        # Twice at most: after the fetches every URL has a cached outcome (a chain or a
+        # failure); a third pass can only happen if the cache dropped one meanwhile.
+        for _ in range(3):
+            result = self.service.verify(identities, orig=orig, dest=dest, date=date, now=now)
+            if isinstance(result, Verdict):
+                return result
+            events = [self._ready.setdefault(url, asyncio.Event()) for url in result.urls]
+            for request in result.fetch:
+                if on_fetch is not None:
+                    on_fetch(request.url)
+                self._fetch(request)
+            await asyncio.gather(*(event.wait() for event in events))
+        return Verdict(verstat=Verstat.FAILED, results=[], code=436,
+                       reason="credentials could not be kept in the cache")

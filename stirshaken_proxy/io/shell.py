@@ -1,0 +1,190 @@
+"""The loop glue around one ProxyEngine: sockets feed it, its actions are carried out, one
+timer wakes it. Everything here runs on the event loop thread; the engine does the thinking."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from ..engine.actions import Action, Fetch
+from ..engine.proxy import CARRIER, DIALER, ProxyEngine
+from ..policy.health import HealthEvent
+from ..sip.message import call_id_of
+from ..sip.transport import Peer, Send, Side, Transport
+from ..stir.verification import FetchError, FetchRequest, FetchResponse
+from .transports import TcpConnection, TcpManager, UdpEndpoint
+from .workers import WorkerLink
+
+log = logging.getLogger(__name__)
+
+
+class EngineShell:
+    """Runs one ProxyEngine on real sockets."""
+
+    def __init__(self, engine: ProxyEngine, *, counters: Counter[str],
+                 timer_resolution: float, worker: WorkerLink | None = None) -> None:
+        self.engine = engine
+        self.counters = counters  # I/O events (the engine keeps its own)
+        self.timer_resolution = timer_resolution
+        self.worker = worker
+        self.udp: dict[Side, UdpEndpoint] = {}
+        self.tcp: dict[Side, TcpManager] = {}
+        self.tcp_home: dict[tuple[Side, str, int], int] = {}  # TCP peer -> worker holding it
+        self.max_tcp_home = 4096
+        # Set by the application: who fetches (None: nothing to fetch with) and who passes
+        # number-health events to the other workers.
+        self.fetch: Callable[[FetchRequest], None] | None = None
+        self.publish: Callable[[HealthEvent], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    # -- listeners ------------------------------------------------------------------------
+    async def listen(self, *, tcp: bool, shared: bool, max_tcp_connections: int,
+                     max_tcp_pending_bytes: int, tcp_connect_timeout: float) -> None:
+        """UDP (and TCP) on both sides; ``shared``: every worker binds the same ports."""
+        loop = asyncio.get_running_loop()
+        ec = self.engine.config
+        for side_cfg in (ec.dialer, ec.carrier):
+            side = side_cfg.name
+            _, proto = await loop.create_datagram_endpoint(
+                lambda side=side: UdpEndpoint(side, self.feed, self.counters),  # type: ignore[misc]
+                local_addr=(side_cfg.host, side_cfg.port), reuse_port=shared)
+            self.udp[side] = proto
+            if tcp:
+                manager = TcpManager(
+                    side, self.feed, self.counters, max_message_size=ec.max_message_size,
+                    max_connections=max_tcp_connections, max_pending_bytes=max_tcp_pending_bytes,
+                    connect_timeout=tcp_connect_timeout, local_host=side_cfg.host)
+                manager.server = await loop.create_server(
+                    lambda m=manager: TcpConnection(m, m.side),  # type: ignore[misc]
+                    side_cfg.host, side_cfg.port, reuse_address=True, reuse_port=shared)
+                self.tcp[side] = manager
+
+    @property
+    def listening(self) -> bool:
+        return len(self.udp) == 2
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for manager in self.tcp.values():
+            await manager.close()
+        for endpoint in self.udp.values():
+            if endpoint.transport is not None:
+                endpoint.transport.close()
+
+    # -- input ----------------------------------------------------------------------------
+    def feed(self, data: bytes, peer: Peer) -> None:
+        """A message from a socket: processed here, or handed to the worker owning its call."""
+        worker = self.worker
+        if worker is not None:
+            owner = worker.owner(call_id_of(data))
+            if owner != worker.index:
+                worker.message(owner, peer, data)
+                self.counters["worker_handoffs"] += 1
+                return
+        self.process(data, peer)
+
+    def process(self, data: bytes, peer: Peer) -> None:
+        try:
+            actions = self.engine.receive(data, peer, time.time())
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("internal error on a message from %s:%d", peer.host, peer.port)
+            return
+        self.execute(actions)
+        self.arm_timer()
+
+    def fetched(self, request: FetchRequest, result: FetchResponse | FetchError) -> None:
+        """A fetch the engine asked for ended."""
+        try:
+            actions = self.engine.fetched(request, result, time.time())
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("internal error after fetching %s", request.url)
+            return
+        self.execute(actions)
+        self.arm_timer()
+
+    # -- output ---------------------------------------------------------------------------
+    def execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if type(action) is Send:
+                data, peer = action
+                if peer.transport is Transport.UDP:
+                    self.udp[peer.side].send(data, peer.host, peer.port)
+                else:
+                    self._send_stream(data, peer)
+            elif type(action) is HealthEvent:
+                if self.publish is not None:
+                    self.publish(action)
+            elif type(action) is Fetch:
+                if self.fetch is not None:
+                    self.fetch(action.request)
+                else:
+                    self.fetched(action.request, FetchError(reason="fetching is off"))
+
+    def _send_stream(self, data: bytes, peer: Peer) -> None:
+        manager = self.tcp.get(peer.side)
+        if manager is None:
+            return
+        home = self.tcp_home.get((peer.side, peer.host, peer.port))
+        if (home is not None and self.worker is not None
+                and (peer.host, peer.port) not in manager.connections):
+            self.worker.tcp_send(home, peer, data)  # its connection is there
+        else:
+            manager.send(data, peer.host, peer.port)
+
+    def remember_tcp_home(self, peer: Peer, worker: int) -> None:
+        """A TCP message another worker received: responses go back through it."""
+        home = self.tcp_home
+        home[(peer.side, peer.host, peer.port)] = worker
+        if len(home) > self.max_tcp_home:
+            del home[next(iter(home))]
+
+    def write_tcp(self, peer: Peer, data: bytes) -> None:
+        """Bytes another worker asks us to write on a connection we hold."""
+        manager = self.tcp.get(peer.side)
+        conn = manager.connections.get((peer.host, peer.port)) if manager else None
+        if conn is None or not conn.write(data):
+            self.counters["tcp_send_failures"] += 1
+
+    # -- the timer ------------------------------------------------------------------------
+    def arm_timer(self, exact: bool = False) -> None:
+        # After each message, the heap's first entry is enough: it may be a cancelled timer
+        # (never later than the real next one), which costs at most an early wake-up that
+        # finds nothing due; after the timers ran, the exact next deadline.
+        engine = self.engine
+        deadline = engine.next_deadline() if exact else engine.timers.earliest()
+        if deadline is None:
+            return
+        # One wake-up serves every timer due within timer_resolution (RFC 3261 timers are
+        # hundreds of milliseconds and up): far fewer loop callbacks under load.
+        resolution = self.timer_resolution
+        deadline = math.ceil(deadline / resolution) * resolution
+        if self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_at = deadline
+        self._timer = loop.call_at(loop.time() + max(0.0, deadline - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            actions = self.engine.on_timers(time.time())
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("internal error in timers")
+            actions = []
+        self.execute(actions)
+        self.arm_timer(exact=True)
+
+
+__all__ = ["CARRIER", "DIALER", "EngineShell"]

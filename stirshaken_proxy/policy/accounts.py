@@ -1,0 +1,71 @@
+"""Accounts (tenants) and gateways, recognised by the source address of their traffic."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import uuid
+from dataclasses import dataclass
+
+_CACHE_LIMIT = 65536
+
+
+class LocalPresence(enum.StrEnum):
+    """Caller-ID selection for an account's calls."""
+
+    OFF = "off"
+    ALWAYS = "always"
+    HEADER = "header"  # when the dialer asks, per call
+
+
+@dataclass(frozen=True, kw_only=True)
+class Account:
+    name: str
+    origid: str  # a UUID (RFC 8588 origid) identifying this origination point
+    sources: tuple[str, ...]  # CIDRs
+    signing: str = "default"  # the signing identity this account's calls are signed with
+    gateway: bool = False  # traffic from a gateway: signed C (ATIS-1000074 §5.2.3)
+    local_presence: LocalPresence = LocalPresence.OFF
+    max_calls_per_hour: int | None = None  # this account's velocity limit per number
+
+    def __post_init__(self) -> None:
+        uuid.UUID(self.origid)
+
+
+class AccountDirectory:
+    """Source address -> account. Most specific CIDR wins; verdicts are cached (bounded)."""
+
+    __slots__ = ("_cache", "_networks", "accounts")
+
+    def __init__(self, accounts: list[Account]) -> None:
+        self.accounts = {a.name: a for a in accounts}
+        nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Account]] = []
+        for a in accounts:
+            for cidr in a.sources:
+                nets.append((ipaddress.ip_network(cidr, strict=False), a))
+        nets.sort(key=lambda item: item[0].prefixlen, reverse=True)
+        self._networks = nets
+        self._cache: dict[str, Account | None] = {}
+
+    def by_source(self, host: str) -> Account | None:
+        try:
+            return self._cache[host]
+        except KeyError:
+            pass
+        found: Account | None = None
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            addr = None
+        if addr is not None:
+            for net, account in self._networks:
+                if addr.version == net.version and addr in net:
+                    found = account
+                    break
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[host] = found
+        return found
+
+    def all_sources(self) -> tuple[str, ...]:
+        return tuple(str(net) for net, _ in self._networks)

@@ -1,0 +1,153 @@
+"""SHAKEN PASSporTs (RFC 8225, RFC 8588) and the RFC 8224 Identity header.
+
+Signing is on the hot path of every outbound INVITE, so the JOSE header and the fixed claim
+fragments are encoded once per signing identity; a call only formats its own claims, signs,
+and turns the DER signature into the raw r||s that JWS ES256 wants (RFC 7518 §3.4).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+_ES256 = ec.ECDSA(hashes.SHA256())
+
+
+class Attestation(enum.Enum):
+    """SHAKEN attestation levels (ATIS-1000074 §5.2.3)."""
+
+    A = "A"  # full: the customer is authenticated and authorised to use the number
+    B = "B"  # partial: the customer is authenticated, the number is not known to be theirs
+    C = "C"  # gateway: the call entered from a gateway, the origin is not authenticated
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict base64url without padding (RFC 7515 §2); raises ValueError."""
+    if not text or "=" in text or any(c in text for c in "+/ \t\r\n"):
+        raise ValueError("not unpadded base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not base64url") from exc
+
+
+def canonical_json(value: Any) -> str:
+    """RFC 8225 §9: keys in lexicographic order, no whitespace."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def der_to_raw(der: bytes) -> bytes:
+    r, s = decode_dss_signature(der)
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def raw_to_der(raw: bytes) -> bytes:
+    if len(raw) != 64:
+        raise ValueError("ES256 signature must be 64 bytes (r||s)")
+    return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SigningIdentity:
+    """One certificate we sign with: its name, private key and x5u."""
+
+    name: str
+    key: ec.EllipticCurvePrivateKey
+    x5u: str
+
+
+class Signer:
+    """Signs SHAKEN PASSporTs for one signing identity."""
+
+    __slots__ = ("_header_b64", "_info", "_key", "identity")
+
+    def __init__(self, identity: SigningIdentity) -> None:
+        if not isinstance(identity.key.curve, ec.SECP256R1):
+            raise ValueError(f"signing key {identity.name!r} is not a P-256 key (ES256)")
+        self.identity = identity
+        self._key = identity.key
+        header = canonical_json({"alg": "ES256", "ppt": "shaken", "typ": "passport",
+                                 "x5u": identity.x5u})
+        self._header_b64 = b64url(header.encode())
+        self._info = f";info=<{identity.x5u}>;alg=ES256;ppt=shaken"
+
+    def claims(self, *, attest: Attestation, orig: str, dest: list[str], iat: int,
+               origid: str) -> str:
+        """The claims in canonical form: attest, dest, iat, orig, origid (sorted keys).
+        TNs are digits only, origid a UUID: no JSON escaping is needed (callers ensure it)."""
+        dests = '","'.join(dest)
+        return (f'{{"attest":"{attest.value}","dest":{{"tn":["{dests}"]}},"iat":{iat},'
+                f'"orig":{{"tn":"{orig}"}},"origid":"{origid}"}}')
+
+    def sign_claims(self, claims: str) -> str:
+        signing_input = self._header_b64 + "." + b64url(claims.encode())
+        signature = der_to_raw(self._key.sign(signing_input.encode("ascii"), _ES256))
+        return signing_input + "." + b64url(signature)
+
+    def sign(self, *, attest: Attestation, orig: str, dest: list[str], iat: int,
+             origid: str) -> str:
+        return self.sign_claims(self.claims(attest=attest, orig=orig, dest=dest, iat=iat,
+                                            origid=origid))
+
+    def identity_value(self, token: str) -> str:
+        """RFC 8224 §4: ``<full PASSporT>;info=<x5u>;alg=ES256;ppt=shaken``."""
+        return token + self._info
+
+
+class PassportError(Exception):
+    """A PASSporT that cannot be decoded or does not verify; ``reason`` is for logs/metrics."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, kw_only=True)
+class Passport:
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+    def verify(self, public_key: ec.EllipticCurvePublicKey) -> bool:
+        try:
+            public_key.verify(raw_to_der(self.signature), self.signing_input, _ES256)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+def decode_passport(token: str) -> Passport:
+    """Split and decode a full-form PASSporT (no verification). Raises PassportError."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise PassportError("not a full-form JWS (three parts)")
+    try:
+        header = json.loads(b64url_decode(parts[0]))
+        claims = json.loads(b64url_decode(parts[1]))
+        # An unsecured JWS ("alg": "none") has an empty signature: decode it, so the alg
+        # check can name the problem.
+        signature = b64url_decode(parts[2]) if parts[2] else b""
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PassportError(f"undecodable PASSporT: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise PassportError("PASSporT header or claims are not JSON objects")
+    return Passport(header=header, claims=claims,
+                    signing_input=(parts[0] + "." + parts[1]).encode("ascii"),
+                    signature=signature)

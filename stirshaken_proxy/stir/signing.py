@@ -1,0 +1,193 @@
+"""The authentication service (RFC 8224 §6.1, ATIS-1000074 §5.2) as one pure object that every
+front end calls: the in-path proxy, the 302 redirect server and the REST API.
+
+A front end states what it knows of a call (``CallFacts``: the account it recognised, the
+canonical calling and called numbers, the request's Date); ``Authenticator.sign`` decides the
+attestation from the inventory, applies local presence and the Date rules, signs, and answers
+``Signed`` (the Identity header value and what it was based on), ``Unsigned`` (policy lets the
+call go on without one) or ``Refusal`` (the status and phrase to answer with).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..policy.accounts import Account, LocalPresence
+from ..policy.attestation import Reason, decide
+from ..policy.health import HealthEvent, NumberHealth
+from ..policy.inventory import Inventory
+from ..policy.presence import Pool, Selection, choose
+from ..stats import LatencyHistogram, Stats
+from .passport import Attestation, Signer
+
+log = logging.getLogger(__name__)
+
+
+class UnsignedCalls(enum.StrEnum):
+    """What happens to a call that cannot be signed (no account, no calling number)."""
+
+    FORWARD = "forward"
+    REJECT = "reject"
+
+
+class NeighbourSpoofing(enum.StrEnum):
+    """An unowned caller ID with the callee's own NPA-NXX."""
+
+    SIGN_B = "sign_b"  # never above B
+    REJECT = "reject"  # 403
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthPolicy:
+    unsigned_calls: UnsignedCalls = UnsignedCalls.FORWARD
+    neighbour_spoofing: NeighbourSpoofing = NeighbourSpoofing.SIGN_B
+    local_presence_header: str = "X-Local-Presence"  # the dialer's per-call request
+    max_date_skew: int = 60  # RFC 8224 §6.1 / §6.2.1: Date more than this off is refused
+    country_code: str = "1"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CallFacts:
+    """What a front end knows of a call to sign."""
+
+    account: Account | None  # recognised by source address, client certificate or API key
+    orig: str | None  # canonical calling number
+    dest: str | None  # canonical called number
+    date: int | None = None  # the request's Date (Unix time), when it carries one
+    presence_requested: bool = False  # the dialer asked for local presence on this call
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Signed:
+    identity: str  # the Identity header value: token;info=<x5u>;alg=ES256;ppt=shaken
+    attest: Attestation
+    reason: Reason
+    account: str
+    orig: str  # the number signed (the chosen one when local presence replaced it)
+    dest: str
+    iat: int
+    substitution: Selection | None = None  # set when the caller ID was replaced
+    events: tuple[HealthEvent, ...] = ()  # number-health events to share and store
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Unsigned:
+    """Policy lets the call go on without an Identity."""
+
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Refusal:
+    """The call is refused: answer ``status`` ``phrase`` (``cause`` is the metric label)."""
+
+    status: int
+    phrase: str
+    cause: str
+    retry_after: int | None = None
+
+
+SignOutcome = Signed | Unsigned | Refusal
+
+
+class Authenticator:
+    """Signs calls for the configured accounts. Holds the inventory in memory (replaced when
+    the store changes) and the per-account local-presence pools built from it."""
+
+    def __init__(self, *, signers: dict[str, Signer], inventory: Inventory, policy: AuthPolicy,
+                 health: NumberHealth | None = None,
+                 state_of: Callable[[str], str | None] | None = None,
+                 stats: Stats | None = None, clock: Callable[[], float] | None = None) -> None:
+        self.signers = signers
+        self.inventory = inventory
+        self.policy = policy
+        self.health = health
+        self.state_of = state_of  # area code -> state, for same-state local presence
+        self.stats: Stats = stats if stats is not None else Stats()
+        self.clock = clock  # a performance clock for the sign-latency histogram
+        self.latency = LatencyHistogram()
+        self._pools: dict[str, Pool] = {}
+
+    def carry_over(self, old: Authenticator) -> None:
+        """Keep the latency counts of the one this replaces (a reload)."""
+        self.latency = old.latency
+
+    def set_inventory(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+        self._pools.clear()
+
+    def sign(self, facts: CallFacts, now: float) -> SignOutcome:
+        account = facts.account
+        if account is None:
+            return self._unsigned("unknown_account")
+        orig, dest = facts.orig, facts.dest
+        if orig is None:
+            return self._unsigned("no_calling_number")
+        if dest is None:
+            return self._unsigned("no_called_number")
+        if facts.date is not None:
+            if abs(facts.date - now) > self.policy.max_date_skew:
+                return self._refuse(403, "Stale Date", "stale_date")
+            iat = facts.date  # RFC 8224 §4.1: iat carries the Date value
+        else:
+            iat = int(now)
+        events: list[HealthEvent] = []
+        pick = None
+        health = self.health
+        mode = account.local_presence
+        if health is not None and (mode is LocalPresence.ALWAYS or (
+                mode is LocalPresence.HEADER and facts.presence_requested)):
+            pick = choose(self._pool(account.name), dest, health, now,
+                          max_per_hour=account.max_calls_per_hour)
+            if pick is None:
+                return self._refuse(503, "Caller ID Pool Exhausted", "caller_id_pool_exhausted",
+                                    retry_after=60)
+            if pick.tn == orig:
+                pick = None
+            else:
+                self.stats[("caller_id_substituted", account.name, pick.match)] += 1
+                orig = pick.tn
+        decision = decide(account, orig, self.inventory, dest)
+        if decision.reason is Reason.NEIGHBOUR_SPOOFING and \
+                self.policy.neighbour_spoofing is NeighbourSpoofing.REJECT:
+            return self._refuse(403, "Neighbour Spoofing Refused", "neighbour_spoofing")
+        signer = self.signers[account.signing]
+        started = self.clock() if self.clock is not None else 0.0
+        token = signer.sign(attest=decision.level, orig=orig, dest=[dest], iat=iat,
+                            origid=account.origid)
+        if self.clock is not None:
+            self.latency.observe(self.clock() - started)
+        if health is not None:
+            events.append(health.attempt(orig, now))
+        self.stats[("calls_signed", account.name, decision.level.value,
+                    decision.reason.value)] += 1
+        return Signed(identity=signer.identity_value(token), attest=decision.level,
+                      reason=decision.reason, account=account.name, orig=orig, dest=dest,
+                      iat=iat, substitution=pick, events=tuple(events))
+
+    def _pool(self, account: str) -> Pool:
+        pool = self._pools.get(account)
+        if pool is None:
+            pool = self._pools[account] = Pool(self.inventory.numbers_of(account),
+                                               self.state_of)
+        return pool
+
+    def _unsigned(self, reason: str) -> Unsigned | Refusal:
+        self.stats[("calls_unsigned", reason)] += 1
+        if self.policy.unsigned_calls is UnsignedCalls.REJECT:
+            if reason == "no_calling_number":
+                return Refusal(status=433, phrase="Anonymity Disallowed", cause=reason)
+            return Refusal(status=403, phrase="Forbidden", cause=reason)
+        return Unsigned(reason=reason)
+
+    def _refuse(self, status: int, phrase: str, cause: str,
+                retry_after: int | None = None) -> Refusal:
+        self.stats[("sign_refused", cause)] += 1
+        return Refusal(status=status, phrase=phrase, cause=cause, retry_after=retry_after)
+
+
+__all__ = ["AuthPolicy", "Authenticator", "CallFacts", "NeighbourSpoofing", "Refusal",
+           "SignOutcome", "Signed", "Unsigned", "UnsignedCalls"]

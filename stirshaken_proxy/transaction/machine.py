@@ -1,0 +1,412 @@
+"""Client and server transactions of RFC 3261 §17, with the Accepted state of RFC 6026.
+
+Each machine is a table (state, event) -> (next state, actions). Actions are the class's plain
+functions, run in order; a pair missing from the table is an event the state ignores (e.g. a
+provisional response in Completed). Nothing here does I/O or reads a clock: ``now`` comes in, ``Send``
+actions go out, and timers are deadlines pushed on the transaction user's heap.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from ..sip.message import SipMessage
+from ..sip.transport import Outbox, Peer, Send
+from .timers import TimerHeap
+
+
+class State(enum.Enum):
+    CALLING = "Calling"
+    TRYING = "Trying"
+    PROCEEDING = "Proceeding"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"
+    ACCEPTED = "Accepted"
+    TERMINATED = "Terminated"
+
+
+class Event(enum.Enum):
+    PROVISIONAL = "1xx received"
+    SUCCESS = "2xx received"
+    FAILURE = "300-699 received"
+    REQUEST = "request retransmission received"
+    ACK = "ACK received"
+    SEND_PROVISIONAL = "1xx from TU"
+    SEND_SUCCESS = "2xx from TU"
+    SEND_FAILURE = "300-699 from TU"
+    TRANSPORT_ERROR = "transport error"
+    TIMER_A = "timer_a"
+    TIMER_B = "timer_b"
+    TIMER_D = "timer_d"
+    TIMER_E = "timer_e"
+    TIMER_F = "timer_f"
+    TIMER_G = "timer_g"
+    TIMER_H = "timer_h"
+    TIMER_I = "timer_i"
+    TIMER_J = "timer_j"
+    TIMER_K = "timer_k"
+    TIMER_L = "timer_l"
+    TIMER_M = "timer_m"
+    TIMER_C = "timer_c"
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimerConfig:
+    """RFC 3261 §17.1.1.1 / Table 4 values, in seconds."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    timer_d: float = 32.0  # §17.1.1.2: at least 32 s for unreliable transports
+    timer_c: float = 180.0  # §16.6 step 11: proxy INVITE timer, more than 3 minutes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AckTemplate:
+    """What the ACK for a non-2xx response is built from (§17.1.1.3): the request's start
+    line, Via and Route lines as sent, its From and Call-ID lines, and its CSeq number."""
+
+    head: bytes
+    from_call_id: bytes
+    cseq: int
+
+
+class TransactionUser(Protocol):
+    """What a transaction needs from the element that owns it (the proxy engine)."""
+
+    timers: TimerHeap
+
+    def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float,
+                    out: Outbox) -> None: ...
+
+    def on_timeout(self, txn: Transaction, now: float, out: Outbox) -> None: ...
+
+    def on_terminated(self, txn: Transaction) -> None: ...
+
+    def on_timer_c(self, txn: ClientInvite, now: float, out: Outbox) -> None: ...
+
+
+Step = Callable[[Any, float, Outbox, Any], None]  # (transaction, now, out, payload)
+Table = dict[tuple[State, Event], tuple[State, tuple[Step, ...]]]
+
+
+S, E = State, Event
+
+
+class Transaction:
+    TABLE: ClassVar[Table]
+    INITIAL: ClassVar[State]
+
+    __slots__ = ("_interval", "config", "context", "deadlines", "key", "peer", "state", "tu")
+
+    def __init__(self, *, key: Any, peer: Peer, tu: TransactionUser, config: TimerConfig) -> None:
+        self.key = key
+        self.peer = peer
+        self.tu = tu
+        self.config = config
+        self.state = self.INITIAL
+        self.deadlines: dict[Event, float] = {}  # armed timers
+        self.context: Any = None  # the proxy's per-request state
+        self._interval = config.t1
+
+    def fire(self, event: Event, now: float, out: Outbox, payload: Any = None) -> bool:
+        """Apply an event; False when the current state ignores it."""
+        entry = self.TABLE.get((self.state, event))
+        if entry is None:
+            return False
+        self.state = entry[0]
+        for step in entry[1]:
+            step(self, now, out, payload)
+        if self.state is State.TERMINATED:
+            self.deadlines.clear()
+            self.tu.on_terminated(self)
+            self._release()
+        return True
+
+    def _release(self) -> None:
+        """Drop what a finished transaction no longer needs: stale timer entries keep the
+        object itself alive until their deadline (Timer C: 3 minutes), so it must be small."""
+        self.context = None
+
+    def timer_fired(self, timer: Event, now: float, out: Outbox) -> None:
+        self.fire(timer, now, out)
+
+    def terminate(self) -> None:
+        """Stop the transaction without further events (e.g. on shutdown)."""
+        if self.state is not State.TERMINATED:
+            self.state = State.TERMINATED
+            self.deadlines.clear()
+            self.tu.on_terminated(self)
+            self._release()
+
+    # -- helpers shared by the actions --------------------------------------------------
+    def _arm(self, timer: Event, delay: float, now: float) -> None:
+        when = now + delay
+        self.deadlines[timer] = when
+        self.tu.timers.push(when, self, timer)
+
+    def _disarm(self, *timers: Event) -> None:
+        for timer in timers:
+            self.deadlines.pop(timer, None)
+
+    def report_timeout(self, now: float, out: Outbox, _: Any) -> None:
+        self.tu.on_timeout(self, now, out)
+
+
+class ClientTransaction(Transaction):
+    __slots__ = ("ack", "request")
+
+    def __init__(self, *, request: bytes, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.request = request
+        self.ack: bytes | None = None
+
+    def _release(self) -> None:
+        super()._release()
+        self.request = b""
+
+    def receive_response(self, msg: SipMessage, now: float, out: Outbox) -> None:
+        status = msg.status
+        event = (Event.PROVISIONAL if status < 200 else
+                 Event.SUCCESS if status < 300 else Event.FAILURE)
+        self.fire(event, now, out, msg)
+
+    def retransmit(self, now: float, out: Outbox, _: Any) -> None:
+        out.append(Send(self.request, self.peer))
+
+    def pass_up(self, now: float, out: Outbox, msg: Any) -> None:
+        self.tu.on_response(self, msg, now, out)
+
+
+class ClientInvite(ClientTransaction):
+    """INVITE client transaction, RFC 3261 §17.1.1 (Figure 5) and RFC 6026 §8.4."""
+
+    INITIAL = State.CALLING
+
+    __slots__ = ("ack_template",)
+
+    def __init__(self, *, ack_template: AckTemplate, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.ack_template = ack_template
+
+    def start(self, now: float, out: Outbox) -> None:
+        out.append(Send(self.request, self.peer))
+        if not self.peer.reliable:
+            self._interval = self.config.t1
+            self._arm(Event.TIMER_A, self._interval, now)
+        self._arm(Event.TIMER_B, 64 * self.config.t1, now)
+        self._arm(Event.TIMER_C, self.config.timer_c, now)
+
+    def reset_timer_c(self, now: float, out: Outbox, msg: Any) -> None:
+        # §16.7 step 2: only provisional responses 101-199 reset Timer C.
+        if msg.status > 100:
+            self._arm(Event.TIMER_C, self.config.timer_c, now)
+
+    def arm_timer_c(self, delay: float, now: float) -> None:
+        self._arm(Event.TIMER_C, delay, now)
+
+    def report_timer_c(self, now: float, out: Outbox, _: Any) -> None:
+        self.tu.on_timer_c(self, now, out)
+
+    def arm_timer_a(self, now: float, out: Outbox, _: Any) -> None:
+        self._interval *= 2
+        self._arm(Event.TIMER_A, self._interval, now)
+
+    def stop_calling_timers(self, now: float, out: Outbox, _: Any) -> None:
+        self._disarm(Event.TIMER_A, Event.TIMER_B)
+
+    def arm_timer_d(self, now: float, out: Outbox, _: Any) -> None:
+        self._disarm(Event.TIMER_A, Event.TIMER_B, Event.TIMER_C)
+        self._arm(Event.TIMER_D, 0.0 if self.peer.reliable else self.config.timer_d, now)
+
+    def arm_timer_m(self, now: float, out: Outbox, _: Any) -> None:
+        self._disarm(Event.TIMER_A, Event.TIMER_B, Event.TIMER_C)
+        self._arm(Event.TIMER_M, 64 * self.config.t1, now)
+
+    def send_ack(self, now: float, out: Outbox, msg: Any) -> None:
+        if self.ack is None:
+            ack = self.ack_template
+            to_idx = msg.index["to"][0]
+            self.ack = b"".join((
+                ack.head, ack.from_call_id, msg.header_line(to_idx),
+                b"CSeq: %d ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n" % ack.cseq,
+            ))
+        out.append(Send(self.ack, self.peer))
+
+
+CI = ClientInvite
+ClientInvite.TABLE = {
+    (S.CALLING, E.TIMER_A): (S.CALLING, (CI.retransmit, CI.arm_timer_a)),
+    (S.CALLING, E.TIMER_B): (S.TERMINATED, (CI.report_timeout,)),
+    (S.CALLING, E.PROVISIONAL): (
+    S.PROCEEDING, (CI.stop_calling_timers, CI.reset_timer_c, CI.pass_up)),
+    (S.CALLING, E.TIMER_C): (S.CALLING, (CI.report_timer_c,)),
+    (S.CALLING, E.SUCCESS): (S.ACCEPTED, (CI.pass_up, CI.arm_timer_m)),
+    (S.CALLING, E.FAILURE): (S.COMPLETED, (CI.send_ack, CI.pass_up, CI.arm_timer_d)),
+    (S.CALLING, E.TRANSPORT_ERROR): (S.TERMINATED, (CI.report_timeout,)),
+    (S.PROCEEDING, E.PROVISIONAL): (S.PROCEEDING, (CI.reset_timer_c, CI.pass_up)),
+    (S.PROCEEDING, E.TIMER_C): (S.PROCEEDING, (CI.report_timer_c,)),
+    (S.PROCEEDING, E.SUCCESS): (S.ACCEPTED, (CI.pass_up, CI.arm_timer_m)),
+    (S.PROCEEDING, E.FAILURE): (S.COMPLETED, (CI.send_ack, CI.pass_up, CI.arm_timer_d)),
+    (S.COMPLETED, E.FAILURE): (S.COMPLETED, (CI.send_ack,)),
+    (S.COMPLETED, E.TIMER_D): (S.TERMINATED, ()),
+    (S.COMPLETED, E.TRANSPORT_ERROR): (S.TERMINATED, ()),
+    (S.ACCEPTED, E.SUCCESS): (S.ACCEPTED, (CI.pass_up,)),
+    (S.ACCEPTED, E.TIMER_M): (S.TERMINATED, ()),
+}
+
+
+class ClientNonInvite(ClientTransaction):
+    """Non-INVITE client transaction, RFC 3261 §17.1.2 (Figure 6)."""
+
+    INITIAL = State.TRYING
+
+    __slots__ = ()
+
+    def start(self, now: float, out: Outbox) -> None:
+        out.append(Send(self.request, self.peer))
+        if not self.peer.reliable:
+            self._interval = self.config.t1
+            self._arm(Event.TIMER_E, self._interval, now)
+        self._arm(Event.TIMER_F, 64 * self.config.t1, now)
+
+    def arm_timer_e(self, now: float, out: Outbox, _: Any) -> None:
+        self._interval = min(2 * self._interval, self.config.t2)
+        self._arm(Event.TIMER_E, self._interval, now)
+
+    def arm_timer_e_t2(self, now: float, out: Outbox, _: Any) -> None:
+        self._arm(Event.TIMER_E, self.config.t2, now)
+
+    def arm_timer_k(self, now: float, out: Outbox, _: Any) -> None:
+        self._disarm(Event.TIMER_E, Event.TIMER_F)
+        self._arm(Event.TIMER_K, 0.0 if self.peer.reliable else self.config.t4, now)
+
+
+CN = ClientNonInvite
+ClientNonInvite.TABLE = {
+    (S.TRYING, E.TIMER_E): (S.TRYING, (CN.retransmit, CN.arm_timer_e)),
+    (S.TRYING, E.TIMER_F): (S.TERMINATED, (CN.report_timeout,)),
+    (S.TRYING, E.PROVISIONAL): (S.PROCEEDING, (CN.pass_up,)),
+    (S.TRYING, E.SUCCESS): (S.COMPLETED, (CN.pass_up, CN.arm_timer_k)),
+    (S.TRYING, E.FAILURE): (S.COMPLETED, (CN.pass_up, CN.arm_timer_k)),
+    (S.TRYING, E.TRANSPORT_ERROR): (S.TERMINATED, (CN.report_timeout,)),
+    (S.PROCEEDING, E.TIMER_E): (S.PROCEEDING, (CN.retransmit, CN.arm_timer_e_t2)),
+    (S.PROCEEDING, E.TIMER_F): (S.TERMINATED, (CN.report_timeout,)),
+    (S.PROCEEDING, E.PROVISIONAL): (S.PROCEEDING, (CN.pass_up,)),
+    (S.PROCEEDING, E.SUCCESS): (S.COMPLETED, (CN.pass_up, CN.arm_timer_k)),
+    (S.PROCEEDING, E.FAILURE): (S.COMPLETED, (CN.pass_up, CN.arm_timer_k)),
+    (S.PROCEEDING, E.TRANSPORT_ERROR): (S.TERMINATED, (CN.report_timeout,)),
+    (S.COMPLETED, E.TIMER_K): (S.TERMINATED, ()),
+}
+
+
+class ServerTransaction(Transaction):
+    __slots__ = ("last_response", "request")
+
+    def __init__(self, *, request: SipMessage, **kw: Any) -> None:
+        super().__init__(**kw)
+        # The request, to answer it; released once a final response is sent.
+        self.request: SipMessage | None = request
+        self.last_response: bytes | None = None
+
+    def receive_request(self, now: float, out: Outbox) -> None:
+        self.fire(Event.REQUEST, now, out)
+
+    def send_response(self, data: bytes, status: int, now: float, out: Outbox) -> bool:
+        event = (Event.SEND_PROVISIONAL if status < 200 else
+                 Event.SEND_SUCCESS if status < 300 else Event.SEND_FAILURE)
+        fired = self.fire(event, now, out, data)
+        if status >= 200:
+            self.request = None
+        return fired
+
+    def _release(self) -> None:
+        super()._release()
+        self.request = None
+        self.last_response = None
+
+    def send(self, now: float, out: Outbox, data: Any) -> None:
+        self.last_response = data
+        out.append(Send(data, self.peer))
+
+    def resend_last(self, now: float, out: Outbox, _: Any) -> None:
+        if self.last_response is not None:
+            out.append(Send(self.last_response, self.peer))
+
+
+class ServerInvite(ServerTransaction):
+    """INVITE server transaction, RFC 3261 §17.2.1 (Figure 7) and RFC 6026 §8.7."""
+
+    INITIAL = State.PROCEEDING
+
+    __slots__ = ()
+
+    def arm_timer_g(self, now: float, out: Outbox, _: Any) -> None:
+        if self.peer.reliable:
+            return
+        self._arm(Event.TIMER_G, self._interval, now)
+        self._interval = min(2 * self._interval, self.config.t2)
+
+    def arm_timer_h(self, now: float, out: Outbox, _: Any) -> None:
+        self._arm(Event.TIMER_H, 64 * self.config.t1, now)
+
+    def arm_timer_i(self, now: float, out: Outbox, _: Any) -> None:
+        self._disarm(Event.TIMER_G, Event.TIMER_H)
+        self._arm(Event.TIMER_I, 0.0 if self.peer.reliable else self.config.t4, now)
+
+    def arm_timer_l(self, now: float, out: Outbox, _: Any) -> None:
+        self._arm(Event.TIMER_L, 64 * self.config.t1, now)
+
+
+SI = ServerInvite
+ServerInvite.TABLE = {
+    (S.PROCEEDING, E.REQUEST): (S.PROCEEDING, (SI.resend_last,)),
+    (S.PROCEEDING, E.SEND_PROVISIONAL): (S.PROCEEDING, (SI.send,)),
+    (S.PROCEEDING, E.SEND_SUCCESS): (S.ACCEPTED, (SI.send, SI.arm_timer_l)),
+    (S.PROCEEDING, E.SEND_FAILURE): (S.COMPLETED, (SI.send, SI.arm_timer_g, SI.arm_timer_h)),
+    (S.PROCEEDING, E.TRANSPORT_ERROR): (S.TERMINATED, ()),
+    (S.COMPLETED, E.REQUEST): (S.COMPLETED, (SI.resend_last,)),
+    (S.COMPLETED, E.TIMER_G): (S.COMPLETED, (SI.resend_last, SI.arm_timer_g)),
+    (S.COMPLETED, E.TIMER_H): (S.TERMINATED, (SI.report_timeout,)),
+    (S.COMPLETED, E.ACK): (S.CONFIRMED, (SI.arm_timer_i,)),
+    (S.COMPLETED, E.TRANSPORT_ERROR): (S.TERMINATED, ()),
+    (S.CONFIRMED, E.ACK): (S.CONFIRMED, ()),
+    (S.CONFIRMED, E.REQUEST): (S.CONFIRMED, ()),
+    (S.CONFIRMED, E.TIMER_I): (S.TERMINATED, ()),
+    (S.ACCEPTED, E.REQUEST): (S.ACCEPTED, ()),
+    (S.ACCEPTED, E.SEND_SUCCESS): (S.ACCEPTED, (SI.send,)),
+    (S.ACCEPTED, E.TIMER_L): (S.TERMINATED, ()),
+}
+
+
+class ServerNonInvite(ServerTransaction):
+    """Non-INVITE server transaction, RFC 3261 §17.2.2 (Figure 8)."""
+
+    INITIAL = State.TRYING
+
+    __slots__ = ()
+
+    def arm_timer_j(self, now: float, out: Outbox, _: Any) -> None:
+        self._arm(Event.TIMER_J, 0.0 if self.peer.reliable else 64 * self.config.t1, now)
+
+
+SN = ServerNonInvite
+ServerNonInvite.TABLE = {
+    (S.TRYING, E.REQUEST): (S.TRYING, ()),
+    (S.TRYING, E.SEND_PROVISIONAL): (S.PROCEEDING, (SN.send,)),
+    (S.TRYING, E.SEND_SUCCESS): (S.COMPLETED, (SN.send, SN.arm_timer_j)),
+    (S.TRYING, E.SEND_FAILURE): (S.COMPLETED, (SN.send, SN.arm_timer_j)),
+    (S.TRYING, E.TRANSPORT_ERROR): (S.TERMINATED, ()),
+    (S.PROCEEDING, E.REQUEST): (S.PROCEEDING, (SN.resend_last,)),
+    (S.PROCEEDING, E.SEND_PROVISIONAL): (S.PROCEEDING, (SN.send,)),
+    (S.PROCEEDING, E.SEND_SUCCESS): (S.COMPLETED, (SN.send, SN.arm_timer_j)),
+    (S.PROCEEDING, E.SEND_FAILURE): (S.COMPLETED, (SN.send, SN.arm_timer_j)),
+    (S.PROCEEDING, E.TRANSPORT_ERROR): (S.TERMINATED, ()),
+    (S.COMPLETED, E.REQUEST): (S.COMPLETED, (SN.resend_last,)),
+    (S.COMPLETED, E.TIMER_J): (S.TERMINATED, ()),
+}
+del CI, CN, SI, SN, S, E
