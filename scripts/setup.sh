@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what stirshaken-proxy needs on a fresh Debian machine: SIPp and secsipidx from
-# Debian's packages, and the package itself in a virtual environment (.venv).
+# Debian's packages (and Kamailio for the tests), and the package itself in a virtual
+# environment (.venv).
 # Usage: scripts/setup.sh [test]   ("test" adds the test and lint tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ SUDO=""
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v secsipidx >/dev/null 2>&1 || need+=(secsipidx)
+# The tests run Kamailio as the SBC in front of the SIP 302 service.
+[ "${1:-}" = "test" ] && ! command -v kamailio >/dev/null 2>&1 && need+=(kamailio)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq

@@ -25,27 +25,27 @@ from cryptography import x509
 
 from .config import Config, ConfigError, VerifyConfig, load_config
 from .engine.proxy import EngineConfig, ProxyEngine
+from .engine.redirect import RedirectEngine
 from .engine.services import Services
 from .engine.sources import SourceFilter
 from .io.admin import AdminServer, HealthApi, add_certificate_routes
 from .io.dispatch import WorkerDispatch
-from .io.fetcher import Fetcher
+from .io.fetcher import CredentialFeed, Fetcher
 from .io.gcwatch import GcWatch
 from .io.metrics import exposition, make_registry, merge, snapshot
+from .io.rest import RestApi
 from .io.shell import EngineShell
 from .io.supervisor import Children, run_workers
 from .io.workers import WorkerLink
 from .policy.accounts import AccountDirectory, LocalPresence
 from .policy.health import NumberHealth
 from .policy.regions import Regions
+from .sip.transport import Side
 from .stats import Stats
 from .stir.credentials import TrustStore
 from .stir.passport import Signer, SigningIdentity
 from .stir.signing import Authenticator
 from .stir.verification import (
-    FetchError,
-    FetchRequest,
-    FetchResponse,
     VerificationService,
     VerifyPolicy,
 )
@@ -64,17 +64,16 @@ class Parts:
     store: NumberStore | None = None
     inventory: InventorySync | None = None
     writer: HealthWriter | None = None
-    fetcher: Fetcher | None = None
+    feed: CredentialFeed | None = None  # the verification service and its fetcher
     health: NumberHealth | None = None  # the number-health replica in use
     expiry: dict[str, float] = field(default_factory=dict)  # signing identity -> notAfter
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 def build_verification(vc: VerifyConfig, *, stats: Stats, counters: Counter[str],
-                       on_done: Callable[[FetchRequest, FetchResponse | FetchError], None],
-                       clock: Callable[[], float] | None = None,
-                       ) -> tuple[VerificationService, Fetcher]:
-    """The verification service and the fetcher that brings it bytes (service and CLI)."""
+                       clock: Callable[[], float] | None = None) -> CredentialFeed:
+    """The verification service, the fetcher that brings it bytes and the feed between
+    them (the service and the CLI)."""
     service = VerificationService(
         checks=Checks(url_policy=vc.url_policy, window=vc.freshness,
                       country_code=vc.policy.country_code),
@@ -83,15 +82,14 @@ def build_verification(vc: VerifyConfig, *, stats: Stats, counters: Counter[str]
     ssl_context = ssl.create_default_context()
     if vc.tls_ca_file is not None:
         ssl_context.load_verify_locations(cafile=str(vc.tls_ca_file))
-    fetcher = Fetcher(policy=vc.url_policy, crl_policy=vc.crl_policy, limits=vc.fetch,
-                      ssl_context=ssl_context, on_done=on_done, counters=counters)
-    return service, fetcher
+    feed = CredentialFeed(service)
+    feed.fetcher = Fetcher(policy=vc.url_policy, crl_policy=vc.crl_policy, limits=vc.fetch,
+                           ssl_context=ssl_context, on_done=feed.on_done, counters=counters)
+    return feed
 
 
 async def build_parts(config: Config, *, health: NumberHealth | None, regions: Regions,
-                      stats: Stats, counters: Counter[str],
-                      on_fetched: Callable[[FetchRequest, FetchResponse | FetchError], None],
-                      writer: bool) -> Parts:
+                      stats: Stats, counters: Counter[str], writer: bool) -> Parts:
     """Everything a configuration runs with, waited for before anything is swapped in.
     ``health`` is the running replica (a reload keeps its statistics); ``writer``: this
     worker writes number health to the store."""
@@ -136,9 +134,9 @@ async def build_parts(config: Config, *, health: NumberHealth | None, regions: R
                 parts.expiry[s.name] = cert.not_valid_after_utc.timestamp()
     vc = config.verify
     if vc is not None:
-        verification, parts.fetcher = build_verification(
-            vc, stats=stats, counters=counters, on_done=on_fetched,
-            clock=time.perf_counter)
+        parts.feed = build_verification(vc, stats=stats, counters=counters,
+                                        clock=time.perf_counter)
+        verification = parts.feed.service
     parts.services = Services(
         dialer_sources=SourceFilter(dialer_sources, allow_any=ec.dialer.allow_any_source),
         carrier_sources=SourceFilter(ec.carrier.allowed_sources,
@@ -169,6 +167,8 @@ class Application:
         self.shell: EngineShell | None = None
         self.dispatch: WorkerDispatch | None = None
         self.admin: AdminServer | None = None
+        self.redirect: EngineShell | None = None  # the 302 front end, when configured
+        self.rest: RestApi | None = None  # the ATIS-1000082 front end (worker 0)
         self._retiring: set[asyncio.Task[None]] = set()  # fetchers replaced by a reload
         self._housekeeping: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
@@ -191,7 +191,7 @@ class Application:
     async def _build(self, config: Config) -> Parts:
         parts = await build_parts(config, health=self.health, regions=self.regions,
                                   stats=self.stats, counters=self.counters,
-                                  on_fetched=self._fetched, writer=self.worker_index == 0)
+                                  writer=self.worker_index == 0)
         self.health = parts.health
         return parts
 
@@ -201,9 +201,37 @@ class Application:
             if task is not None:
                 parts.tasks.append(loop.create_task(task.run()))
 
-    def _fetched(self, request: FetchRequest, result: FetchResponse | FetchError) -> None:
-        if self.shell is not None:
-            self.shell.fetched(request, result)
+    def _wire(self, parts: Parts) -> None:
+        """The shells fetch through this configuration's feed and hear from it."""
+        for shell in (self.shell, self.redirect):
+            if shell is None:
+                continue
+            shell.fetch = parts.feed.request if parts.feed is not None else None
+            if parts.feed is not None:
+                parts.feed.fronts.append(shell)
+
+    async def _start_front_ends(self, parts: Parts) -> None:
+        """The SIP 302 server (every worker) and the REST API (worker 0), when configured."""
+        tc, rc = self.config.transport, self.config.redirect
+        if rc is not None:
+            engine = RedirectEngine(rc, parts.services, rng=os.urandom, stats=self.stats)
+            self.redirect = EngineShell(engine, counters=self.counters,
+                                        timer_resolution=tc.timer_resolution)
+            self.redirect.publish = self.dispatch.publish if self.dispatch is not None else None
+            await self.redirect.listen([(Side.REDIRECT, rc.host, rc.port)], tcp=tc.tcp,
+                                       shared=self.worker is not None,
+                                       max_message_size=rc.max_message_size,
+                                       max_tcp_connections=tc.max_tcp_connections,
+                                       max_tcp_pending_bytes=tc.max_tcp_pending_bytes,
+                                       tcp_connect_timeout=tc.tcp_connect_timeout)
+        if self.config.rest is not None and self.worker_index == 0:
+            self.rest = RestApi(self.config.rest, services=lambda: self._services(),
+                                feed=lambda: self.parts.feed if self.parts else None,
+                                api_keys=self.config.api_keys, stats=self.stats)
+            await self.rest.start()
+
+    def _services(self) -> Services | None:
+        return self.parts.services if self.parts is not None else None
 
     # -- start and stop -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -215,14 +243,18 @@ class Application:
         self.shell = shell = EngineShell(self.engine, counters=self.counters,
                                          timer_resolution=tc.timer_resolution,
                                          worker=self.worker)
-        shell.fetch = parts.fetcher.request if parts.fetcher is not None else None
         if self.worker is not None:
             self.dispatch = WorkerDispatch(self.worker, shell, snapshot=lambda: snapshot(self),
                                            counters=self.counters)
             self.dispatch.health = self.health
             shell.publish = self.dispatch.publish
+        await self._start_front_ends(parts)
+        self._wire(parts)
         self._run_parts(parts)
-        await shell.listen(tcp=tc.tcp, shared=self.worker is not None,
+        ec = self.config.engine
+        await shell.listen([(s.name, s.host, s.port) for s in (ec.dialer, ec.carrier)],
+                           tcp=tc.tcp, shared=self.worker is not None,
+                           max_message_size=ec.max_message_size,
                            max_tcp_connections=tc.max_tcp_connections,
                            max_tcp_pending_bytes=tc.max_tcp_pending_bytes,
                            tcp_connect_timeout=tc.tcp_connect_timeout)
@@ -234,7 +266,6 @@ class Application:
         self.gc.start(tc.gc_threshold)
         if self.dispatch is not None and self.worker_index != 0:
             self.dispatch.say_ready()
-        ec = self.config.engine
         log.info("listening: dialer %s:%d, carrier %s:%d (udp%s)%s", ec.dialer.host,
                  ec.dialer.port, ec.carrier.host, ec.carrier.port, "+tcp" if tc.tcp else "",
                  f", worker {self.worker_index} of {self.worker.count}"
@@ -253,7 +284,8 @@ class Application:
 
     def readiness(self) -> dict[str, bool]:
         parts = self.parts
-        checks = {"listeners": self.shell is not None and self.shell.listening}
+        checks = {"listeners": self.shell is not None and self.shell.listening and (
+            self.redirect is None or self.redirect.listening)}
         if self.dispatch is not None:  # worker 0: every other worker started and is alive
             others = self.dispatch.link.count - 1
             checks["workers"] = len(self.children) == others == len(self.dispatch.ready)
@@ -307,11 +339,17 @@ class Application:
         parts = await self._build(new)
         # One step, no await: the event loop sees the old bundle or the new one.
         self.engine.replace(services=parts.services, config=self._engine_config(new))
+        if self.redirect is not None:
+            redirect = self.redirect.engine
+            assert isinstance(redirect, RedirectEngine)
+            redirect.replace(services=parts.services, config=new.redirect)
+        if self.rest is not None:
+            self.rest.api_keys = new.api_keys
         if old.services.authenticator and parts.services.authenticator:
             parts.services.authenticator.carry_over(old.services.authenticator)
         if old.services.verification and parts.services.verification:
             parts.services.verification.carry_over(old.services.verification)
-        self.shell.fetch = parts.fetcher.request if parts.fetcher is not None else None
+        self._wire(parts)
         if self.dispatch is not None:
             self.dispatch.health = self.health
         self.parts, self.config = parts, new
@@ -328,17 +366,18 @@ class Application:
         parts.tasks.clear()
         if parts.writer is not None:
             await parts.writer.flush()
-        if retire_fetcher and parts.fetcher is not None:
-            await parts.fetcher.close()
+        if retire_fetcher and parts.feed is not None and parts.feed.fetcher is not None:
+            await parts.feed.fetcher.close()
 
     def _retire(self, old: Parts) -> None:
         """Close what a reload replaced; the old fetcher once its fetches in flight had
         their time (they still resume the requests waiting on them)."""
         if old.store is not None:
             old.store.close()
-        if old.fetcher is not None:
+        if old.feed is not None and old.feed.fetcher is not None:
             timeout = self.config.verify.fetch.timeout if self.config.verify else 5.0
-            task = asyncio.get_running_loop().create_task(_close_later(old.fetcher, timeout + 1))
+            task = asyncio.get_running_loop().create_task(
+                _close_later(old.feed.fetcher, timeout + 1))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
@@ -347,6 +386,10 @@ class Application:
         self.children.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config.transport.shutdown_grace
         engine = self.engine
+        if self.redirect is not None:
+            redirect = self.redirect.engine
+            assert isinstance(redirect, RedirectEngine)
+            redirect.draining = True
         if engine is not None:
             engine.draining = True
             while engine.pending_requests and time.monotonic() < deadline:
@@ -368,10 +411,12 @@ class Application:
             await self._stop_parts(self.parts)
             if self.parts.store is not None:
                 self.parts.store.close()
-        if self.shell is not None:
-            await self.shell.close()
-        if self.admin is not None:
-            await self.admin.stop()
+        for shell in (self.shell, self.redirect):
+            if shell is not None:
+                await shell.close()
+        for server in (self.admin, self.rest):
+            if server is not None:
+                await server.stop()
         self.gc.stop()
         log.info("stopped")
 

@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--hours", type=float, default=24.0)
             q.add_argument("--reason", default="flagged by operator")
 
+    api = sub.add_parser("api-key", help="REST API keys (stored hashed in [[accounts]] api_keys)")
+    api_sub = api.add_subparsers(dest="api_command", required=True)
+    api_sub.add_parser("new", help="make a new random key and print it with its hash")
+    hsh = api_sub.add_parser("hash", help="print the hash of a key, for [[accounts]] api_keys")
+    hsh.add_argument("key")
+
     ver = sub.add_parser("verify", help="verify an Identity header and show every check")
     ver.add_argument("--config", required=True, help="uses its [verify] trust anchors and policy")
     ver.add_argument("--identity", required=True,
@@ -235,7 +241,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from .app import build_verification
-    from .io.fetcher import AsyncVerifier
     from .sip.numbers import canonical_digits
     from .stats import Stats
 
@@ -258,23 +263,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         assert config.verify is not None
-        waiter: list[AsyncVerifier] = []
-        service, fetcher = build_verification(
-            config.verify, stats=Stats(), counters=Counter(),
-            on_done=lambda request, result: waiter[0].on_done(request, result))
-        verifying = AsyncVerifier(service)
-        verifying.fetcher = fetcher
-        waiter.append(verifying)
+        feed = build_verification(config.verify, stats=Stats(), counters=Counter())
 
         def fetching(url: str) -> None:
             sys.stdout.write(f"fetching {url}\n")
 
         try:
-            verdict = await verifying.verify(
+            verdict = await feed.verify(
                 [identity], orig=orig, dest=dest, date=None, now=now,
                 on_fetch=fetching)
         finally:
-            await fetcher.close()
+            if feed.fetcher is not None:
+                await feed.fetcher.close()
         for n, result in enumerate(verdict.results, 1):
             sys.stdout.write(f"Identity #{n} (ppt {result.ppt or '?'})\n")
             for check in result.checks:
@@ -291,8 +291,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_api_key(args: argparse.Namespace) -> int:
+    import secrets
+
+    from .io.rest import key_hash
+
+    if args.api_command == "new":
+        key = secrets.token_urlsafe(32)
+        sys.stdout.write(f"key:  {key}\nhash: {key_hash(key)}   (for [[accounts]] api_keys; "
+                         "the key itself is shown only now)\n")
+    else:
+        sys.stdout.write(key_hash(args.key) + "\n")
+    return EXIT_OK
+
+
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "keys": cmd_keys,
-            "numbers": cmd_numbers, "verify": cmd_verify}
+            "numbers": cmd_numbers, "verify": cmd_verify, "api-key": cmd_api_key}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

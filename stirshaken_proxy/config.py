@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .engine.flood import FloodConfig
 from .engine.proxy import CARRIER, DIALER, EngineConfig, SideConfig
+from .engine.redirect import RedirectConfig
 from .io.keys import DevPki, KeyFileError, load_private_key, write_dev_pki
 from .policy.accounts import Account, LocalPresence
 from .policy.health import HealthLimits
@@ -44,6 +45,19 @@ class AdminConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     enabled: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestConfig:
+    """The ATIS-1000082 HTTP interface (io.rest)."""
+
+    host: str
+    port: int
+    max_body_bytes: int = 16384
+    tls_certificate: Path | None = None  # HTTPS when set, with tls_key
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # clients must present a certificate it signed
+    max_in_flight: int = 256  # requests handled at once; past this, 503
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +127,9 @@ class Config:
     transport: TransportConfig = field(default_factory=TransportConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    redirect: RedirectConfig | None = None  # the SIP 302 front end
+    rest: RestConfig | None = None  # the ATIS-1000082 REST front end
+    api_keys: dict[str, str] = field(default_factory=dict)  # "sha256:<hex>" -> account
     raw: dict[str, Any] = field(default_factory=dict)
     created_keys: tuple[DevPki, ...] = ()  # development keys this load created
 
@@ -152,6 +169,20 @@ _ADMIN_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "listen": ((str,), "127.0.0.1:8080"),
     "enabled": ((bool,), True),
 }
+_REDIRECT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "listen": ((str,), None),
+    "route": ((str,), ""),
+    "verify_sources": ((list,), []),
+    "answer_cache_seconds": ((int, float), 32.0),
+}
+_REST_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "listen": ((str,), None),
+    "max_body_bytes": ((int,), 16384),
+    "max_in_flight": ((int,), 256),
+    "tls_certificate": ((str,), ""),
+    "tls_key": ((str,), ""),
+    "tls_client_ca": ((str,), ""),
+}
 _LOG_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "level": ((str,), "info"),
     "format": ((str,), "text"),
@@ -178,6 +209,7 @@ _ACCOUNT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "numbers": ((list,), []),
     "local_presence": ((str,), "off"),
     "max_calls_per_hour": ((int,), 0),  # 0: the [health] limit
+    "api_keys": ((list,), []),  # "sha256:<hex>" of each REST API key (stirshaken-proxy api-key)
 }
 _AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "unsigned_calls": ((str,), "forward"),
@@ -232,6 +264,8 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "sip": _SIP_KEYS,
     "transport": _TRANSPORT_KEYS,
     "admin": _ADMIN_KEYS,
+    "redirect": _REDIRECT_KEYS,
+    "rest": _REST_KEYS,
     "log": _LOG_KEYS,
     "store": _STORE_KEYS,
     "signing": _SIGNING_KEYS,
@@ -423,12 +457,70 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
         max_message_size=sip["max_message_size"], max_transactions=sip["max_transactions"],
         max_parked=verify.max_parked if verify else 10_000, flood=flood,
         retry_after=sip["retry_after"], server_name=sip["server_name"])
+    redirect = _redirect(src, data, engine) if "redirect" in data else None
+    rest = _rest(src, data) if "rest" in data else None
+    api_keys = _api_keys(src, data)
     return Config(
-        path=path, engine=engine, auth=auth, verify=verify,
+        path=path, engine=engine, auth=auth, verify=verify, redirect=redirect, rest=rest,
+        api_keys=api_keys,
         transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
         admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"]),
         log=LogConfig(level=log["level"], format=log["format"]),
         raw=data, created_keys=tuple(created))
+
+
+def _redirect(src: _Source, data: dict[str, Any], engine: EngineConfig) -> RedirectConfig:
+    v = _section(src, data, "redirect", _REDIRECT_KEYS)
+    host, port = parse_hostport(src, "redirect", "listen", v["listen"])
+    if v["route"]:
+        parse_hostport(src, "redirect", "route", v["route"])
+    _positive(src, "redirect", v, "answer_cache_seconds")
+    return RedirectConfig(
+        host=host, port=port, route=v["route"],
+        verify_sources=_cidrs(src, "redirect", "verify_sources", v["verify_sources"]),
+        max_message_size=engine.max_message_size, max_parked=engine.max_parked,
+        answer_cache_seconds=float(v["answer_cache_seconds"]),
+        retry_after=engine.retry_after, server_name=engine.server_name, flood=engine.flood)
+
+
+def _rest(src: _Source, data: dict[str, Any]) -> RestConfig:
+    v = _section(src, data, "rest", _REST_KEYS)
+    host, port = parse_hostport(src, "rest", "listen", v["listen"])
+    _positive(src, "rest", v, "max_body_bytes", "max_in_flight")
+    files: dict[str, Path | None] = {}
+    for key in ("tls_certificate", "tls_key", "tls_client_ca"):
+        files[key] = Path(v[key]) if v[key] else None
+        if files[key] is not None and not files[key].is_file():  # type: ignore[union-attr]
+            raise src.error("rest", key, f"{v[key]} does not exist")
+    if (files["tls_certificate"] is None) != (files["tls_key"] is None):
+        raise src.error("rest", "tls_key", "tls_certificate and tls_key go together")
+    if files["tls_client_ca"] is not None and files["tls_certificate"] is None:
+        raise src.error("rest", "tls_client_ca", "client certificates need HTTPS "
+                        "(tls_certificate and tls_key)")
+    return RestConfig(host=host, port=port, max_body_bytes=v["max_body_bytes"],
+                      max_in_flight=v["max_in_flight"],
+                      tls_certificate=files["tls_certificate"], tls_key=files["tls_key"],
+                      tls_client_ca=files["tls_client_ca"])
+
+
+_KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}\Z")
+
+
+def _api_keys(src: _Source, data: dict[str, Any]) -> dict[str, str]:
+    """Each account's REST API keys, stored as their SHA-256 (the keys are random tokens:
+    a fast hash is enough, and the key itself is never kept)."""
+    keys: dict[str, str] = {}
+    for i, raw in enumerate(data.get("accounts", []) if isinstance(data.get("accounts"), list)
+                            else []):
+        for value in raw.get("api_keys", []) if isinstance(raw, dict) else []:
+            if not isinstance(value, str) or not _KEY_HASH.match(value):
+                raise src.error("accounts", "api_keys", f"{value!r} is not \"sha256:<64 hex "
+                                "digits>\" (make one with: stirshaken-proxy api-key new)", i)
+            if value in keys:
+                raise src.error("accounts", "api_keys", "the same key is given to two "
+                                "accounts", i)
+            keys[value] = raw["name"]
+    return keys
 
 
 def _cidrs(src: _Source, section: str, key: str, values: list[Any],

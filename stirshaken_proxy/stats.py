@@ -31,6 +31,11 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...]]] = {
     "verifications": ("Inbound verifications by verstat and response code",
                       ("verstat", "code")),
     "verify_waits": ("Inbound verifications that waited for a credential fetch", ()),
+    "crl_unusable": ("Fetched CRLs that could not be parsed", ()),
+    "redirect_answers": ("302 answers of the redirect server, by what they carry", ("kind",)),
+    "redirect_acks_absorbed": ("ACKs for the redirect server's final answers", ()),
+    "rest_requests": ("ATIS-1000082 REST requests, by endpoint and HTTP status",
+                      ("endpoint", "status")),
 }
 
 

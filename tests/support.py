@@ -233,9 +233,9 @@ class SippUas:
 def run_uac(scenario: str, target_port: int, local_port: int, workdir: Path, *, calls: int,
             rate: int, caller: str = "12025550100", callee: str = "12025550199",
             transport: str = "u1", hold_ms: int = 50, time_limit: int = 120,
-            extra: tuple[str, ...] = ()) -> SippResult:
+            extra: tuple[str, ...] = (), target_host: str = HOST) -> SippResult:
     stat = workdir / f"uac-{local_port}-stat.csv"
-    args = ["sipp", f"{HOST}:{target_port}", "-sf", str(SCENARIOS / scenario), "-i", HOST,
+    args = ["sipp", f"{target_host}:{target_port}", "-sf", str(SCENARIOS / scenario), "-i", HOST,
             "-p", str(local_port), "-t", transport, "-s", callee, "-key", "caller", caller,
             "-d", str(hold_ms), "-m", str(calls), "-r", str(rate), "-l", str(max(rate * 4, 50)),
             "-nostdin", "-timeout", f"{time_limit}s", "-timeout_error",
@@ -264,3 +264,75 @@ def scrape(port: int) -> str:
 
 def env_without_proxy() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+KAMAILIO_MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+
+
+def have_kamailio() -> bool:
+    return shutil.which("kamailio") is not None and KAMAILIO_MODULES.is_dir()
+
+
+def wait_sip(port: int, host: str = HOST, timeout: float = 15.0) -> None:
+    """Until something answers an OPTIONS (Max-Forwards 0) on host:port over UDP."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        s.settimeout(0.3)
+        ping = (b"OPTIONS sip:%s:%d SIP/2.0\r\n"
+                b"Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKping\r\n"
+                b"From: <sip:p@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: ping\r\n"
+                b"CSeq: 1 OPTIONS\r\nMax-Forwards: 0\r\nContent-Length: 0\r\n\r\n"
+                % (host.encode(), port, s.getsockname()[1]))
+        while time.monotonic() < deadline:
+            s.sendto(ping, (host, port))
+            try:
+                s.recv(4096)
+                return
+            except TimeoutError:
+                continue
+    raise RuntimeError(f"nothing answers SIP on {host}:{port}")
+
+
+class Kamailio:
+    """Kamailio from Debian's packages on a configuration template whose @NAME@ values are
+    filled in (a file of deploy/), in the foreground of its own session."""
+
+    def __init__(self, template: Path, workdir: Path, values: dict[str, object],
+                 ready: tuple[str, int]) -> None:
+        text = template.read_text()
+        for name, value in {"MODULES": KAMAILIO_MODULES, **values}.items():
+            text = text.replace(f"@{name}@", str(value))
+        self.cfg = workdir / f"kamailio-{template.stem}.cfg"
+        self.cfg.write_text(text)
+        self.log_path = workdir / f"kamailio-{template.stem}.log"
+        self.run_dir = workdir / "kamailio-run"
+        self.run_dir.mkdir(exist_ok=True)
+        self.ready = ready
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Kamailio:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            ["kamailio", "-f", str(self.cfg), "-DD", "-E", "-m", "64", "-M", "8",
+             "-Y", str(self.run_dir), "-w", str(self.run_dir)],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_sip(self.ready[1], self.ready[0])
+        except RuntimeError:
+            self.__exit__()
+            raise RuntimeError(f"kamailio did not start: {self.log()}") from None
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()

@@ -4,9 +4,9 @@ in-path front end of the STI core.
 Requests that arrive on the dialer side go to the carrier's next hop and the other way round.
 Initial INVITEs from the dialer side are signed by the authenticator, those from the carrier
 side verified by the verification service, both held in the ``Services`` bundle. The engine
-is pure: ``receive(data, peer, now)``, ``on_timers(now)`` and ``fetched(...)`` return the
-actions to carry out (datagrams, fetches, number-health events); ``next_deadline()`` says when
-to call ``on_timers`` again.
+is pure: ``receive(data, peer, now)``, ``on_timers(now)`` and ``credentials_ready(urls, now)``
+(fetched credentials are in) return the actions to carry out (datagrams, fetches,
+number-health events); ``next_deadline()`` says when to call ``on_timers`` again.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from ..sip.message import ParseCache, SipMessage, make_response, parse_message
 from ..sip.transport import Peer, Send, Side, Transport
 from ..sip.uri import parse_name_addr, parse_uri, split_values
 from ..stats import Stats
-from ..stir.verification import FetchError, FetchOutcome, FetchRequest, FetchResponse
 from ..transaction import (
     AckTemplate,
     ClientInvite,
@@ -35,7 +34,7 @@ from ..transaction import (
     Transaction,
 )
 from ..transaction.machine import ClientTransaction, Event, ServerTransaction
-from .actions import Action, Fetch
+from .actions import Action
 from .flood import FloodConfig, FloodGuard
 from .services import Services
 from .sip_sti import is_initial_invite
@@ -46,8 +45,16 @@ log = logging.getLogger(__name__)
 
 DIALER = Side.DIALER
 CARRIER = Side.CARRIER
+_OPPOSITE = {DIALER: CARRIER, CARRIER: DIALER}
 # Requests that may create a dialog, so the proxy Record-Routes them (RFC 3261 §16.6 step 4).
 _DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+# Enum members used per message, bound once (through the class each lookup costs ~70 ns).
+_ACK = Event.ACK
+_PROCEEDING = State.PROCEEDING
+_TERMINATED = State.TERMINATED
+_TRYING = State.TRYING
+_TCP = Transport.TCP
+_UDP = Transport.UDP
 ALLOW = b"INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
 
 
@@ -96,6 +103,10 @@ class _Parked:
 class ContextKind(enum.Enum):
     FORWARD = "forward"  # a request we forward: its server and client transactions
     CANCEL = "cancel"  # a CANCEL we generated (§9.1): its responses stop here
+
+
+_CANCEL = ContextKind.CANCEL
+_FORWARD = ContextKind.FORWARD
 
 
 class _Context:
@@ -187,7 +198,7 @@ class ProxyEngine:
 
     @staticmethod
     def _rr(side: SideConfig) -> bytes:
-        tp = ";transport=tcp" if side.next_hop_transport is Transport.TCP else ""
+        tp = ";transport=tcp" if side.next_hop_transport is _TCP else ""
         return f"Record-Route: <sip:{side.advertise_host}:{side.advertise_port}{tp};lr>\r\n".encode()
 
     @staticmethod
@@ -201,7 +212,8 @@ class ProxyEngine:
         out: list[Action] = []
         try:
             msg = parse_message(data, max_size=self.config.max_message_size,
-                                stream=source.reliable, cache=self._parse_cache)
+                                stream=source.transport is not _UDP,
+                                cache=self._parse_cache)
         except SipError as exc:
             self._bad_message(exc, source, out)
             return out
@@ -221,29 +233,29 @@ class ProxyEngine:
     def on_timers(self, now: float) -> list[Action]:
         out: list[Action] = []
         for txn, timer in self.timers.pop_due(now):
-            if txn.state is not State.TERMINATED:
+            if txn.state is not _TERMINATED:
                 txn.timer_fired(timer, now, out)
         return out
 
     def next_deadline(self) -> float | None:
         return self.timers.next_deadline()
 
-    def fetched(self, request: FetchRequest, result: FetchResponse | FetchError,
-                now: float) -> list[Action]:
-        """A fetch asked for by a Fetch action ended: the verification service takes the
-        bytes; the requests waiting for the credentials now cached go on."""
+    def earliest_deadline(self) -> float | None:
+        """The heap's first entry, armed or not (never later than next_deadline): cheap to
+        ask after every message."""
+        return self.timers.earliest()
+
+    def credentials_ready(self, urls: tuple[str, ...], now: float) -> list[Action]:
+        """The verification service has these credentials now (fetched, or failed): the
+        requests that waited for them are decided again."""
         out: list[Action] = []
-        verification = self.services.verification
-        outcome = verification.fetched(request, result, now) if verification is not None \
-            else FetchOutcome(ready=(request.url,))  # verification turned off meanwhile
-        out.extend(Fetch(r) for r in outcome.fetch)
-        for url in outcome.ready:
+        for url in urls:
             for parked in self._waiting.pop(url, ()):
                 parked.urls.discard(url)
                 if parked.urls:
                     continue
                 self._parked -= 1
-                if parked.server.state is State.PROCEEDING:  # not cancelled or timed out
+                if parked.server.state is _PROCEEDING:  # not cancelled or timed out
                     self._decide(parked.msg, parked.source, parked.server, now, out)
         return out
 
@@ -256,7 +268,7 @@ class ProxyEngine:
         """Requests still waiting for a final answer (what a graceful stop waits for; finished
         transactions only linger to absorb retransmissions)."""
         return sum(1 for t in self.server_txns.values()
-                   if t.state in (State.PROCEEDING, State.TRYING))
+                   if t.state in (_PROCEEDING, _TRYING))
 
     @property
     def parked(self) -> int:
@@ -277,10 +289,6 @@ class ProxyEngine:
                                       extra=(self._server_header,)), source))
 
     # -- requests -------------------------------------------------------------------------
-    def _sources(self, side: Side) -> SourceFilter:
-        services = self.services
-        return services.dialer_sources if side is DIALER else services.carrier_sources
-
     def _trusted(self, host: str) -> bool:
         """Peers the flood guard leaves alone: next hops, the exempt list, and the dialer
         side's admitted sources (accounts' trunks), unless that side admits anyone."""
@@ -305,7 +313,9 @@ class ProxyEngine:
         if not self._trusted(source.host) and not self.flood.allow(source.host, now):
             self.stats[("sip_dropped", "flood")] += 1
             return
-        if not self._sources(source.side).allows(source.host):
+        services = self.services
+        sources = services.dialer_sources if source.side is DIALER else services.carrier_sources
+        if not sources.allows(source.host):
             self.stats[("sip_refused_sources", source.side)] += 1
             if method != "ACK":
                 out.append(Send(self._respond(msg, 403, "Forbidden"), source))
@@ -313,7 +323,7 @@ class ProxyEngine:
         if method == "ACK":
             txn = self.server_txns.get(self._server_key(msg, "INVITE", source))
             if txn is not None:
-                txn.fire(Event.ACK, now, out)  # ACK for a non-2xx final: absorbed hop by hop
+                txn.fire(_ACK, now, out)  # ACK for a non-2xx final: absorbed hop by hop
                 return
             self._forward_stateless(msg, source, out)  # ACK for a 2xx: end to end
             return
@@ -404,7 +414,7 @@ class ProxyEngine:
 
     def _prepare_forward(self, msg: SipMessage, source: Peer, branch: str) -> tuple[bytes, Peer]:
         """Edit a request for forwarding (§16.6): Route, Max-Forwards, Record-Route, Via."""
-        out_side = source.side.opposite
+        out_side = _OPPOSITE[source.side]
         self._pop_own_routes(msg)
         mf_idx = msg.index.get("max-forwards")
         if mf_idx:
@@ -419,7 +429,8 @@ class ProxyEngine:
             msg.prepend_header(self._rr_line[out_side])
         via = self._via_prefix[out_side] + branch.encode() + b"\r\n"
         msg.prepend_header(via)
-        self.sti.map_identities(msg, out_side)
+        if self.sti.calls:  # calls we signed: one may have a replaced caller ID
+            self.sti.map_identities(msg, out_side)
         return via, self._next_hop[out_side]
 
     def _pop_own_routes(self, msg: SipMessage) -> None:
@@ -452,7 +463,7 @@ class ProxyEngine:
         branch = self._new_branch()
         via, dest = self._prepare_forward(msg, source, branch)
         data = msg.serialize()
-        ctx = _Context(ContextKind.FORWARD, server)
+        ctx = _Context(_FORWARD, server)
         server.context = ctx
         key = (branch, msg.method)
         if msg.method == "INVITE":
@@ -492,11 +503,11 @@ class ProxyEngine:
             return
         txn.send_response(self._respond(msg, 200), 200, now, out)
         ctx = invite.context
-        if ctx is None and invite.state is State.PROCEEDING and invite.request is not None:
+        if ctx is None and invite.state is _PROCEEDING and invite.request is not None:
             # Not forwarded yet (waiting for a credential fetch): it ends here (§16.10).
             invite.send_response(self._respond(invite.request, 487), 487, now, out)
             return
-        if ctx is None or invite.state is not State.PROCEEDING or ctx.cancelled:
+        if ctx is None or invite.state is not _PROCEEDING or ctx.cancelled:
             return
         if ctx.provisional:
             self._send_cancel(ctx, now, out)
@@ -516,7 +527,7 @@ class ProxyEngine:
         branch = client.key[0]
         cancel = ClientNonInvite(key=(branch, "CANCEL"), peer=client.peer, tu=self,
                                  config=self.config.timers, request=data)
-        cancel.context = _Context(ContextKind.CANCEL, None)
+        cancel.context = _Context(_CANCEL, None)
         self.client_txns[cancel.key] = cancel
         self.stats[("sip_cancels_sent",)] += 1
         cancel.start(now, out)
@@ -544,8 +555,9 @@ class ProxyEngine:
             return
         self._strip_top_via(msg)
         side = CARRIER if top.port == self.sides[CARRIER].advertise_port else DIALER
-        dest = Peer(side.opposite, Transport.UDP, addr[0], addr[1])
-        self.sti.map_identities(msg, dest.side)
+        dest = Peer(_OPPOSITE[side], _UDP, addr[0], addr[1])
+        if self.sti.calls:  # calls we signed: one may have a replaced caller ID
+            self.sti.map_identities(msg, dest.side)
         out.append(Send(msg.serialize(), dest))
 
     @staticmethod
@@ -561,7 +573,7 @@ class ProxyEngine:
     def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float,
                     out: list[Action]) -> None:
         ctx: _Context = txn.context
-        if ctx.kind is ContextKind.CANCEL:
+        if ctx.kind is _CANCEL:
             return  # responses to our CANCEL stop here
         status = msg.status
         if status < 200 and isinstance(txn, ClientInvite):
@@ -577,7 +589,8 @@ class ProxyEngine:
         if server is None:
             return
         self._strip_top_via(msg)
-        self.sti.map_identities(msg, server.peer.side)
+        if self.sti.calls:  # calls we signed: one may have a replaced caller ID
+            self.sti.map_identities(msg, server.peer.side)
         server.send_response(msg.serialize(), status, now, out)
 
     def on_timeout(self, txn: Transaction, now: float, out: list[Action]) -> None:
@@ -586,8 +599,8 @@ class ProxyEngine:
             return
         ctx: _Context = txn.context
         server = ctx.server
-        if ctx.kind is ContextKind.FORWARD and server is not None and server.request is not None and \
-                server.state in (State.PROCEEDING, State.TRYING):
+        if ctx.kind is _FORWARD and server is not None and server.request is not None and \
+                server.state in (_PROCEEDING, _TRYING):
             # §16.7 step 6 / §16.8: a branch that timed out counts as a 408.
             server.send_response(self._respond(server.request, 408), 408, now, out)
 

@@ -80,16 +80,18 @@ def call_facts(msg: SipMessage, account: Account | None, policy: AuthPolicy) -> 
         date = parse_date(date_text)
         if date is None:
             return BadDate(text=date_text)
-    name = policy.local_presence_header.lower()
+    name = policy.presence_header_key
     asked = False
     if msg.has(name):
         asked = (msg.get(name) or "").strip().lower() in _TRUE
         msg.remove_all(name)
+    # Positional, in field order (account, orig, dest, date, presence_requested): once per
+    # call, where keywords cost twice as much.
     return CallFacts(
-        account=account,
-        orig=calling_tn(msg.values("p-asserted-identity"), msg.get("from"), country_code=cc),
-        dest=called_tn(msg.uri, msg.get("to"), country_code=cc),
-        date=date, presence_requested=asked)
+        account,
+        calling_tn(msg.values("p-asserted-identity"), msg.get("from"), country_code=cc),
+        called_tn(msg.uri, msg.get("to"), country_code=cc),
+        date, asked)
 
 
 class DateLines:

@@ -22,8 +22,6 @@ from .sip_sti import (
     BadDate,
     DateLines,
     call_facts,
-    identity_line,
-    is_initial_invite,
     mark_verdict,
     reason_header,
     strip_untrusted,
@@ -66,9 +64,10 @@ class StiLeg:
         if auth is None:
             return None
         account = services.accounts.by_source(source.host)
-        strip_untrusted(msg, account, self.stats)
-        if not is_initial_invite(msg):
-            return None
+        if account is None or msg.has("identity"):
+            strip_untrusted(msg, account, self.stats)
+        if msg.method != "INVITE" or "tag=" in (msg.get("to") or ""):
+            return None  # SHAKEN signs initial INVITEs only
         facts = call_facts(msg, account, auth.policy)
         if isinstance(facts, BadDate):
             self.stats[("sign_refused", "bad_date")] += 1
@@ -82,7 +81,7 @@ class StiLeg:
                     log.debug("call %s: caller ID %s presented as %s", msg.call_id,
                               facts.orig, outcome.orig, extra={
                                   "call_id": msg.call_id, "account": outcome.account})
-            msg.append_header(identity_line(outcome))
+            msg.append_header(b"Identity: " + outcome.identity.encode() + b"\r\n")
             if facts.date is None:
                 msg.append_header(self._dates.line(outcome.iat))
             if outcome.events or identities is not None:

@@ -20,7 +20,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -183,34 +183,47 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-class AsyncVerifier:
-    """The verification service for front ends that await a verdict (the CLI, the REST API):
-    verify, fetch what is missing, verify again. The fetcher's ``on_done`` must be
-    ``self.on_done``; one fetch per URL is shared by every request waiting for it."""
+class Resumable(Protocol):
+    """A front end with requests waiting for credentials (an engine's shell)."""
+
+    def credentials_ready(self, urls: tuple[str, ...]) -> None: ...
+
+
+class CredentialFeed:
+    """Between the fetcher and the verification service: each fetch's outcome is handed to
+    the service once, the further fetches it asks for (CRLs) are started, and every front
+    end hears which credentials are now in: the engines' shells (``fronts``) resume the
+    requests they parked, and ``verify`` callers (the REST API, the CLI) wake up."""
 
     def __init__(self, service: VerificationService) -> None:
         self.service = service
-        self.fetcher: Fetcher | None = None
+        self.fetcher: Fetcher | None = None  # None: nothing can be fetched
+        self.fronts: list[Resumable] = []
         self._ready: dict[str, asyncio.Event] = {}
 
-    def on_done(self, request: FetchRequest, result: FetchResponse | FetchError) -> None:
-        outcome = self.service.fetched(request, result, time.time())
-        for more in outcome.fetch:
-            self._fetch(more)
-        for url in outcome.ready:
-            event = self._ready.pop(url, None)
-            if event is not None:
-                event.set()
-
-    def _fetch(self, request: FetchRequest) -> None:
+    def request(self, request: FetchRequest) -> None:
         if self.fetcher is None:
             self.on_done(request, FetchError(reason="fetching is off"))
         else:
             self.fetcher.request(request)
 
+    def on_done(self, request: FetchRequest, result: FetchResponse | FetchError) -> None:
+        outcome = self.service.fetched(request, result, time.time())
+        for more in outcome.fetch:
+            self.request(more)
+        if not outcome.ready:
+            return
+        for front in self.fronts:
+            front.credentials_ready(outcome.ready)
+        for url in outcome.ready:
+            event = self._ready.pop(url, None)
+            if event is not None:
+                event.set()
+
     async def verify(self, identities: list[str], *, orig: str | None, dest: str | None,
                      date: int | None, now: float,
                      on_fetch: Callable[[str], None] | None = None) -> Verdict:
+        """A verdict, fetching what is missing (bounded by the fetcher's timeout)."""
         # Twice at most: after the fetches every URL has a cached outcome (a chain or a
         # failure); a third pass can only happen if the cache dropped one meanwhile.
         for _ in range(3):
@@ -221,7 +234,7 @@ class AsyncVerifier:
             for request in result.fetch:
                 if on_fetch is not None:
                     on_fetch(request.url)
-                self._fetch(request)
+                self.request(request)
             await asyncio.gather(*(event.wait() for event in events))
         return Verdict(verstat=Verstat.FAILED, results=[], code=436,
                        reason="credentials could not be kept in the cache")

@@ -52,8 +52,9 @@ def snapshot(app: Application) -> dict[str, Any]:
         histograms[("verify_seconds",)] = _value(services.verification.latency)
         c = services.verification.cache
         cache = (c.hits, c.misses, len(c))
-    if app.parts is not None and app.parts.fetcher is not None:
-        histograms[("x5u_fetch_seconds",)] = _value(app.parts.fetcher.latency)
+    feed = app.parts.feed if app.parts is not None else None
+    if feed is not None and feed.fetcher is not None:
+        histograms[("x5u_fetch_seconds",)] = _value(feed.fetcher.latency)
     for generation, h in enumerate(app.gc.pauses):
         histograms[("gc_pause_seconds", str(generation))] = _value(h)
     user, system = os.times()[:2]

@@ -9,23 +9,38 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 from ..engine.actions import Action, Fetch
-from ..engine.proxy import CARRIER, DIALER, ProxyEngine
 from ..policy.health import HealthEvent
 from ..sip.message import call_id_of
 from ..sip.transport import Peer, Send, Side, Transport
-from ..stir.verification import FetchError, FetchRequest, FetchResponse
+from ..stir.verification import FetchRequest
 from .transports import TcpConnection, TcpManager, UdpEndpoint
 from .workers import WorkerLink
 
 log = logging.getLogger(__name__)
+_UDP = Transport.UDP  # bound once: through the class each lookup costs ~70 ns
+
+
+class Engine(Protocol):
+    """What the shell drives: the in-path proxy or the redirect server (both pure)."""
+
+    def receive(self, data: bytes, source: Peer, now: float) -> list[Action]: ...
+
+    def on_timers(self, now: float) -> list[Action]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def earliest_deadline(self) -> float | None: ...
+
+    def credentials_ready(self, urls: tuple[str, ...], now: float) -> list[Action]: ...
 
 
 class EngineShell:
-    """Runs one ProxyEngine on real sockets."""
+    """Runs one engine on real sockets."""
 
-    def __init__(self, engine: ProxyEngine, *, counters: Counter[str],
+    def __init__(self, engine: Engine, *, counters: Counter[str],
                  timer_resolution: float, worker: WorkerLink | None = None) -> None:
         self.engine = engine
         self.counters = counters  # I/O events (the engine keeps its own)
@@ -41,32 +56,34 @@ class EngineShell:
         self.publish: Callable[[HealthEvent], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._endpoints = 0
 
     # -- listeners ------------------------------------------------------------------------
-    async def listen(self, *, tcp: bool, shared: bool, max_tcp_connections: int,
+    async def listen(self, endpoints: list[tuple[Side, str, int]], *, tcp: bool, shared: bool,
+                     max_message_size: int, max_tcp_connections: int,
                      max_tcp_pending_bytes: int, tcp_connect_timeout: float) -> None:
-        """UDP (and TCP) on both sides; ``shared``: every worker binds the same ports."""
+        """UDP (and TCP) on each (side, host, port); ``shared``: every worker binds the same
+        ports."""
         loop = asyncio.get_running_loop()
-        ec = self.engine.config
-        for side_cfg in (ec.dialer, ec.carrier):
-            side = side_cfg.name
+        for side, host, port in endpoints:
             _, proto = await loop.create_datagram_endpoint(
                 lambda side=side: UdpEndpoint(side, self.feed, self.counters),  # type: ignore[misc]
-                local_addr=(side_cfg.host, side_cfg.port), reuse_port=shared)
+                local_addr=(host, port), reuse_port=shared)
             self.udp[side] = proto
             if tcp:
                 manager = TcpManager(
-                    side, self.feed, self.counters, max_message_size=ec.max_message_size,
+                    side, self.feed, self.counters, max_message_size=max_message_size,
                     max_connections=max_tcp_connections, max_pending_bytes=max_tcp_pending_bytes,
-                    connect_timeout=tcp_connect_timeout, local_host=side_cfg.host)
+                    connect_timeout=tcp_connect_timeout, local_host=host)
                 manager.server = await loop.create_server(
                     lambda m=manager: TcpConnection(m, m.side),  # type: ignore[misc]
-                    side_cfg.host, side_cfg.port, reuse_address=True, reuse_port=shared)
+                    host, port, reuse_address=True, reuse_port=shared)
                 self.tcp[side] = manager
+        self._endpoints = len(endpoints)
 
     @property
     def listening(self) -> bool:
-        return len(self.udp) == 2
+        return bool(self.udp) and len(self.udp) == self._endpoints
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -99,13 +116,13 @@ class EngineShell:
         self.execute(actions)
         self.arm_timer()
 
-    def fetched(self, request: FetchRequest, result: FetchResponse | FetchError) -> None:
-        """A fetch the engine asked for ended."""
+    def credentials_ready(self, urls: tuple[str, ...]) -> None:
+        """Fetched credentials are in (io.fetcher.CredentialFeed tells every front end)."""
         try:
-            actions = self.engine.fetched(request, result, time.time())
+            actions = self.engine.credentials_ready(urls, time.time())
         except Exception:
             self.counters["internal_errors"] += 1
-            log.exception("internal error after fetching %s", request.url)
+            log.exception("internal error resuming requests for %s", ", ".join(urls))
             return
         self.execute(actions)
         self.arm_timer()
@@ -115,7 +132,7 @@ class EngineShell:
         for action in actions:
             if type(action) is Send:
                 data, peer = action
-                if peer.transport is Transport.UDP:
+                if peer.transport is _UDP:
                     self.udp[peer.side].send(data, peer.host, peer.port)
                 else:
                     self._send_stream(data, peer)
@@ -125,8 +142,8 @@ class EngineShell:
             elif type(action) is Fetch:
                 if self.fetch is not None:
                     self.fetch(action.request)
-                else:
-                    self.fetched(action.request, FetchError(reason="fetching is off"))
+                else:  # verification turned off by a reload meanwhile: let them go on
+                    self.credentials_ready((action.request.url,))
 
     def _send_stream(self, data: bytes, peer: Peer) -> None:
         manager = self.tcp.get(peer.side)
@@ -159,7 +176,7 @@ class EngineShell:
         # (never later than the real next one), which costs at most an early wake-up that
         # finds nothing due; after the timers ran, the exact next deadline.
         engine = self.engine
-        deadline = engine.next_deadline() if exact else engine.timers.earliest()
+        deadline = engine.next_deadline() if exact else engine.earliest_deadline()
         if deadline is None:
             return
         # One wake-up serves every timer due within timer_resolution (RFC 3261 timers are
@@ -187,4 +204,4 @@ class EngineShell:
         self.arm_timer(exact=True)
 
 
-__all__ = ["CARRIER", "DIALER", "EngineShell"]
+__all__ = ["Engine", "EngineShell"]

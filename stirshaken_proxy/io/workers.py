@@ -42,7 +42,7 @@ READY = b"Y"  # a worker is listening (worker 0 is ready when all are)
 BATCH = b"B"  # several of the above, each preceded by its length (4 octets)
 
 _HEAD = struct.Struct("!cBBBHB")  # kind, origin worker, side, transport, port, host length
-_SIDES = (Side.DIALER, Side.CARRIER)
+_SIDES = (Side.DIALER, Side.CARRIER, Side.REDIRECT)
 _TRANSPORTS = (Transport.UDP, Transport.TCP)
 _BUFFER = 4 << 20
 _MAX_QUEUED = 20_000  # datagrams waiting for a full link to drain, past this they are dropped

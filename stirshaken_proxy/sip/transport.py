@@ -7,19 +7,20 @@ from typing import Any, NamedTuple
 
 
 class Side(enum.StrEnum):
-    """The two sides of the service: the dialers' trunks and the carriers'."""
+    """Where a message arrived: the in-path proxy's two sides (the dialers' trunks and the
+    carriers'), or the redirect server's listener (an SBC asking for a 302)."""
 
     DIALER = "dialer"
     CARRIER = "carrier"
-
-    @property
-    def opposite(self) -> Side:
-        return Side.CARRIER if self is Side.DIALER else Side.DIALER
+    REDIRECT = "redirect"
 
 
 class Transport(enum.StrEnum):
     UDP = "udp"
     TCP = "tcp"
+
+
+_UDP = Transport.UDP  # a member through its class costs ~70 ns: reliable is asked per message
 
 
 class Peer(NamedTuple):
@@ -33,7 +34,7 @@ class Peer(NamedTuple):
 
     @property
     def reliable(self) -> bool:
-        return self.transport is not Transport.UDP
+        return self.transport is not _UDP
 
 
 class Send(NamedTuple):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..policy.accounts import Account, LocalPresence
 from ..policy.attestation import Reason, decide
@@ -47,21 +48,33 @@ class AuthPolicy:
     local_presence_header: str = "X-Local-Presence"  # the dialer's per-call request
     max_date_skew: int = 60  # RFC 8224 §6.1 / §6.2.1: Date more than this off is refused
     country_code: str = "1"
+    # The local-presence header's name as the parser indexes it (lower case), made once.
+    presence_header_key: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "presence_header_key", self.local_presence_header.lower())
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CallFacts:
-    """What a front end knows of a call to sign."""
+class CallFacts(NamedTuple):
+    """What a front end knows of a call to sign. (A NamedTuple: one is made for every call;
+    give the fields by name.)"""
 
     account: Account | None  # recognised by source address, client certificate or API key
     orig: str | None  # canonical calling number
     dest: str | None  # canonical called number
     date: int | None = None  # the request's Date (Unix time), when it carries one
     presence_requested: bool = False  # the dialer asked for local presence on this call
+    # What an API caller states besides (ATIS-1000082): the attestation it asks for (never
+    # granted above what the inventory gives the account; a lower one is honoured), more
+    # called numbers, and its own origination identifier.
+    attest: Attestation | None = None
+    more_dests: tuple[str, ...] = ()
+    origid: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Signed:
+class Signed(NamedTuple):
+    """A signed call (a NamedTuple, as CallFacts)."""
+
     identity: str  # the Identity header value: token;info=<x5u>;alg=ES256;ppt=shaken
     attest: Attestation
     reason: Reason
@@ -91,6 +104,7 @@ class Refusal:
 
 
 SignOutcome = Signed | Unsigned | Refusal
+_STRENGTH = {Attestation.A: 3, Attestation.B: 2, Attestation.C: 1}
 
 
 class Authenticator:
@@ -154,19 +168,25 @@ class Authenticator:
         if decision.reason is Reason.NEIGHBOUR_SPOOFING and \
                 self.policy.neighbour_spoofing is NeighbourSpoofing.REJECT:
             return self._refuse(403, "Neighbour Spoofing Refused", "neighbour_spoofing")
+        level = decision.level
+        if facts.attest is not None and facts.attest is not level:
+            if _STRENGTH[facts.attest] > _STRENGTH[level]:
+                return self._refuse(403, f"Attestation {facts.attest.value} Not Allowed "
+                                    f"({decision.reason.value})", "attestation_not_allowed")
+            level = facts.attest  # a caller may always ask for less
         signer = self.signers[account.signing]
         started = self.clock() if self.clock is not None else 0.0
-        token = signer.sign(attest=decision.level, orig=orig, dest=[dest], iat=iat,
-                            origid=account.origid)
+        token = signer.sign(attest=level, orig=orig, dest=[dest, *facts.more_dests], iat=iat,
+                            origid=facts.origid or account.origid)
         if self.clock is not None:
             self.latency.observe(self.clock() - started)
         if health is not None:
             events.append(health.attempt(orig, now))
-        self.stats[("calls_signed", account.name, decision.level.value,
-                    decision.reason.value)] += 1
-        return Signed(identity=signer.identity_value(token), attest=decision.level,
-                      reason=decision.reason, account=account.name, orig=orig, dest=dest,
-                      iat=iat, substitution=pick, events=tuple(events))
+        self.stats[("calls_signed", account.name, level.value, decision.reason.value)] += 1
+        # Positional, in field order (identity, attest, reason, account, orig, dest, iat,
+        # substitution, events): keywords cost twice as much, once per call.
+        return Signed(signer.identity_value(token), level, decision.reason,
+                      account.name, orig, dest, iat, pick, tuple(events))
 
     def _pool(self, account: str) -> Pool:
         pool = self._pools.get(account)

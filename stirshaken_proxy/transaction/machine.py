@@ -11,14 +11,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from ..sip.message import SipMessage
-from ..sip.transport import Outbox, Peer, Send
+from ..sip.transport import Outbox, Peer, Send, Transport
 from .timers import TimerHeap
 
 
 class State(enum.Enum):
+    # Enum members are singletons compared by identity: hash them as such, in C (Enum's
+    # own __hash__ is Python code, and every table lookup and timer hashes one).
+    __hash__ = object.__hash__
+
     CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
@@ -29,6 +33,8 @@ class State(enum.Enum):
 
 
 class Event(enum.Enum):
+    __hash__ = object.__hash__  # as State's
+
     PROVISIONAL = "1xx received"
     SUCCESS = "2xx received"
     FAILURE = "300-699 received"
@@ -65,10 +71,10 @@ class TimerConfig:
     timer_c: float = 180.0  # §16.6 step 11: proxy INVITE timer, more than 3 minutes
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AckTemplate:
+class AckTemplate(NamedTuple):
     """What the ACK for a non-2xx response is built from (§17.1.1.3): the request's start
-    line, Via and Route lines as sent, its From and Call-ID lines, and its CSeq number."""
+    line, Via and Route lines as sent, its From and Call-ID lines, and its CSeq number. (A
+    NamedTuple: one is made for every INVITE.)"""
 
     head: bytes
     from_call_id: bytes
@@ -92,6 +98,35 @@ class TransactionUser(Protocol):
 
 Step = Callable[[Any, float, Outbox, Any], None]  # (transaction, now, out, payload)
 Table = dict[tuple[State, Event], tuple[State, tuple[Step, ...]]]
+
+
+# A member looked up through its enum class costs ~70 ns (the metaclass's lookup); the
+# transactions test and arm these on every message, so they use module-level names.
+FAILURE = Event.FAILURE
+PROVISIONAL = Event.PROVISIONAL
+REQUEST = Event.REQUEST
+SEND_FAILURE = Event.SEND_FAILURE
+SEND_PROVISIONAL = Event.SEND_PROVISIONAL
+SEND_SUCCESS = Event.SEND_SUCCESS
+SUCCESS = Event.SUCCESS
+_UDP = Transport.UDP  # (Peer.reliable is a property: ~8x the cost of this test)
+TIMER_A = Event.TIMER_A
+TIMER_B = Event.TIMER_B
+TIMER_C = Event.TIMER_C
+TIMER_D = Event.TIMER_D
+TIMER_E = Event.TIMER_E
+TIMER_F = Event.TIMER_F
+TIMER_G = Event.TIMER_G
+TIMER_H = Event.TIMER_H
+TIMER_I = Event.TIMER_I
+TIMER_J = Event.TIMER_J
+TIMER_K = Event.TIMER_K
+TIMER_L = Event.TIMER_L
+TIMER_M = Event.TIMER_M
+CALLING = State.CALLING
+PROCEEDING = State.PROCEEDING
+TERMINATED = State.TERMINATED
+TRYING = State.TRYING
 
 
 S, E = State, Event
@@ -121,7 +156,7 @@ class Transaction:
         self.state = entry[0]
         for step in entry[1]:
             step(self, now, out, payload)
-        if self.state is State.TERMINATED:
+        if self.state is TERMINATED:
             self.deadlines.clear()
             self.tu.on_terminated(self)
             self._release()
@@ -137,8 +172,8 @@ class Transaction:
 
     def terminate(self) -> None:
         """Stop the transaction without further events (e.g. on shutdown)."""
-        if self.state is not State.TERMINATED:
-            self.state = State.TERMINATED
+        if self.state is not TERMINATED:
+            self.state = TERMINATED
             self.deadlines.clear()
             self.tu.on_terminated(self)
             self._release()
@@ -171,8 +206,8 @@ class ClientTransaction(Transaction):
 
     def receive_response(self, msg: SipMessage, now: float, out: Outbox) -> None:
         status = msg.status
-        event = (Event.PROVISIONAL if status < 200 else
-                 Event.SUCCESS if status < 300 else Event.FAILURE)
+        event = (PROVISIONAL if status < 200 else
+                 SUCCESS if status < 300 else FAILURE)
         self.fire(event, now, out, msg)
 
     def retransmit(self, now: float, out: Outbox, _: Any) -> None:
@@ -185,7 +220,7 @@ class ClientTransaction(Transaction):
 class ClientInvite(ClientTransaction):
     """INVITE client transaction, RFC 3261 §17.1.1 (Figure 5) and RFC 6026 §8.4."""
 
-    INITIAL = State.CALLING
+    INITIAL = CALLING
 
     __slots__ = ("ack_template",)
 
@@ -195,37 +230,37 @@ class ClientInvite(ClientTransaction):
 
     def start(self, now: float, out: Outbox) -> None:
         out.append(Send(self.request, self.peer))
-        if not self.peer.reliable:
+        if self.peer.transport is _UDP:
             self._interval = self.config.t1
-            self._arm(Event.TIMER_A, self._interval, now)
-        self._arm(Event.TIMER_B, 64 * self.config.t1, now)
-        self._arm(Event.TIMER_C, self.config.timer_c, now)
+            self._arm(TIMER_A, self._interval, now)
+        self._arm(TIMER_B, 64 * self.config.t1, now)
+        self._arm(TIMER_C, self.config.timer_c, now)
 
     def reset_timer_c(self, now: float, out: Outbox, msg: Any) -> None:
         # §16.7 step 2: only provisional responses 101-199 reset Timer C.
         if msg.status > 100:
-            self._arm(Event.TIMER_C, self.config.timer_c, now)
+            self._arm(TIMER_C, self.config.timer_c, now)
 
     def arm_timer_c(self, delay: float, now: float) -> None:
-        self._arm(Event.TIMER_C, delay, now)
+        self._arm(TIMER_C, delay, now)
 
     def report_timer_c(self, now: float, out: Outbox, _: Any) -> None:
         self.tu.on_timer_c(self, now, out)
 
     def arm_timer_a(self, now: float, out: Outbox, _: Any) -> None:
         self._interval *= 2
-        self._arm(Event.TIMER_A, self._interval, now)
+        self._arm(TIMER_A, self._interval, now)
 
     def stop_calling_timers(self, now: float, out: Outbox, _: Any) -> None:
-        self._disarm(Event.TIMER_A, Event.TIMER_B)
+        self._disarm(TIMER_A, TIMER_B)
 
     def arm_timer_d(self, now: float, out: Outbox, _: Any) -> None:
-        self._disarm(Event.TIMER_A, Event.TIMER_B, Event.TIMER_C)
-        self._arm(Event.TIMER_D, 0.0 if self.peer.reliable else self.config.timer_d, now)
+        self._disarm(TIMER_A, TIMER_B, TIMER_C)
+        self._arm(TIMER_D, 0.0 if self.peer.transport is not _UDP else self.config.timer_d, now)
 
     def arm_timer_m(self, now: float, out: Outbox, _: Any) -> None:
-        self._disarm(Event.TIMER_A, Event.TIMER_B, Event.TIMER_C)
-        self._arm(Event.TIMER_M, 64 * self.config.t1, now)
+        self._disarm(TIMER_A, TIMER_B, TIMER_C)
+        self._arm(TIMER_M, 64 * self.config.t1, now)
 
     def send_ack(self, now: float, out: Outbox, msg: Any) -> None:
         if self.ack is None:
@@ -263,27 +298,27 @@ ClientInvite.TABLE = {
 class ClientNonInvite(ClientTransaction):
     """Non-INVITE client transaction, RFC 3261 §17.1.2 (Figure 6)."""
 
-    INITIAL = State.TRYING
+    INITIAL = TRYING
 
     __slots__ = ()
 
     def start(self, now: float, out: Outbox) -> None:
         out.append(Send(self.request, self.peer))
-        if not self.peer.reliable:
+        if self.peer.transport is _UDP:
             self._interval = self.config.t1
-            self._arm(Event.TIMER_E, self._interval, now)
-        self._arm(Event.TIMER_F, 64 * self.config.t1, now)
+            self._arm(TIMER_E, self._interval, now)
+        self._arm(TIMER_F, 64 * self.config.t1, now)
 
     def arm_timer_e(self, now: float, out: Outbox, _: Any) -> None:
         self._interval = min(2 * self._interval, self.config.t2)
-        self._arm(Event.TIMER_E, self._interval, now)
+        self._arm(TIMER_E, self._interval, now)
 
     def arm_timer_e_t2(self, now: float, out: Outbox, _: Any) -> None:
-        self._arm(Event.TIMER_E, self.config.t2, now)
+        self._arm(TIMER_E, self.config.t2, now)
 
     def arm_timer_k(self, now: float, out: Outbox, _: Any) -> None:
-        self._disarm(Event.TIMER_E, Event.TIMER_F)
-        self._arm(Event.TIMER_K, 0.0 if self.peer.reliable else self.config.t4, now)
+        self._disarm(TIMER_E, TIMER_F)
+        self._arm(TIMER_K, 0.0 if self.peer.transport is not _UDP else self.config.t4, now)
 
 
 CN = ClientNonInvite
@@ -314,11 +349,11 @@ class ServerTransaction(Transaction):
         self.last_response: bytes | None = None
 
     def receive_request(self, now: float, out: Outbox) -> None:
-        self.fire(Event.REQUEST, now, out)
+        self.fire(REQUEST, now, out)
 
     def send_response(self, data: bytes, status: int, now: float, out: Outbox) -> bool:
-        event = (Event.SEND_PROVISIONAL if status < 200 else
-                 Event.SEND_SUCCESS if status < 300 else Event.SEND_FAILURE)
+        event = (SEND_PROVISIONAL if status < 200 else
+                 SEND_SUCCESS if status < 300 else SEND_FAILURE)
         fired = self.fire(event, now, out, data)
         if status >= 200:
             self.request = None
@@ -341,25 +376,25 @@ class ServerTransaction(Transaction):
 class ServerInvite(ServerTransaction):
     """INVITE server transaction, RFC 3261 §17.2.1 (Figure 7) and RFC 6026 §8.7."""
 
-    INITIAL = State.PROCEEDING
+    INITIAL = PROCEEDING
 
     __slots__ = ()
 
     def arm_timer_g(self, now: float, out: Outbox, _: Any) -> None:
-        if self.peer.reliable:
+        if self.peer.transport is not _UDP:
             return
-        self._arm(Event.TIMER_G, self._interval, now)
+        self._arm(TIMER_G, self._interval, now)
         self._interval = min(2 * self._interval, self.config.t2)
 
     def arm_timer_h(self, now: float, out: Outbox, _: Any) -> None:
-        self._arm(Event.TIMER_H, 64 * self.config.t1, now)
+        self._arm(TIMER_H, 64 * self.config.t1, now)
 
     def arm_timer_i(self, now: float, out: Outbox, _: Any) -> None:
-        self._disarm(Event.TIMER_G, Event.TIMER_H)
-        self._arm(Event.TIMER_I, 0.0 if self.peer.reliable else self.config.t4, now)
+        self._disarm(TIMER_G, TIMER_H)
+        self._arm(TIMER_I, 0.0 if self.peer.transport is not _UDP else self.config.t4, now)
 
     def arm_timer_l(self, now: float, out: Outbox, _: Any) -> None:
-        self._arm(Event.TIMER_L, 64 * self.config.t1, now)
+        self._arm(TIMER_L, 64 * self.config.t1, now)
 
 
 SI = ServerInvite
@@ -386,12 +421,12 @@ ServerInvite.TABLE = {
 class ServerNonInvite(ServerTransaction):
     """Non-INVITE server transaction, RFC 3261 §17.2.2 (Figure 8)."""
 
-    INITIAL = State.TRYING
+    INITIAL = TRYING
 
     __slots__ = ()
 
     def arm_timer_j(self, now: float, out: Outbox, _: Any) -> None:
-        self._arm(Event.TIMER_J, 0.0 if self.peer.reliable else 64 * self.config.t1, now)
+        self._arm(TIMER_J, 0.0 if self.peer.transport is not _UDP else 64 * self.config.t1, now)
 
 
 SN = ServerNonInvite

@@ -68,7 +68,11 @@ def test_parks_fetches_once_and_resumes(pki: Pki) -> None:
     assert [type(a) for a in out1] == [Send, Fetch] and out1[1] == Fetch(GOOD)
     assert [type(a) for a in out2] == [Send]  # same URL: no second fetch
     assert e.parked == 2
-    out = e.fetched(GOOD, chain(pki), T + 0.2)  # the bytes the shell fetched
+    # The bytes the shell fetched go to the verification service; the engine hears the
+    # credential is in.
+    ready = e.services.verification.fetched(GOOD, chain(pki), T + 0.2).ready
+    assert ready == (URL,)
+    out = e.credentials_ready(ready, T + 0.2)
     assert e.parked == 0 and len(out) == 2
     for send in out:
         assert isinstance(send, Send) and send.peer.side == "dialer"
@@ -85,7 +89,8 @@ def test_cancel_while_parked_ends_with_487(pki: Pki) -> None:
     cancel = invite(None).replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
     out = e.receive(cancel, CARRIER, T + 0.1)
     assert sorted(int(a.data[8:11]) for a in out if isinstance(a, Send)) == [200, 487]
-    assert e.fetched(GOOD, chain(pki), T + 0.2) == []  # nothing is forwarded after the 487
+    ready = e.services.verification.fetched(GOOD, chain(pki), T + 0.2).ready
+    assert e.credentials_ready(ready, T + 0.2) == []  # nothing is forwarded after the 487
 
 
 @pytest.mark.parametrize(("pai", "header", "expected"), [
