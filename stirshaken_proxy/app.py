@@ -38,7 +38,7 @@ from .io.shell import EngineShell
 from .io.supervisor import Children, run_workers
 from .io.workers import WorkerLink
 from .policy.accounts import AccountDirectory, LocalPresence
-from .policy.health import NumberHealth
+from .policy.health import HealthEvent, NumberHealth
 from .policy.regions import Regions
 from .sip.transport import Side
 from .stats import Stats
@@ -68,6 +68,45 @@ class Parts:
     health: NumberHealth | None = None  # the number-health replica in use
     expiry: dict[str, float] = field(default_factory=dict)  # signing identity -> notAfter
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def run(self) -> None:
+        """Start the store sync tasks (owned here, cancelled by ``stop``)."""
+        loop = asyncio.get_running_loop()
+        for task in (self.inventory, self.writer):
+            if task is not None:
+                self.tasks.append(loop.create_task(task.run()))
+
+    async def stop(self, *, close_fetcher: bool = True) -> None:
+        """Stop the sync tasks and write number health one last time."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        if self.writer is not None:
+            await self.writer.flush()
+        if close_fetcher and self.feed is not None and self.feed.fetcher is not None:
+            await self.feed.fetcher.close()
+
+    def retire(self, grace: float) -> asyncio.Task[None] | None:
+        """Close what a reload replaced; the fetcher once its fetches in flight had ``grace``
+        seconds (they still resume the requests waiting on them): that task is returned."""
+        if self.store is not None:
+            self.store.close()
+        if self.feed is None or self.feed.fetcher is None:
+            return None
+        return asyncio.get_running_loop().create_task(_close_later(self.feed.fetcher, grace))
+
+
+def engine_config(config: Config, workers: int) -> EngineConfig:
+    """The engine's limits are the service's: with several workers each gets its share
+    (calls spread evenly over workers by Call-ID)."""
+    ec = config.engine
+    if workers <= 1:
+        return ec
+    flood = replace(ec.flood, requests_per_second=ec.flood.requests_per_second / workers,
+                    burst=max(1.0, ec.flood.burst / workers))
+    return replace(ec, max_transactions=max(1, ec.max_transactions // workers),
+                   max_parked=max(1, ec.max_parked // workers), flood=flood)
 
 
 def build_verification(vc: VerifyConfig, *, stats: Stats, counters: Counter[str],
@@ -148,6 +187,32 @@ async def build_parts(config: Config, *, health: NumberHealth | None, regions: R
     return parts
 
 
+async def start_front_ends(config: Config, parts: Parts, *, stats: Stats,
+                           counters: Counter[str],
+                           publish: Callable[[HealthEvent], None] | None, shared: bool,
+                           rest: bool, services: Callable[[], Services | None],
+                           feed: Callable[[], CredentialFeed | None],
+                           ) -> tuple[EngineShell | None, RestApi | None]:
+    """The SIP 302 server (in every worker, sharing the port) and the REST API (``rest``:
+    worker 0 only), when the configuration has them."""
+    tc, rc = config.transport, config.redirect
+    redirect = api = None
+    if rc is not None:
+        engine = RedirectEngine(rc, parts.services, rng=os.urandom, stats=stats)
+        redirect = EngineShell(engine, counters=counters, timer_resolution=tc.timer_resolution)
+        redirect.publish = publish
+        await redirect.listen([(Side.REDIRECT, rc.host, rc.port)], tcp=tc.tcp, shared=shared,
+                              max_message_size=rc.max_message_size,
+                              max_tcp_connections=tc.max_tcp_connections,
+                              max_tcp_pending_bytes=tc.max_tcp_pending_bytes,
+                              tcp_connect_timeout=tc.tcp_connect_timeout)
+    if config.rest is not None and rest:
+        api = RestApi(config.rest, services=services, feed=feed, api_keys=config.api_keys,
+                      stats=stats)
+        await api.start()
+    return redirect, api
+
+
 class Application:
     """One worker of the service (the only one unless ``[transport] workers`` says more)."""
 
@@ -177,16 +242,7 @@ class Application:
 
     # -- the bundle -------------------------------------------------------------------------
     def _engine_config(self, config: Config) -> EngineConfig:
-        """The engine's limits are the service's: with several workers each gets its share
-        (calls spread evenly over workers by Call-ID)."""
-        ec = config.engine
-        if self.worker is None:
-            return ec
-        n = self.worker.count
-        flood = replace(ec.flood, requests_per_second=ec.flood.requests_per_second / n,
-                        burst=max(1.0, ec.flood.burst / n))
-        return replace(ec, max_transactions=max(1, ec.max_transactions // n),
-                       max_parked=max(1, ec.max_parked // n), flood=flood)
+        return engine_config(config, self.worker.count if self.worker is not None else 1)
 
     async def _build(self, config: Config) -> Parts:
         parts = await build_parts(config, health=self.health, regions=self.regions,
@@ -194,12 +250,6 @@ class Application:
                                   writer=self.worker_index == 0)
         self.health = parts.health
         return parts
-
-    def _run_parts(self, parts: Parts) -> None:
-        loop = asyncio.get_running_loop()
-        for task in (parts.inventory, parts.writer):
-            if task is not None:
-                parts.tasks.append(loop.create_task(task.run()))
 
     def _wire(self, parts: Parts) -> None:
         """The shells fetch through this configuration's feed and hear from it."""
@@ -211,24 +261,12 @@ class Application:
                 parts.feed.fronts.append(shell)
 
     async def _start_front_ends(self, parts: Parts) -> None:
-        """The SIP 302 server (every worker) and the REST API (worker 0), when configured."""
-        tc, rc = self.config.transport, self.config.redirect
-        if rc is not None:
-            engine = RedirectEngine(rc, parts.services, rng=os.urandom, stats=self.stats)
-            self.redirect = EngineShell(engine, counters=self.counters,
-                                        timer_resolution=tc.timer_resolution)
-            self.redirect.publish = self.dispatch.publish if self.dispatch is not None else None
-            await self.redirect.listen([(Side.REDIRECT, rc.host, rc.port)], tcp=tc.tcp,
-                                       shared=self.worker is not None,
-                                       max_message_size=rc.max_message_size,
-                                       max_tcp_connections=tc.max_tcp_connections,
-                                       max_tcp_pending_bytes=tc.max_tcp_pending_bytes,
-                                       tcp_connect_timeout=tc.tcp_connect_timeout)
-        if self.config.rest is not None and self.worker_index == 0:
-            self.rest = RestApi(self.config.rest, services=lambda: self._services(),
-                                feed=lambda: self.parts.feed if self.parts else None,
-                                api_keys=self.config.api_keys, stats=self.stats)
-            await self.rest.start()
+        self.redirect, self.rest = await start_front_ends(
+            self.config, parts, stats=self.stats, counters=self.counters,
+            publish=self.dispatch.publish if self.dispatch is not None else None,
+            shared=self.worker is not None, rest=self.worker_index == 0,
+            services=self._services,
+            feed=lambda: self.parts.feed if self.parts is not None else None)
 
     def _services(self) -> Services | None:
         return self.parts.services if self.parts is not None else None
@@ -250,7 +288,7 @@ class Application:
             shell.publish = self.dispatch.publish
         await self._start_front_ends(parts)
         self._wire(parts)
-        self._run_parts(parts)
+        parts.run()
         ec = self.config.engine
         await shell.listen([(s.name, s.host, s.port) for s in (ec.dialer, ec.carrier)],
                            tcp=tc.tcp, shared=self.worker is not None,
@@ -334,7 +372,7 @@ class Application:
                 log.warning("[%s] listen/next_hop changes need a restart; kept as running",
                             side.name)
         old = self.parts
-        await self._stop_parts(old, retire_fetcher=False)
+        await old.stop(close_fetcher=False)
         new = replace(new, engine=replace(nec, dialer=ec.dialer, carrier=ec.carrier))
         parts = await self._build(new)
         # One step, no await: the event loop sees the old bundle or the new one.
@@ -353,33 +391,15 @@ class Application:
         if self.dispatch is not None:
             self.dispatch.health = self.health
         self.parts, self.config = parts, new
-        self._run_parts(parts)
-        self._retire(old)
+        parts.run()
+        timeout = new.verify.fetch.timeout if new.verify is not None else 5.0
+        retiring = old.retire(timeout + 1)
+        if retiring is not None:
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
         logging.getLogger().setLevel(new.log.level.upper())
         log.info("configuration reloaded from %s", new.path)
         self.children.signal(signal.SIGHUP)
-
-    async def _stop_parts(self, parts: Parts, *, retire_fetcher: bool = True) -> None:
-        for task in parts.tasks:
-            task.cancel()
-        await asyncio.gather(*parts.tasks, return_exceptions=True)
-        parts.tasks.clear()
-        if parts.writer is not None:
-            await parts.writer.flush()
-        if retire_fetcher and parts.feed is not None and parts.feed.fetcher is not None:
-            await parts.feed.fetcher.close()
-
-    def _retire(self, old: Parts) -> None:
-        """Close what a reload replaced; the old fetcher once its fetches in flight had
-        their time (they still resume the requests waiting on them)."""
-        if old.store is not None:
-            old.store.close()
-        if old.feed is not None and old.feed.fetcher is not None:
-            timeout = self.config.verify.fetch.timeout if self.config.verify else 5.0
-            task = asyncio.get_running_loop().create_task(
-                _close_later(old.feed.fetcher, timeout + 1))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
 
     async def stop(self) -> None:
         self.children.stopping = True
@@ -408,7 +428,7 @@ class Application:
             self.dispatch.link.flush()
             self.dispatch.link.close()
         if self.parts is not None:
-            await self._stop_parts(self.parts)
+            await self.parts.stop()
             if self.parts.store is not None:
                 self.parts.store.close()
         for shell in (self.shell, self.redirect):

@@ -56,10 +56,13 @@ class BadDate:
 
 def strip_untrusted(msg: SipMessage, account: Account | None, stats: Stats) -> None:
     """What a dialer-side request may not carry past us: its own Identity headers (a customer
-    never places its own PASSporT on our trunk), and an asserted identity from outside the
-    trust domain (RFC 3325 §5: no account vouches for this source)."""
+    never places its own PASSporT on our trunk), the legacy Identity-Info of RFC 4474, and an
+    asserted identity from outside the trust domain (RFC 3325 §5: no account vouches for this
+    source)."""
     if msg.has("identity"):
         stats[("identity_removed",)] += msg.remove_all("identity")
+    if msg.has("identity-info"):
+        stats[("identity_removed",)] += msg.remove_all("identity-info")
     if account is None and msg.has("p-asserted-identity"):
         msg.remove_all("p-asserted-identity")
         stats[("pai_removed",)] += 1

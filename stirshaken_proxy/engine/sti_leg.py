@@ -64,7 +64,7 @@ class StiLeg:
         if auth is None:
             return None
         account = services.accounts.by_source(source.host)
-        if account is None or msg.has("identity"):
+        if account is None or msg.has("identity") or msg.has("identity-info"):
             strip_untrusted(msg, account, self.stats)
         if msg.method != "INVITE" or "tag=" in (msg.get("to") or ""):
             return None  # SHAKEN signs initial INVITEs only

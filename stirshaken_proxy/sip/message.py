@@ -324,6 +324,8 @@ def parse_message(data: bytes, *, max_size: int = 65535, stream: bool = False,
     else:
         body_start = end + 4
     head = data[: end + 2].decode("latin-1")
+    if "\x00" in head:
+        _check_nul(head)
     eol = head.find("\r\n")
     first = head[:eol]
     msg.line_end = eol + 2
@@ -346,6 +348,17 @@ def parse_message(data: bytes, *, max_size: int = 65535, stream: bool = False,
         exc.message = msg
         raise
     return msg
+
+
+def _check_nul(head: str) -> None:
+    """A NUL is never passed on (it ends strings in the C code of peers), except the one
+    RFC 3261 allows: escaped as a quoted-pair inside a quoted string (RFC 4475 §3.1.1.2)."""
+    start_line_end = head.find("\r\n")
+    i = head.find("\x00")
+    while i >= 0:
+        if i < start_line_end or head[i - 1] != "\\":
+            raise SipError(400, "NUL byte in the start line or a header value")
+        i = head.find("\x00", i + 1)
 
 
 def _parse_headers(msg: SipMessage, head: str, cache: ParseCache) -> None:

@@ -141,11 +141,13 @@ def decode_passport(token: str) -> Passport:
     try:
         header = json.loads(b64url_decode(parts[0]))
         claims = json.loads(b64url_decode(parts[1]))
-        # An unsecured JWS ("alg": "none") has an empty signature: decode it, so the alg
-        # check can name the problem.
         signature = b64url_decode(parts[2]) if parts[2] else b""
     except (ValueError, UnicodeDecodeError) as exc:
         raise PassportError(f"undecodable PASSporT: {exc}") from None
+    if not signature:
+        # An unsecured JWS ("alg": "none") is no PASSporT at all: an invalid header (438),
+        # not merely an unsupported algorithm.
+        raise PassportError("unsigned PASSporT (empty signature)")
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise PassportError("PASSporT header or claims are not JSON objects")
     return Passport(header=header, claims=claims,

@@ -198,7 +198,9 @@ class Checks:
         r.origid = origid
         r.ok("claims", f"attest {attest}, origid {origid}")
         x5u = ph.get("x5u")
-        info = header.info if header.info is not None else x5u
+        info = header.info
+        if info is None:  # RFC 8224 §4.1: info is mandatory (no falling back on x5u)
+            return r.fail("x5u", 438, "Identity header has no info parameter")
         if not isinstance(x5u, str) or not x5u:
             return r.fail("x5u", 438, "PASSporT header has no x5u")
         if info != x5u:

@@ -146,6 +146,14 @@ def test_smuggled_identity_is_removed_however_spelled(keys: dict[str, Path],
     assert b"forged" not in msg.serialize()
 
 
+def test_legacy_identity_info_from_the_dialer_is_removed(keys: dict[str, Path]) -> None:
+    """Regression: an RFC 4474 Identity-Info header from the dialer side reached the carrier."""
+    e, _ = setup(keys)
+    msg, _ = forwarded(e, invite(extra="Identity-Info: <https://evil.example/x.pem>;alg=rsa-sha1"))
+    assert msg is not None and not msg.has("identity-info") and len(msg.get_all("identity")) == 1
+    assert b"evil.example" not in msg.serialize()
+
+
 def test_pai_from_outside_the_trust_domain_is_removed(keys: dict[str, Path]) -> None:
     e, _ = setup(keys)
     # 127.0.0.9 is admitted by the dialer side's allowed_sources but belongs to no account.

@@ -222,3 +222,38 @@ async def test_get_is_not_allowed(rest: Rest) -> None:
     async with rest.session.get(rest.base + "/stir/v1/signing") as r:
         body = await r.json()
     assert r.status == 405 and body["requestError"]["policyException"]["messageId"] == "POL4050"
+
+
+async def test_https_with_client_certificates(tmp_path: Path) -> None:
+    """HTTPS, and with tls_client_ca only callers presenting a certificate it signed get in."""
+    from tests.https_server import make_tls_files
+
+    for name in ("server", "client", "other"):
+        (tmp_path / name).mkdir()
+    server_ca, server_cert, server_key = make_tls_files(tmp_path / "server")
+    client_ca, client_cert, client_key = make_tls_files(tmp_path / "client")
+    _, other_cert, other_key = make_tls_files(tmp_path / "other")
+    port = free_port()
+    services = Services(dialer_sources=SourceFilter(()), carrier_sources=SourceFilter(()))
+    api = RestApi(RestConfig(host="127.0.0.1", port=port, tls_certificate=server_cert,
+                             tls_key=server_key, tls_client_ca=client_ca),
+                  services=lambda: services, feed=lambda: None, api_keys={}, stats=Stats())
+    await api.start()
+    url = f"https://127.0.0.1:{port}/stir/v1/signing"
+
+    async def ask(cert: Path | None, key: Path | None) -> int:
+        context = ssl.create_default_context(cafile=str(server_ca))
+        if cert is not None and key is not None:
+            context.load_cert_chain(str(cert), str(key))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, data=b"{}", ssl=context,
+                                    headers={"Content-Type": "application/json"}) as r:
+                return r.status
+
+    try:
+        assert await ask(client_cert, client_key) == 401  # in over TLS; no API key given
+        for cert, key in ((None, None), (other_cert, other_key)):
+            with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+                await ask(cert, key)
+    finally:
+        await api.stop()

@@ -114,7 +114,8 @@ CASES: list[tuple[str, Callable[[Repo], str | None], int]] = [
     ("garbage Identity", lambda r: "garbage-that-is-no-jwt", 438),
     ("bad JWT (undecodable claims)", lambda r: good(r).replace(".", ".!!", 1), 438),
     ("alg none", lambda r: identity(forge(r.pki.leaves[G], header(r.url(G), alg="none"),
-                                          claims(now()), sign=False), r.url(G), alg="none"), 437),
+                                          claims(now()), sign=False), r.url(G), alg="none"),
+     438),  # an unsigned token is an invalid header
     ("alg ES384", lambda r: identity(forge(r.pki.leaves[G], header(r.url(G), alg="ES384"),
                                            claims(now())), r.url(G), alg="ES384"), 437),
     ("wrong ppt", lambda r: good(r).replace("ppt=shaken", "ppt=div"), 438),

@@ -225,3 +225,24 @@ def test_addresses_checked_once_stay_checked_alike() -> None:
     parse_message(base % (9, long_value, 9, good), cache=cache)
     assert long_value.decode() + ";tag=1" not in cache.addresses
     assert bad.decode() not in cache.addresses
+
+
+@pytest.mark.parametrize("where", ["value", "uri"])
+def test_nul_bytes_in_the_header_section_are_refused(where: str) -> None:
+    """Regression: NUL bytes in header values and the Request-URI went downstream."""
+    value = b"x\x00y" if where == "value" else b"ok"
+    uri = b"sip:a\x00b@127.0.0.1" if where == "uri" else b"sip:a@127.0.0.1"
+    data = (b"OPTIONS " + uri + b" SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKn\r\n"
+            b"From: <sip:b@127.0.0.1>;tag=1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: n\r\n"
+            b"CSeq: 1 OPTIONS\r\nX-Note: " + value + b"\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(SipError) as info:
+        parse_message(data)
+    assert info.value.status == 400
+    # Escaped as a quoted-pair in a quoted string it is valid SIP (RFC 4475 §3.1.1.2).
+    quoted = data.replace(b"X-Note: " + value, b'X-Note: "a\\\x00b"') if where == "value" \
+        else None
+    if quoted is not None:
+        assert parse_message(quoted).get("x-note") == '"a\\\x00b"'
+    # A NUL in the body is the body's business.
+    body = data.replace(b"\x00", b"").replace(b"Content-Length: 0", b"Content-Length: 3")
+    assert parse_message(body + b"a\x00b").body == b"a\x00b"

@@ -89,6 +89,9 @@ CASES: list[Case] = [
     ("bad base64", lambda p: identity("!!!.???.***", G), 438),
     ("header not JSON", lambda p: identity(b64url(b"{nope") + ".e30.AAAA", G), 438),
     ("info not in <>", lambda p: good(p, iat=T).replace(f"<{G}>", G), 438),
+    # RFC 8224 §4.1: info is mandatory; x5u alone is not enough (regression: it was taken).
+    ("no info parameter", lambda p: token(p.leaves["good"], G, iat=T) + ";alg=ES256;ppt=shaken",
+     438),
     ("ppt absent everywhere", lambda p: identity(forge(
         p.leaves["good"], {"alg": "ES256", "typ": "passport", "x5u": G}, claims(T)), G, ppt="")
         .replace(";ppt=", ""), 438),
@@ -98,7 +101,7 @@ CASES: list[Case] = [
     ("typ not passport", lambda p: identity(forge(
         p.leaves["good"], header(G, typ="JWT"), claims(T)), G), 438),
     ("alg none", lambda p: identity(forge(p.leaves["good"], header(G, alg="none"), claims(T),
-                                          sign=False), G, alg="none"), 437),
+                                          sign=False), G, alg="none"), 438),  # unsigned: invalid
     ("alg RS256", lambda p: identity(forge(p.leaves["good"], header(G, alg="RS256"),
                                            claims(T)), G), 437),
     ("alg param ES384", lambda p: good(p, iat=T).replace("alg=ES256", "alg=ES384"), 437),
