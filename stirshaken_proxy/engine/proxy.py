@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 DIALER = Side.DIALER
 CARRIER = Side.CARRIER
 _OPPOSITE = {DIALER: CARRIER, CARRIER: DIALER}
+MAX_UDP_PAYLOAD = 65507  # an IPv4 UDP datagram's payload at most (65535 - 8 - 20)
 # Requests that may create a dialog, so the proxy Record-Routes them (RFC 3261 §16.6 step 4).
 _DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 # Enum members used per message, bound once (through the class each lookup costs ~70 ns).
@@ -463,6 +464,15 @@ class ProxyEngine:
         branch = self._new_branch()
         via, dest = self._prepare_forward(msg, source, branch)
         data = msg.serialize()
+        if dest.transport is _UDP and len(data) > MAX_UDP_PAYLOAD:
+            # It fitted on arrival, not with our Via, Record-Route and Identity: no send
+            # could succeed (EMSGSIZE), so the sender hears it now rather than time out.
+            # RFC 3261 §18.1.1 would switch to TCP; here the next hop's transport is the
+            # operator's setting (next_hop_transport = "tcp" carries such requests).
+            self.stats[("sip_rejected", "513")] += 1
+            self.stats[("sip_dropped", "too_large_once_edited")] += 1
+            server.send_response(self._respond(msg, 513), 513, now, out)
+            return
         ctx = _Context(_FORWARD, server)
         server.context = ctx
         key = (branch, msg.method)
@@ -491,8 +501,12 @@ class ProxyEngine:
 
     def _forward_stateless(self, msg: SipMessage, source: Peer, out: list[Action]) -> None:
         _, dest = self._prepare_forward(msg, source, self._new_branch())
+        data = msg.serialize()
+        if dest.transport is _UDP and len(data) > MAX_UDP_PAYLOAD:
+            self.stats[("sip_dropped", "too_large_once_edited")] += 1  # an ACK: no answer
+            return
         self.stats[("sip_forwarded", dest.side, msg.method)] += 1
-        out.append(Send(msg.serialize(), dest))
+        out.append(Send(data, dest))
 
     def _on_cancel(self, msg: SipMessage, txn: ServerTransaction, now: float,
                    out: list[Action]) -> None:

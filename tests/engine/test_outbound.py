@@ -209,3 +209,21 @@ def test_dates() -> None:
     assert format_date(1_790_000_123) == "Mon, 21 Sep 2026 14:15:23 GMT"
     assert parse_date("Thu, 01 Jan 1970 00:00:00 UTC") is None  # RFC 4475 §3.1.2.12
     assert parse_date("garbage") is None
+
+
+def test_a_request_too_large_once_signed_gets_513_at_once(keys: dict[str, Path]) -> None:
+    """Regression: an INVITE that fitted in a datagram on arrival but not with our Via,
+    Record-Route and Identity got 100 Trying, then every send failed (EMSGSIZE) until the
+    dialer gave up after 32 s. Now the dialer gets 513 at once and nothing is sent on."""
+    e, _ = setup(keys)
+    small = invite()
+    body = b"v=0\r\n" + b"a=x-pad:" + b"p" * (65_200 - len(small)) + b"\r\n"
+    data = small.replace(b"Content-Length: 0\r\n\r\n",
+                         b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    assert 64_000 < len(data) <= 65_507  # fits as it arrives
+    out = e.receive(data, FROM_ACME, NOW)
+    assert [s.peer.side for s in out] == ["dialer", "dialer"]
+    assert out[0].data.startswith(b"SIP/2.0 100 ") and out[1].data.startswith(b"SIP/2.0 513 ")
+    assert b"z9hG4bKa1" in out[1].data and e.stats[("sip_rejected", "513")] == 1
+    # A retransmission of it gets the 513 again (the transaction absorbs it).
+    assert e.receive(data, FROM_ACME, NOW + 0.5)[-1].data.startswith(b"SIP/2.0 513 ")
