@@ -21,7 +21,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import tempfile
@@ -39,6 +38,7 @@ from tests.support import (
     free_port,
     run_uac,
     signing_config,
+    wait_sip,
     write_config,
 )
 
@@ -79,27 +79,6 @@ class Proxy:
                 self.proc.wait(5)
 
 
-def wait_udp(port: int, timeout: float = 15.0) -> None:
-    """Until something answers an OPTIONS (Max-Forwards 0) on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(0.3)
-        ping = (b"OPTIONS sip:127.0.0.1:%d SIP/2.0\r\n"
-                b"Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKping\r\n"
-                b"From: <sip:p@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: ping\r\n"
-                b"CSeq: 1 OPTIONS\r\nMax-Forwards: 0\r\nContent-Length: 0\r\n\r\n"
-                % (port, s.getsockname()[1]))
-        while time.monotonic() < deadline:
-            s.sendto(ping, ("127.0.0.1", port))
-            try:
-                s.recv(4096)
-                return
-            except TimeoutError:
-                continue
-    raise RuntimeError(f"nothing answers on udp {port}")
-
-
 def start_kamailio(work: Path, key: Path, x5u: str, children: int) -> Proxy:
     port, uas = free_port(), free_port()
     cfg = work / "kamailio.cfg"
@@ -115,7 +94,7 @@ def start_kamailio(work: Path, key: Path, x5u: str, children: int) -> Proxy:
          "-Y", str(run), "-w", str(run)],
         stdout=open(work / "kamailio.log", "wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
-    wait_udp(port)
+    wait_sip(port)
     return Proxy("kamailio+secsipid", port, port, uas, proc)
 
 
