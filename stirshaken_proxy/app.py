@@ -268,6 +268,11 @@ class Application:
             services=self._services,
             feed=lambda: self.parts.feed if self.parts is not None else None)
 
+    def _owned(self, tn: str) -> bool:
+        services = self._services()
+        auth = services.authenticator if services is not None else None
+        return auth is not None and auth.inventory.owner(tn) is not None
+
     def _services(self) -> Services | None:
         return self.parts.services if self.parts is not None else None
 
@@ -317,7 +322,9 @@ class Application:
                                        if s.serve_path and s.chain is not None})
         admin.add_get("/metrics", self._metrics)
         HealthApi(lambda: self.health,
-                  self.dispatch.publish if self.dispatch is not None else None).add_to(admin)
+                  self.dispatch.publish if self.dispatch is not None else None,
+                  owned=self._owned,
+                  country_code=ac.policy.country_code if ac is not None else "1").add_to(admin)
         await admin.start()
 
     def readiness(self) -> dict[str, bool]:

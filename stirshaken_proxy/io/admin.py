@@ -4,6 +4,7 @@ development certificate repository (each chain at its x5u path)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..policy.health import HealthEvent, NumberHealth
+from ..sip.numbers import canonical_digits
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +55,32 @@ class AdminServer:
             await self._runner.cleanup()
 
 
+MAX_QUARANTINE_HOURS = 24 * 365
+
+
 class HealthApi:
     """``GET /numbers/health``, ``POST /numbers/{tn}/quarantine`` and ``/release``. The
-    replica in use is asked for each time (a reload may turn number health on or off)."""
+    replica in use is asked for each time (a reload may turn number health on or off).
+    A number must be a telephone number the inventory holds (400, 404 otherwise): no junk
+    entries in the health table."""
 
     def __init__(self, health: Callable[[], NumberHealth | None],
-                 publish: Callable[[HealthEvent], None] | None) -> None:
+                 publish: Callable[[HealthEvent], None] | None, *,
+                 owned: Callable[[str], bool], country_code: str = "1") -> None:
         self.health = health
         self.publish = publish  # to the other workers' replicas
+        self.owned = owned  # the number is in the inventory
+        self.country_code = country_code
+
+    def _number(self, request: web.Request) -> str | web.Response:
+        text = request.match_info["tn"]
+        tn = canonical_digits(text, country_code=self.country_code) if len(text) <= 32 \
+            else None
+        if tn is None or len(tn) > 15:
+            return web.json_response({"error": "not a telephone number"}, status=400)
+        if not self.owned(tn):
+            return web.json_response({"error": f"{tn} is not in the inventory"}, status=404)
+        return tn
 
     def add_to(self, admin: AdminServer) -> None:
         admin.add_get("/numbers/health", self.report)
@@ -82,11 +102,16 @@ class HealthApi:
         health = self.health()
         if health is None:
             return self._off()
-        tn = request.match_info["tn"]
+        tn = self._number(request)
+        if isinstance(tn, web.Response):
+            return tn
         try:
             hours = float(request.query.get("hours", "24"))
         except ValueError:
-            return web.json_response({"error": "hours must be a number"}, status=400)
+            hours = math.nan
+        if not math.isfinite(hours) or not 0 < hours <= MAX_QUARANTINE_HOURS:
+            return web.json_response({"error": "hours must be a number over 0 and at most "
+                                      f"{MAX_QUARANTINE_HOURS}"}, status=400)
         reason = request.query.get("reason", "flagged by operator")[:200]
         self._share(health.quarantine(tn, reason, time.time(), hours * 3600))
         log.info("number %s quarantined by the operator for %.1f h: %s", tn, hours, reason)
@@ -96,7 +121,9 @@ class HealthApi:
         health = self.health()
         if health is None:
             return self._off()
-        tn = request.match_info["tn"]
+        tn = self._number(request)
+        if isinstance(tn, web.Response):
+            return tn
         self._share(health.release(tn, time.time()))
         return web.json_response(health.report(tn, time.time()))
 

@@ -1,0 +1,61 @@
+"""The admin API's number-health endpoints on 127.0.0.1 with a real HTTP client: what they
+accept, and that every answer is valid JSON (regressions from a black-box test: any string was
+taken as a number, and hours of nan, -5 or inf, inf answering ``Infinity``, which is no JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from stirshaken_proxy.io.admin import AdminServer, HealthApi
+from stirshaken_proxy.policy.health import HealthLimits, NumberHealth
+from tests.support import free_port
+
+OWNED = {"12025550142"}
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[tuple[str, NumberHealth]]:
+    health = NumberHealth(HealthLimits())
+    port = free_port()
+    server = AdminServer("127.0.0.1", port, readiness=lambda: {"ok": True})
+    HealthApi(lambda: health, None, owned=OWNED.__contains__).add_to(server)
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", health
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/numbers/12025550142/quarantine?hours=2", 200),
+    ("/numbers/+1%20202%20555%200142/quarantine?hours=2", 200),  # canonicalised
+    ("/numbers/12025550142/release", 200),
+    ("/numbers/abc/quarantine", 400),
+    ("/numbers/x1998/quarantine", 400),
+    ("/numbers/" + "9" * 5000 + "/quarantine", 400),
+    ("/numbers/19998887777/quarantine", 404),  # not in the inventory
+    ("/numbers/19998887777/release", 404),
+    ("/numbers/12025550142/quarantine?hours=nan", 400),
+    ("/numbers/12025550142/quarantine?hours=-5", 400),
+    ("/numbers/12025550142/quarantine?hours=inf", 400),
+    ("/numbers/12025550142/quarantine?hours=0", 400),
+    ("/numbers/12025550142/quarantine?hours=1e9", 400),
+    ("/numbers/12025550142/quarantine?hours=soon", 400),
+])
+async def test_quarantine_and_release(admin: tuple[str, NumberHealth], path: str,
+                                      status: int) -> None:
+    base, health = admin
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base + path) as r:
+            text = await r.text()
+    assert r.status == status, text
+    body = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    if status == 200:
+        assert body["tn"] == "12025550142"
+    else:
+        assert body["error"]
+    assert set(health.numbers) <= OWNED  # nothing else entered the health table
