@@ -19,11 +19,13 @@ a 100 Trying once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..policy.accounts import Account
 from ..sip.errors import SipError
 from ..sip.message import ParseCache, SipMessage, make_response, parse_message
 from ..sip.transport import Peer, Send
@@ -31,7 +33,6 @@ from ..sip.uri import parse_uri
 from ..stats import Stats
 from ..stir.signing import Refusal, Signed
 from ..stir.verification import NeedsCredentials
-from ..stir.verify import Verstat
 from .actions import Action, Fetch
 from .flood import FloodConfig, FloodGuard
 from .services import Services
@@ -41,9 +42,11 @@ from .sip_sti import (
     call_facts,
     identity_line,
     is_initial_invite,
-    reason_header,
+    refusal_headers,
+    rejection,
     strip_untrusted,
-    verify_input,
+    verdict_lines,
+    verify_message,
     with_verstat,
 )
 from .sources import SourceFilter
@@ -104,8 +107,8 @@ class RedirectEngine:
     def replace(self, *, services: Services, config: RedirectConfig | None = None) -> None:
         """A reload: new INVITEs meet the new bundle (the listen address stays)."""
         if config is not None:
-            self.config = config.__class__(**{**config.__dict__, "host": self.config.host,
-                                              "port": self.config.port})
+            self.config = dataclasses.replace(config, host=self.config.host,
+                                              port=self.config.port)
             self.flood.config = config.flood
             self._verify_sources = SourceFilter(config.verify_sources)
         self.services = services
@@ -154,7 +157,8 @@ class RedirectEngine:
                 if waiting.urls or self._pending.get(waiting.key) is not waiting:
                     continue  # still waiting for another, or cancelled meanwhile
                 del self._pending[waiting.key]
-                self._invite(waiting.msg, waiting.source, waiting.key, now, out)
+                self._invite(waiting.msg, waiting.source, waiting.key, now, out,
+                             self.services.accounts.by_source(waiting.source.host))
         return out
 
     def _bad(self, exc: SipError, source: Peer, out: list[Action]) -> None:
@@ -174,14 +178,10 @@ class RedirectEngine:
             return (via.branch, via.host, via.port, source)
         return ("2543", msg.call_id, msg.cseq, via.text, source)
 
-    def _trusted(self, host: str) -> bool:
-        services = self.services
-        return (services.accounts.by_source(host) is not None
-                or self._verify_sources.allows(host))
-
     def _request(self, msg: SipMessage, source: Peer, now: float, out: list[Action]) -> None:
         method = msg.method
-        trusted = self._trusted(source.host)
+        account = self.services.accounts.by_source(source.host)
+        trusted = account is not None or self._verify_sources.allows(source.host)
         if not trusted and not self.flood.allow(source.host, now):
             self.stats[("sip_dropped", "flood")] += 1
             return
@@ -224,24 +224,21 @@ class RedirectEngine:
         if scheme not in ("sip", "sips", "tel"):
             self._answer(msg, source, key, 416, None, (), now, out)
             return
-        self._invite(msg, source, key, now, out)
+        self._invite(msg, source, key, now, out, account)
 
     def _invite(self, msg: SipMessage, source: Peer, key: tuple[object, ...], now: float,
-                out: list[Action]) -> None:
+                out: list[Action], account: Account | None) -> None:
         services = self.services
-        account = services.accounts.by_source(source.host)
         verify = self._verify_sources.allows(source.host) and (
             account is None or msg.has("identity"))
         if verify and services.verification is not None and is_initial_invite(msg):
             self._verify(msg, source, key, now, out)
         else:
-            self._sign(msg, source, key, now, out)
+            self._sign(msg, source, key, now, out, account)
 
     def _sign(self, msg: SipMessage, source: Peer, key: tuple[object, ...], now: float,
-              out: list[Action]) -> None:
-        services = self.services
-        auth = services.authenticator
-        account = services.accounts.by_source(source.host)
+              out: list[Action], account: Account | None) -> None:
+        auth = self.services.authenticator
         strip_untrusted(msg, account, self.stats)
         contact = self._contact(msg)
         if auth is None or not is_initial_invite(msg):
@@ -254,9 +251,8 @@ class RedirectEngine:
             return
         outcome = auth.sign(facts, now)
         if isinstance(outcome, Refusal):
-            extra = () if outcome.retry_after is None else (
-                b"Retry-After: %d\r\n" % outcome.retry_after,)
-            self._answer(msg, source, key, outcome.status, outcome.phrase, extra, now, out)
+            self._answer(msg, source, key, outcome.status, outcome.phrase,
+                         refusal_headers(outcome), now, out)
             return
         headers = [contact]
         if isinstance(outcome, Signed):
@@ -279,9 +275,7 @@ class RedirectEngine:
         verification = services.verification
         assert verification is not None
         policy = services.verify_policy
-        facts = verify_input(msg, policy.country_code)
-        verdict = verification.verify(facts.identities, orig=facts.orig, dest=facts.dest,
-                                      date=facts.date, now=now)
+        verdict = verify_message(msg, verification, policy, now)
         if isinstance(verdict, NeedsCredentials):
             if len(self._pending) >= self.config.max_parked:
                 self.stats[("sip_overload_responses",)] += 1
@@ -296,19 +290,15 @@ class RedirectEngine:
             out.append(Send(self._respond(msg, 100), source))
             return
         if policy.rejects(verdict):
-            code = verdict.code or 438
-            self._answer(msg, source, key, code, verdict.phrase,
-                         (reason_header(code, verdict.phrase),), now, out)
+            code, phrase, reason = rejection(verdict)
+            self._answer(msg, source, key, code, phrase, (reason,), now, out)
             self.stats[("redirect_answers", "rejected")] += 1
             return
         identity = msg.get("p-asserted-identity") or msg.get("from") or ""
         headers = [self._contact(msg), b"P-Asserted-Identity: "
                    + with_verstat(identity.split(";tag=")[0], verdict.verstat.value)
-                   .encode("latin-1") + b"\r\n"]
-        if verdict.verstat is Verstat.PASSED and verdict.attest and policy.attestation_header:
-            headers.append(b"P-Attestation-Indicator: " + verdict.attest.encode() + b"\r\n")
-        if verdict.code is not None and verdict.verstat is Verstat.FAILED:
-            headers.append(reason_header(verdict.code, verdict.phrase))
+                   .encode("latin-1") + b"\r\n",
+                   *verdict_lines(verdict, attestation_header=policy.attestation_header)]
         self.stats[("redirect_answers", "verified")] += 1
         self._answer(msg, source, key, 302, None, tuple(headers), now, out)
 

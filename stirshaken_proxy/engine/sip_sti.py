@@ -14,7 +14,8 @@ from ..policy.accounts import Account
 from ..sip.message import SipMessage
 from ..sip.numbers import called_tn, calling_tn
 from ..stats import Stats
-from ..stir.signing import AuthPolicy, CallFacts, Signed
+from ..stir.signing import AuthPolicy, CallFacts, Refusal, Signed
+from ..stir.verification import NeedsCredentials, VerificationService, VerifyPolicy
 from ..stir.verify import Verdict, Verstat
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -116,6 +117,12 @@ def identity_line(signed: Signed) -> bytes:
     return b"Identity: " + signed.identity.encode("ascii") + b"\r\n"
 
 
+def refusal_headers(refusal: Refusal) -> tuple[bytes, ...]:
+    """The header lines that go with a refusal's answer (Retry-After, when it has one)."""
+    return () if refusal.retry_after is None else (
+        b"Retry-After: %d\r\n" % refusal.retry_after,)
+
+
 # -- verification ------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True, slots=True)
 class VerifyInput:
@@ -135,6 +142,31 @@ def verify_input(msg: SipMessage, country_code: str) -> VerifyInput:
         date=parse_date(date_text) if date_text else None)
 
 
+def verify_message(msg: SipMessage, verification: VerificationService, policy: VerifyPolicy,
+                   now: float) -> Verdict | NeedsCredentials:
+    """The verification service's answer for an INVITE's Identity headers."""
+    facts = verify_input(msg, policy.country_code)
+    return verification.verify(facts.identities, orig=facts.orig, dest=facts.dest,
+                               date=facts.date, now=now)
+
+
+def rejection(verdict: Verdict) -> tuple[int, str, bytes]:
+    """The answer when policy rejects a verdict: code, phrase and the RFC 9410 Reason."""
+    code = verdict.code or 438
+    return code, verdict.phrase, reason_header(code, verdict.phrase)
+
+
+def verdict_lines(verdict: Verdict, *, attestation_header: bool) -> list[bytes]:
+    """What a call that goes on carries besides verstat: the attestation level when it
+    passed, the RFC 9410 Reason after a failure (§3)."""
+    lines = []
+    if verdict.verstat is Verstat.PASSED and verdict.attest and attestation_header:
+        lines.append(b"P-Attestation-Indicator: " + verdict.attest.encode() + b"\r\n")
+    if verdict.code is not None and verdict.verstat is Verstat.FAILED:
+        lines.append(reason_header(verdict.code, verdict.phrase))
+    return lines
+
+
 def reason_header(code: int, phrase: str) -> bytes:
     """RFC 9410 §3: ``Reason: STIR ;cause=<code> ;text="<phrase>"``."""
     return f'Reason: STIR ;cause={code} ;text="{phrase}"\r\n'.encode()
@@ -149,11 +181,11 @@ def mark_verdict(msg: SipMessage, verdict: Verdict, *, attestation_header: bool)
     i = msg.index[name][0]
     marked = with_verstat(msg.headers[i].value, verdict.verstat.value)
     msg.replace_header(i, label + b": " + marked.encode("latin-1") + b"\r\n")
-    if verdict.verstat is Verstat.PASSED and verdict.attest and attestation_header:
-        msg.remove_all("p-attestation-indicator")
-        msg.append_header(b"P-Attestation-Indicator: " + verdict.attest.encode() + b"\r\n")
-    if verdict.code is not None and verdict.verstat is Verstat.FAILED:
-        msg.append_header(reason_header(verdict.code, verdict.phrase))
+    lines = verdict_lines(verdict, attestation_header=attestation_header)
+    if lines and verdict.verstat is Verstat.PASSED:
+        msg.remove_all("p-attestation-indicator")  # a previous hop's says nothing
+    for line in lines:
+        msg.append_header(line)
 
 
 def with_verstat(value: str, verstat: str) -> str:

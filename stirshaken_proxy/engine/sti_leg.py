@@ -23,9 +23,10 @@ from .sip_sti import (
     DateLines,
     call_facts,
     mark_verdict,
-    reason_header,
+    refusal_headers,
+    rejection,
     strip_untrusted,
-    verify_input,
+    verify_message,
 )
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,8 @@ class StiLeg:
                               "attest": outcome.attest.value, "reason": outcome.reason.value})
             return None
         if type(outcome) is Refusal:
-            extra = () if outcome.retry_after is None else (
-                b"Retry-After: %d\r\n" % outcome.retry_after,)
-            return Rejection(status=outcome.status, reason=outcome.phrase, headers=extra)
+            return Rejection(status=outcome.status, reason=outcome.phrase,
+                             headers=refusal_headers(outcome))
         return None  # Unsigned: policy forwards it as it is
 
     def verify(self, services: Services, msg: SipMessage, now: float,
@@ -106,9 +106,7 @@ class StiLeg:
         verification = services.verification
         assert verification is not None
         policy = services.verify_policy
-        facts = verify_input(msg, policy.country_code)
-        verdict = verification.verify(facts.identities, orig=facts.orig, dest=facts.dest,
-                                      date=facts.date, now=now)
+        verdict = verify_message(msg, verification, policy, now)
         if isinstance(verdict, NeedsCredentials):
             out.extend(Fetch(r) for r in verdict.fetch)
             return Defer(urls=verdict.urls)
@@ -117,9 +115,8 @@ class StiLeg:
                       extra={"call_id": msg.call_id, "verdict": verdict.verstat.value,
                              "reason": verdict.reason})
         if policy.rejects(verdict):
-            code = verdict.code or 438
-            return Rejection(status=code, reason=verdict.phrase,
-                             headers=(reason_header(code, verdict.phrase),))
+            code, phrase, reason = rejection(verdict)
+            return Rejection(status=code, reason=phrase, headers=(reason,))
         mark_verdict(msg, verdict, attestation_header=policy.attestation_header)
         return None
 
