@@ -72,7 +72,12 @@ class HealthApi:
         self.owned = owned  # the number is in the inventory
         self.country_code = country_code
 
-    def _number(self, request: web.Request) -> str | web.Response:
+    def _target(self, request: web.Request) -> tuple[NumberHealth, str] | web.Response:
+        """The replica and the canonical number a state-changing request is about, or the
+        answer that refuses it."""
+        health = self.health()
+        if health is None:
+            return self._off()
         text = request.match_info["tn"]
         tn = canonical_digits(text, country_code=self.country_code) if len(text) <= 32 \
             else None
@@ -80,7 +85,7 @@ class HealthApi:
             return web.json_response({"error": "not a telephone number"}, status=400)
         if not self.owned(tn):
             return web.json_response({"error": f"{tn} is not in the inventory"}, status=404)
-        return tn
+        return health, tn
 
     def add_to(self, admin: AdminServer) -> None:
         admin.add_get("/numbers/health", self.report)
@@ -99,12 +104,10 @@ class HealthApi:
         return web.json_response([health.report(tn, now) for tn in sorted(health.numbers)])
 
     async def quarantine(self, request: web.Request) -> web.Response:
-        health = self.health()
-        if health is None:
-            return self._off()
-        tn = self._number(request)
-        if isinstance(tn, web.Response):
-            return tn
+        target = self._target(request)
+        if isinstance(target, web.Response):
+            return target
+        health, tn = target
         try:
             hours = float(request.query.get("hours", "24"))
         except ValueError:
@@ -118,12 +121,10 @@ class HealthApi:
         return web.json_response(health.report(tn, time.time()))
 
     async def release(self, request: web.Request) -> web.Response:
-        health = self.health()
-        if health is None:
-            return self._off()
-        tn = self._number(request)
-        if isinstance(tn, web.Response):
-            return tn
+        target = self._target(request)
+        if isinstance(target, web.Response):
+            return target
+        health, tn = target
         self._share(health.release(tn, time.time()))
         return web.json_response(health.report(tn, time.time()))
 
