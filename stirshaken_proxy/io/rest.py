@@ -199,7 +199,9 @@ class RestApi:
             raise ApiError("SVC4005", name, "wrong type")
         return value
 
-    def _tn(self, body: dict[str, Any], name: str, many: bool) -> list[str]:
+    def _tn(self, body: dict[str, Any], name: str, many: bool, cc: str) -> list[str]:
+        """Canonical numbers of a ``{"tn": ...}`` field (``cc``: the national numbers' country
+        code, the signing or the verification policy's)."""
         holder = self._field(body, name, dict)
         if "tn" not in holder:
             raise ApiError("SVC4001", f"{name}.tn")
@@ -209,8 +211,6 @@ class RestApi:
                 isinstance(v, str) for v in values):
             raise ApiError("SVC4005", f"{name}.tn", "an array of telephone numbers" if many
                            else "a telephone number")
-        services = self.services()
-        cc = services.verify_policy.country_code if services else "1"
         out = []
         for v in values:
             tn = canonical_digits(v, country_code=cc)
@@ -223,25 +223,26 @@ class RestApi:
     async def _signing(self, request: web.Request) -> web.Response:
         account = self._account(request)
         body = await self._body(request, "signingRequest")
+        services = self.services()
+        auth = services.authenticator if services is not None else None
+        if auth is None:
+            raise ApiError("SVC4003")
+        cc = auth.policy.country_code
         attest_text = self._field(body, "attest", str)
         try:
             attest = Attestation(attest_text)
         except ValueError:
             raise ApiError("SVC4005", "attest", "must be A, B or C") from None
-        dests = self._tn(body, "dest", many=True)
+        dests = self._tn(body, "dest", many=True, cc=cc)
         iat = self._field(body, "iat", int)
         if iat <= 0:
             raise ApiError("SVC4005", "iat", "must be a positive number of seconds")
-        orig = self._tn(body, "orig", many=False)[0]
+        orig = self._tn(body, "orig", many=False, cc=cc)[0]
         origid = self._field(body, "origid", str)
         try:
             uuid.UUID(origid)
         except ValueError:
             raise ApiError("SVC4005", "origid", "must be a UUID (RFC 4122)") from None
-        services = self.services()
-        auth = services.authenticator if services is not None else None
-        if auth is None:
-            raise ApiError("SVC4003")
         outcome = auth.sign(CallFacts(account=account, orig=orig, dest=dests[0], date=iat,
                                       attest=attest, more_dests=tuple(dests[1:]),
                                       origid=origid), self.clock())
@@ -255,8 +256,10 @@ class RestApi:
     async def _verification(self, request: web.Request) -> web.Response:
         self._account(request)
         body = await self._body(request, "verificationRequest")
-        orig = self._tn(body, "from", many=False)[0]
-        dests = self._tn(body, "to", many=True)
+        services = self.services()
+        cc = services.verify_policy.country_code if services is not None else "1"
+        orig = self._tn(body, "from", many=False, cc=cc)[0]
+        dests = self._tn(body, "to", many=True, cc=cc)
         when = self._field(body, "time", int)
         identity = self._field(body, "identity", str)
         if not identity.strip():

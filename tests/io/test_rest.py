@@ -257,3 +257,35 @@ async def test_https_with_client_certificates(tmp_path: Path) -> None:
                 await ask(cert, key)
     finally:
         await api.stop()
+
+
+async def test_signing_reads_national_numbers_with_the_signing_policy(tmp_path: Path) -> None:
+    """Regression: REST signing canonicalised numbers with the verification policy's country
+    code ("1" without [verify]): a 10-digit number became a NANP one ("1" added), so a "44"
+    provider's own number was not its own."""
+    keys = init_dev_pki(tmp_path / "keys", spc="123A")
+    auth = Authenticator(
+        signers={"default": Signer(SigningIdentity(name="default",
+                                                   key=load_private_key(keys.key),
+                                                   x5u="https://certs.example/s.pem"))},
+        inventory=Inventory([NumberBlock(first="2025550142", last="2025550142",
+                                         account="demo")]),
+        policy=AuthPolicy(country_code="44"))
+    services = Services(dialer_sources=SourceFilter(()), carrier_sources=SourceFilter(()),
+                        accounts=AccountDirectory([Account(name="demo", origid=ORIGID,
+                                                           sources=())]),
+                        authenticator=auth)
+    port = free_port()
+    api = RestApi(RestConfig(host="127.0.0.1", port=port), services=lambda: services,
+                  feed=lambda: None, api_keys={key_hash(KEY): "demo"}, stats=Stats())
+    await api.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            rest = Rest(f"http://127.0.0.1:{port}", keys, Stats(), session)
+            status, body = await rest.post("/stir/v1/signing", signing(
+                orig={"tn": "2025550142"}, dest={"tn": ["2079876543"]}))
+    finally:
+        await api.stop()
+    assert status == 200, body
+    claims = decode_passport(body["signingResponse"]["identity"].split(";")[0]).claims
+    assert claims["orig"] == {"tn": "2025550142"} and claims["attest"] == "A"
