@@ -207,8 +207,8 @@ async def start_front_ends(config: Config, parts: Parts, *, stats: Stats,
                               max_tcp_pending_bytes=tc.max_tcp_pending_bytes,
                               tcp_connect_timeout=tc.tcp_connect_timeout)
     if config.rest is not None and rest:
-        api = RestApi(config.rest, services=services, feed=feed, api_keys=config.api_keys,
-                      stats=stats)
+        api = RestApi(config.rest, services=services, feed=feed, stats=stats,
+                      api_keys=config.auth.api_keys if config.auth else {})
         await api.start()
     return redirect, api
 
@@ -389,7 +389,7 @@ class Application:
             assert isinstance(redirect, RedirectEngine)
             redirect.replace(services=parts.services, config=new.redirect)
         if self.rest is not None:
-            self.rest.api_keys = new.api_keys
+            self.rest.api_keys = new.auth.api_keys if new.auth else {}
         if old.services.authenticator and parts.services.authenticator:
             parts.services.authenticator.carry_over(old.services.authenticator)
         if old.services.verification and parts.services.verification:

@@ -101,6 +101,9 @@ class AuthConfig:
     policy: AuthPolicy
     health: HealthLimits | None = None  # None: number health is off
     health_flush_interval: float = 5.0
+    # REST API keys as stored, "sha256:<hex>" -> account. The keys are random tokens: a fast
+    # hash is enough, and the key itself is never kept.
+    api_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,7 +132,6 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     redirect: RedirectConfig | None = None  # the SIP 302 front end
     rest: RestConfig | None = None  # the ATIS-1000082 REST front end
-    api_keys: dict[str, str] = field(default_factory=dict)  # "sha256:<hex>" -> account
     raw: dict[str, Any] = field(default_factory=dict)
     created_keys: tuple[DevPki, ...] = ()  # development keys this load created
 
@@ -459,10 +461,8 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
         retry_after=sip["retry_after"], server_name=sip["server_name"])
     redirect = _redirect(src, data, engine) if "redirect" in data else None
     rest = _rest(src, data) if "rest" in data else None
-    api_keys = _api_keys(src, data)
     return Config(
         path=path, engine=engine, auth=auth, verify=verify, redirect=redirect, rest=rest,
-        api_keys=api_keys,
         transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
         admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"]),
         log=LogConfig(level=log["level"], format=log["format"]),
@@ -504,23 +504,6 @@ def _rest(src: _Source, data: dict[str, Any]) -> RestConfig:
 
 
 _KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}\Z")
-
-
-def _api_keys(src: _Source, data: dict[str, Any]) -> dict[str, str]:
-    """Each account's REST API keys, stored as their SHA-256 (the keys are random tokens:
-    a fast hash is enough, and the key itself is never kept)."""
-    keys: dict[str, str] = {}
-    for i, raw in enumerate(data.get("accounts", []) if isinstance(data.get("accounts"), list)
-                            else []):
-        for value in raw.get("api_keys", []) if isinstance(raw, dict) else []:
-            if not isinstance(value, str) or not _KEY_HASH.match(value):
-                raise src.error("accounts", "api_keys", f"{value!r} is not \"sha256:<64 hex "
-                                "digits>\" (make one with: stirshaken-proxy api-key new)", i)
-            if value in keys:
-                raise src.error("accounts", "api_keys", "the same key is given to two "
-                                "accounts", i)
-            keys[value] = raw["name"]
-    return keys
 
 
 def _cidrs(src: _Source, section: str, key: str, values: list[Any],
@@ -608,6 +591,7 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki]) -> AuthConf
             dev_spc=v["dev_spc"])
     accounts: list[Account] = []
     numbers: list[NumberBlock] = []
+    api_keys: dict[str, str] = {}
     for i, raw in enumerate(_array(src, data, "accounts")):
         v = _section(src, data, "accounts", _ACCOUNT_KEYS, entry=i, raw=raw)
         if any(a.name == v["name"] for a in accounts):
@@ -631,6 +615,14 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki]) -> AuthConf
             raise src.error("accounts", "max_calls_per_hour", "must not be negative", i)
         presence = _choice(src, "accounts", "local_presence", v["local_presence"],
                            LocalPresence, i)
+        for value in v["api_keys"]:
+            if not isinstance(value, str) or not _KEY_HASH.match(value):
+                raise src.error("accounts", "api_keys", f"{value!r} is not \"sha256:<64 hex "
+                                "digits>\" (make one with: stirshaken-proxy api-key new)", i)
+            if value in api_keys:
+                raise src.error("accounts", "api_keys", "the same key is given to two "
+                                "accounts", i)
+            api_keys[value] = v["name"]
         accounts.append(Account(name=v["name"], origid=v["origid"],
                                 sources=_cidrs(src, "accounts", "sources", v["sources"], i),
                                 signing=v["signing"], gateway=v["gateway"],
@@ -652,7 +644,7 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki]) -> AuthConf
                           country_code=policy["country_code"],
                           neighbour_spoofing=neighbour,
                           local_presence_header=policy["local_presence_header"]),
-        health=health, health_flush_interval=float(hv["flush_interval"]))
+        health=health, health_flush_interval=float(hv["flush_interval"]), api_keys=api_keys)
 
 
 def _load_pem_certs(src: _Source, key: str, paths: list[Any]) -> list[x509.Certificate]:
