@@ -31,19 +31,19 @@ from pathlib import Path
 
 from stirshaken_proxy.io.keys import DevPki, init_dev_pki
 from tests.support import (
+    HOST,
     ROOT,
+    Kamailio,
     Ports,
     Service,
     SippUas,
     free_port,
     run_uac,
     signing_config,
-    wait_sip,
     write_config,
 )
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 
 
 def session_cpu(sid: int) -> float:
@@ -81,21 +81,13 @@ class Proxy:
 
 def start_kamailio(work: Path, key: Path, x5u: str, children: int) -> Proxy:
     port, uas = free_port(), free_port()
-    cfg = work / "kamailio.cfg"
-    text = (ROOT / "bench/kamailio.cfg.tmpl").read_text()
-    for name, value in {"CHILDREN": children, "PORT": port, "MAXBUFFER": 4 * 1024 * 1024,
-                        "MODULES": MODULES, "X5U": x5u, "KEY": key, "UAS_PORT": uas}.items():
-        text = text.replace(f"@{name}@", str(value))
-    cfg.write_text(text)
-    run = work / "kamrun"
-    run.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        ["kamailio", "-f", str(cfg), "-DD", "-E", "-x", "tlsf", "-m", "4096", "-M", "64",
-         "-Y", str(run), "-w", str(run)],
-        stdout=open(work / "kamailio.log", "wb"), stderr=subprocess.STDOUT,
-        start_new_session=True)
-    wait_sip(port)
-    return Proxy("kamailio+secsipid", port, port, uas, proc)
+    kamailio = Kamailio(ROOT / "bench/kamailio.cfg.tmpl", work, {
+        "CHILDREN": children, "PORT": port, "MAXBUFFER": 4 * 1024 * 1024, "X5U": x5u,
+        "KEY": key, "UAS_PORT": uas}, ready=(HOST, port),
+        args=("-x", "tlsf", "-m", "4096", "-M", "64"))
+    kamailio.start()
+    assert kamailio.proc is not None
+    return Proxy("kamailio+secsipid", port, port, uas, kamailio.proc)
 
 
 def start_ours(work: Path, transport: str = "", workers: int = 1,

@@ -32,15 +32,14 @@ from bench.compare import session_cpu
 from stirshaken_proxy.io.rest import key_hash
 from tests.support import (
     HOST,
-    KAMAILIO_MODULES,
     ROOT,
+    Kamailio,
     Ports,
     Service,
     SippUas,
     free_port,
     run_uac,
     signing_config,
-    wait_sip,
     write_config,
 )
 
@@ -49,23 +48,13 @@ X5U = "https://certs.example.org/shaken.pem"
 KEY = "bench-key"
 
 
-def start_kamailio_302(work: Path, key: Path, children: int) -> tuple[int, subprocess.Popen[bytes]]:
+def start_kamailio_302(work: Path, key: Path, children: int) -> tuple[int, Kamailio]:
     port = free_port()
-    text = (ROOT / "bench/kamailio-302.cfg.tmpl").read_text()
-    for name, value in {"CHILDREN": children, "PORT": port, "MAXBUFFER": 4 * 1024 * 1024,
-                        "MODULES": KAMAILIO_MODULES, "X5U": X5U, "KEY": key}.items():
-        text = text.replace(f"@{name}@", str(value))
-    cfg = work / "kamailio-302.cfg"
-    cfg.write_text(text)
-    run = work / "kamrun302"
-    run.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        ["kamailio", "-f", str(cfg), "-DD", "-E", "-x", "tlsf", "-m", "256", "-M", "16",
-         "-Y", str(run), "-w", str(run)],
-        stdout=open(work / "kamailio-302.log", "wb"), stderr=subprocess.STDOUT,
-        start_new_session=True)
-    wait_sip(port)
-    return port, proc
+    kamailio = Kamailio(ROOT / "bench/kamailio-302.cfg.tmpl", work, {
+        "CHILDREN": children, "PORT": port, "MAXBUFFER": 4 * 1024 * 1024, "X5U": X5U,
+        "KEY": key}, ready=(HOST, port), args=("-x", "tlsf", "-m", "256", "-M", "16"))
+    kamailio.start()
+    return port, kamailio
 
 
 def step(name: str, pid: int, work: Path, rate: int, seconds: int, *, target: int,
@@ -101,15 +90,15 @@ def redirect_part(work: Path, rates: list[int], seconds: int, children: int) -> 
     kam_port, kam = start_kamailio_302(work, work / "keys" / "key.pem", children)
     try:
         for rate in rates:
-            step("kamailio+secsipid 302", kam.pid, work, rate, seconds, target=kam_port,
+            assert kam.proc is not None
+            step("kamailio+secsipid 302", kam.proc.pid, work, rate, seconds, target=kam_port,
                  scenario="uac_redirect.xml")
             step("stirshaken-proxy 302", svc.proc.pid, work, rate, seconds, target=redirect,
                  scenario="uac_redirect.xml")
             step("stirshaken-proxy in path (full call)", svc.proc.pid, work, rate, seconds,
                  target=ports.dialer, scenario="uac.xml", uas=ports.carrier_next_hop)
     finally:
-        os.killpg(kam.pid, signal.SIGTERM)
-        kam.wait(10)
+        kam.stop()
         svc.stop()
 
 

@@ -296,38 +296,44 @@ def wait_sip(port: int, host: str = HOST, timeout: float = 15.0) -> None:
 
 class Kamailio:
     """Kamailio from Debian's packages on a configuration template whose @NAME@ values are
-    filled in (a file of deploy/), in the foreground of its own session."""
+    filled in (a file of deploy/ or bench/), in the foreground of its own session."""
 
     def __init__(self, template: Path, workdir: Path, values: dict[str, object],
-                 ready: tuple[str, int]) -> None:
+                 ready: tuple[str, int], *, args: tuple[str, ...] = ("-m", "64", "-M", "8"),
+                 name: str | None = None) -> None:
         text = template.read_text()
-        for name, value in {"MODULES": KAMAILIO_MODULES, **values}.items():
-            text = text.replace(f"@{name}@", str(value))
-        self.cfg = workdir / f"kamailio-{template.stem}.cfg"
+        for key, value in {"MODULES": KAMAILIO_MODULES, **values}.items():
+            text = text.replace(f"@{key}@", str(value))
+        name = name or template.name.split(".")[0]
+        self.cfg = workdir / f"kamailio-{name}.cfg"
         self.cfg.write_text(text)
-        self.log_path = workdir / f"kamailio-{template.stem}.log"
-        self.run_dir = workdir / "kamailio-run"
+        self.log_path = workdir / f"kamailio-{name}.log"
+        self.run_dir = workdir / f"kamailio-{name}-run"
         self.run_dir.mkdir(exist_ok=True)
         self.ready = ready
+        self.args = args  # memory and allocator options
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Kamailio:
+    def start(self) -> None:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            ["kamailio", "-f", str(self.cfg), "-DD", "-E", "-m", "64", "-M", "8",
+            ["kamailio", "-f", str(self.cfg), "-DD", "-E", *self.args,
              "-Y", str(self.run_dir), "-w", str(self.run_dir)],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_sip(self.ready[1], self.ready[0])
         except RuntimeError:
-            self.__exit__()
+            self.stop()
             raise RuntimeError(f"kamailio did not start: {self.log()}") from None
+
+    def __enter__(self) -> Kamailio:
+        self.start()
         return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -336,3 +342,6 @@ class Kamailio:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self._log.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
