@@ -23,3 +23,8 @@ fi
 extra=""
 [ "${1:-}" = "test" ] && extra="[test]"
 .venv/bin/pip install -q --disable-pip-version-check -e ".${extra}"
+# The tests' STI-CA: acme2certifier in an environment of its own (it pins pyOpenSSL).
+if [ "${1:-}" = "test" ]; then
+  [ -x .venv-acme/bin/python ] || python3 -m venv .venv-acme
+  .venv-acme/bin/pip install -q --disable-pip-version-check "acme2certifier==0.46"
+fi

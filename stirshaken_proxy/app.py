@@ -21,18 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cryptography import x509
-
 from .config import Config, ConfigError, VerifyConfig, load_config
 from .engine.proxy import EngineConfig, ProxyEngine
 from .engine.redirect import RedirectEngine
 from .engine.services import Services
 from .engine.sources import SourceFilter
-from .io.admin import AdminServer, HealthApi, add_certificate_routes
+from .io.admin import AdminServer, CertificateRepository, HealthApi
 from .io.dispatch import WorkerDispatch
 from .io.fetcher import CredentialFeed, Fetcher
 from .io.gcwatch import GcWatch
 from .io.metrics import exposition, make_registry, merge, snapshot
+from .io.renewal import Renewer
 from .io.rest import RestApi
 from .io.shell import EngineShell
 from .io.supervisor import Children, run_workers
@@ -67,6 +66,7 @@ class Parts:
     feed: CredentialFeed | None = None  # the verification service and its fetcher
     health: NumberHealth | None = None  # the number-health replica in use
     expiry: dict[str, float] = field(default_factory=dict)  # signing identity -> notAfter
+    served: dict[str, tuple[bytes, float]] = field(default_factory=dict)  # x5u repository
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def run(self) -> None:
@@ -168,9 +168,10 @@ async def build_parts(config: Config, *, health: NumberHealth | None, regions: R
         if health is not None and writer:  # one writer of the replica
             parts.writer = HealthWriter(health, rows, interval=ac.health_flush_interval)
         for s in ac.signing:
-            if s.certificate is not None:
-                cert = x509.load_pem_x509_certificate(s.certificate.read_bytes())
-                parts.expiry[s.name] = cert.not_valid_after_utc.timestamp()
+            if s.cert_info is not None:
+                parts.expiry[s.name] = s.cert_info.not_after
+                if s.serve_path:
+                    parts.served[s.serve_path] = (s.cert_info.pem, s.cert_info.not_after)
     vc = config.verify
     if vc is not None:
         parts.feed = build_verification(vc, stats=stats, counters=counters,
@@ -234,6 +235,9 @@ class Application:
         self.admin: AdminServer | None = None
         self.redirect: EngineShell | None = None  # the 302 front end, when configured
         self.rest: RestApi | None = None  # the ATIS-1000082 front end (worker 0)
+        self.certificates = CertificateRepository()  # the chains behind x5u (admin server)
+        self.renewer: Renewer | None = None  # ACME renewal (worker 0)
+        self._renewing: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()  # fetchers replaced by a reload
         self._housekeeping: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
@@ -281,6 +285,7 @@ class Application:
         self.config = await resolve_next_hops(self.config)
         tc = self.config.transport
         self.parts = parts = await self._build(self.config)
+        self.certificates.update(parts.served, time.time())
         self.engine = ProxyEngine(self._engine_config(self.config), parts.services,
                                   rng=os.urandom, stats=self.stats)
         self.shell = shell = EngineShell(self.engine, counters=self.counters,
@@ -306,6 +311,11 @@ class Application:
         if self.config.admin.enabled and self.worker_index == 0:
             await self._start_admin()
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+        ac = self.config.auth
+        if self.worker_index == 0 and self.config.acme is not None and ac is not None and \
+                any(s.acme for s in ac.signing):
+            self.renewer = Renewer(self.config, reload=self._schedule_reload)
+            self._renewing = asyncio.get_running_loop().create_task(self.renewer.run())
         self.gc.start(tc.gc_threshold)
         if self.dispatch is not None and self.worker_index != 0:
             self.dispatch.say_ready()
@@ -318,8 +328,8 @@ class Application:
         self.admin = admin = AdminServer(self.config.admin.host, self.config.admin.port,
                                          readiness=self.readiness)
         ac = self.config.auth
-        add_certificate_routes(admin, {s.serve_path: s.chain for s in (ac.signing if ac else ())
-                                       if s.serve_path and s.chain is not None})
+        self.certificates.add_to(admin, [s.serve_template for s in (ac.signing if ac else ())
+                                         if s.serve_template])
         admin.add_get("/metrics", self._metrics)
         HealthApi(lambda: self.health,
                   self.dispatch.publish if self.dispatch is not None else None,
@@ -369,6 +379,8 @@ class Application:
             new = await asyncio.to_thread(load_config, self.config.path)
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
+            if self.renewer is not None:
+                self.renewer.configured(None)
             return
         assert self.engine is not None and self.shell is not None and self.parts is not None
         ec, nec = self.config.engine, new.engine
@@ -398,6 +410,9 @@ class Application:
         if self.dispatch is not None:
             self.dispatch.health = self.health
         self.parts, self.config = parts, new
+        self.certificates.update(parts.served, time.time())
+        if self.renewer is not None:
+            self.renewer.configured(new)
         parts.run()
         timeout = new.verify.fetch.timeout if new.verify is not None else 5.0
         retiring = old.retire(timeout + 1)
@@ -424,7 +439,7 @@ class Application:
             if engine.pending_requests:
                 log.info("stopping with %d requests still unanswered", engine.pending_requests)
             engine.shutdown()
-        for task in (self._housekeeping, *self._retiring):
+        for task in (self._housekeeping, self._renewing, *self._retiring):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

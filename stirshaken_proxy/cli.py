@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import AuthConfig, Config, ConfigError, load_config
 from .store.sqlite import NumberStore
@@ -66,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     api_sub.add_parser("new", help="make a new random key and print it with its hash")
     hsh = api_sub.add_parser("hash", help="print the hash of a key, for [[accounts]] api_keys")
     hsh.add_argument("key")
+
+    certs = sub.add_parser("certs", help="signing certificates got by ACME (ATIS-1000080)")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    for name, text in (("request", "get a certificate for an identity that has none, or "
+                                   "whose renewal is due"),
+                       ("renew", "get a new certificate now"),
+                       ("status", "each identity's SPC, certificate, x5u and next renewal")):
+        c = certs_sub.add_parser(name, help=text)
+        c.add_argument("--config", required=True)
+        if name == "status":
+            c.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+        else:
+            c.add_argument("--identity", required=True, help="the [[signing]] name")
 
     ver = sub.add_parser("verify", help="verify an Identity header and show every check")
     ver.add_argument("--config", required=True, help="uses its [verify] trust anchors and policy")
@@ -291,6 +305,81 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _time(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    import time
+
+    from .io.acme import CertificateRequestError, obtain
+    from .stir.acme import renewal_time
+
+    config = load_config(args.config, pending_ok=True)
+    identities = config.auth.signing if config.auth is not None else ()
+    acme = config.acme
+
+    def next_renewal(s: Any) -> float | None:
+        if not s.acme or acme is None:
+            return None
+        info = s.cert_info
+        return renewal_time(info.not_before, info.not_after, acme.renew_before) if info else 0.0
+
+    if args.certs_command == "status":
+        for s in identities:
+            info = s.cert_info
+            due = next_renewal(s)
+            row = {"identity": s.name, "spc": s.spc or None, "acme": s.acme,
+                   "serial": info.serial if info else None,
+                   "not_after": info.not_after if info else None, "x5u": s.x5u,
+                   "next_renewal": due}
+            if args.json:
+                sys.stdout.write(json.dumps(row) + "\n")
+                continue
+            renew = ("-" if due is None else "now (no certificate)" if info is None
+                     else "now (due)" if due <= time.time() else _time(due))
+            sys.stdout.write(
+                f"{s.name}: SPC {s.spc or '-'}, "
+                + (f"certificate {info.serial} valid until {_time(info.not_after)}"
+                   if info else "no certificate")
+                + f"\n  x5u {s.x5u}\n  next renewal: {renew}\n")
+        return EXIT_OK
+    found = next((s for s in identities if s.name == args.identity), None)
+    if found is None:
+        known = ", ".join(s.name for s in identities) or "none"
+        _err(f"certs {args.certs_command}: no [[signing]] named {args.identity!r} "
+             f"(known: {known})")
+        return EXIT_USAGE
+    if not found.acme or acme is None:
+        _err(f"certs {args.certs_command}: [[signing]] {found.name} does not have acme = true")
+        return EXIT_USAGE
+    due = next_renewal(found)
+    if args.certs_command == "request" and found.cert_info is not None and due is not None \
+            and due > time.time():
+        sys.stdout.write(f"{found.name}: certificate {found.cert_info.serial} is valid until "
+                         f"{_time(found.cert_info.not_after)}, renewal due {_time(due)} "
+                         "(certs renew gets a new one now)\n")
+        return EXIT_OK
+    try:
+        got = asyncio.run(obtain(found, acme))
+    except CertificateRequestError as exc:
+        _err(f"certs {args.certs_command}: {found.name}: {exc}; nothing was installed")
+        return EXIT_FAILED
+    info = got.certificate
+    sys.stdout.write(
+        f"{found.name}: certificate {info.serial} for SPC {', '.join(info.spcs)}, valid until "
+        f"{_time(info.not_after)}\n  installed: {found.key_path} (0600), {found.certificate}, "
+        f"{found.chain}\n  x5u: {got.x5u}\n"
+        + (f"  published: {got.published}\n" if got.published else "")
+        + "  a running service takes it at its next check ([acme] check_interval), or now "
+          "on SIGHUP\n")
+    return EXIT_OK
+
+
 def cmd_api_key(args: argparse.Namespace) -> int:
     import secrets
 
@@ -306,7 +395,8 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "keys": cmd_keys,
-            "numbers": cmd_numbers, "verify": cmd_verify, "api-key": cmd_api_key}
+            "numbers": cmd_numbers, "verify": cmd_verify, "api-key": cmd_api_key,
+            "certs": cmd_certs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,9 +10,10 @@ import enum
 import ipaddress
 import os
 import re
+import time
 import tomllib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ from .policy.inventory import NumberBlock
 from .policy.numbers import NumberFormatError, block_text, overlapping, parse_block_text
 from .sip.transport import Side, Transport
 from .sip.uri import ascii_digits
-from .stir.credentials import CachePolicy
+from .stir.credentials import CachePolicy, SigningCertificate, SigningCertificateError, check_signing_chain
 from .stir.signing import AuthPolicy, NeighbourSpoofing, UnsignedCalls
 from .stir.verification import OnFailure, VerifyPolicy
 from .stir.x5u import FetchLimits, UrlPolicy
@@ -89,6 +90,38 @@ class SigningConfig:
     chain: Path | None = None
     serve_path: str = ""
     dev_spc: str = ""  # development keys for this SPC are created when the key is missing
+    spc: str = ""  # the SPC the certificate's TNAuthList must hold
+    roots: tuple[x509.Certificate, ...] = ()  # STI-CA roots the chain must validate to
+    acme: bool = False  # got and renewed by ACME ([acme], [sti_pa])
+    organization: str = ""  # the CSR's O= (ACME)
+    publish_url: str = ""  # HTTP PUT target of the chain ("{serial}" allowed)
+    publish_token_file: Path | None = None  # Bearer token for publish_url
+    x5u_template: str = ""  # x5u as configured ("{serial}": one URL per certificate)
+    serve_template: str = ""  # serve_path as configured
+    cert_info: SigningCertificate | None = None  # the certificate, checked; None: none yet
+
+    def resolved(self, template: str) -> str:
+        serial = self.cert_info.serial if self.cert_info is not None else "none"
+        return template.replace("{serial}", serial)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcmeConfig:
+    """The STI-CA's ACME server and the STI-PA's API (ATIS-1000080)."""
+
+    directory: str
+    account_key: Path
+    contact: tuple[str, ...]
+    ca_file: Path | None  # TLS trust for the ACME server and the STI-PA (default: system)
+    renew_before: float  # share of the lifetime left when renewal starts
+    check_interval: float
+    retry_interval: float
+    timeout: float
+    sti_pa_url: str
+    sti_pa_user: str
+    sti_pa_password_file: Path | None
+    sti_pa_keys: tuple[ec.EllipticCurvePublicKey, ...]  # keys SPC tokens must be signed with
+    token_lifetime_margin: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +165,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     redirect: RedirectConfig | None = None  # the SIP 302 front end
     rest: RestConfig | None = None  # the ATIS-1000082 REST front end
+    acme: AcmeConfig | None = None  # certificates by ACME
     raw: dict[str, Any] = field(default_factory=dict)
     created_keys: tuple[DevPki, ...] = ()  # development keys this load created
 
@@ -201,6 +235,29 @@ _SIGNING_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "chain": ((str,), ""),
     "serve_path": ((str,), ""),
     "dev_spc": ((str,), ""),
+    "spc": ((str,), ""),
+    "roots": ((list,), []),
+    "acme": ((bool,), False),
+    "organization": ((str,), ""),
+    "publish_url": ((str,), ""),
+    "publish_token_file": ((str,), ""),
+}
+_ACME_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "directory": ((str,), None),
+    "account_key": ((str,), "var/acme/account-key.pem"),
+    "contact": ((list,), []),
+    "ca_file": ((str,), ""),
+    "renew_before": ((int, float), 0.33),
+    "check_interval": ((int, float), 3600.0),
+    "retry_interval": ((int, float), 300.0),
+    "timeout": ((int, float), 30.0),
+}
+_STI_PA_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "url": ((str,), None),
+    "user_id": ((str,), ""),
+    "password_file": ((str,), ""),
+    "token_keys": ((list,), None),
+    "token_min_validity": ((int, float), 60.0),
 }
 _ACCOUNT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "name": ((str,), None),
@@ -271,6 +328,8 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "log": _LOG_KEYS,
     "store": _STORE_KEYS,
     "signing": _SIGNING_KEYS,
+    "acme": _ACME_KEYS,
+    "sti_pa": _STI_PA_KEYS,
     "accounts": _ACCOUNT_KEYS,
     "auth": _AUTH_KEYS,
     "verify": _VERIFY_KEYS,
@@ -395,8 +454,10 @@ def _choice(src: _Source, section: str, key: str, value: str, kind: type[_E],
         raise src.error(section, key, f"must be {names}, not {value!r}", entry) from None
 
 
-def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Config:
-    """Read and validate a config file. Raises ConfigError naming file, line and key."""
+def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
+                pending_ok: bool = False) -> Config:
+    """Read and validate a config file. Raises ConfigError naming file, line and key.
+    ``pending_ok``: an ACME identity may have no key yet (``certs request`` gets it)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -450,7 +511,9 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
         max_sources=flood_values["max_sources"],
         exempt=_cidrs(src, "flood", "exempt", flood_values["exempt"]))
     created: list[DevPki] = []
-    auth = _auth(src, data, created) if "signing" in data or "accounts" in data else None
+    acme = _acme(src, data) if "acme" in data or "sti_pa" in data else None
+    auth = (_auth(src, data, created, pending_ok=pending_ok)
+            if "signing" in data or "accounts" in data else None)
     verify = _verify(src, data) if "verify" in data else None
     timers = TimerConfig(t1=float(sip["t1"]), t2=float(sip["t2"]), t4=float(sip["t4"]),
                          timer_c=float(sip["timer_c"]))
@@ -463,6 +526,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = ()) -> Co
     rest = _rest(src, data) if "rest" in data else None
     return Config(
         path=path, engine=engine, auth=auth, verify=verify, redirect=redirect, rest=rest,
+        acme=acme,
         transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
         admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"]),
         log=LogConfig(level=log["level"], format=log["format"]),
@@ -535,7 +599,139 @@ def _dev_keys(src: _Source, v: dict[str, Any], entry: int) -> DevPki:
                         entry) from None
 
 
-def _auth(src: _Source, data: dict[str, Any], created: list[DevPki]) -> AuthConfig:
+_TEMPLATE_RE = re.compile(r"\{(?!serial\})[^}]*\}")
+
+
+def _signing_roots(src: _Source, data: dict[str, Any], v: dict[str, Any], entry: int,
+                   key_path: Path) -> tuple[x509.Certificate, ...]:
+    """The STI-CA roots an identity's chain must validate to: its own ``roots``, else
+    [verify] trust_anchors, else the development CA beside the key (``keys init``, dev_spc)."""
+    if v["roots"]:
+        return tuple(_load_pem_certs(src, "roots", v["roots"], section="signing", entry=entry))
+    anchors = data.get("verify", {}).get("trust_anchors")
+    if isinstance(anchors, list) and anchors:
+        return tuple(_load_pem_certs(src, "trust_anchors", anchors))
+    dev_ca = key_path.parent / "ca.pem"
+    if dev_ca.is_file():
+        return tuple(_load_pem_certs(src, "roots", [str(dev_ca)], section="signing",
+                                     entry=entry))
+    return ()
+
+
+def _signing(src: _Source, data: dict[str, Any], v: dict[str, Any], i: int,
+             created: list[DevPki], *, pending_ok: bool) -> SigningConfig:
+    """One [[signing]] identity with its certificate checked (ATIS-1000080 §6.4.1)."""
+    for opt in ("x5u", "serve_path", "publish_url"):
+        if _TEMPLATE_RE.search(v[opt]):
+            raise src.error("signing", opt, "the only placeholder is {serial}", i)
+    if not re.match(r"https?://[^\s?#]+\Z", v["x5u"]):
+        raise src.error("signing", "x5u", "must be an https:// URL without query or "
+                        "fragment (http:// only for development)", i)
+    if v["publish_url"] and not re.match(r"https?://[^\s#]+\Z", v["publish_url"]):
+        raise src.error("signing", "publish_url", "must be an https:// URL", i)
+    spc = v["spc"] or v["dev_spc"]
+    if v["acme"]:
+        if not spc:
+            raise src.error("signing", "spc", "an ACME identity needs its SPC", i)
+        if not v["organization"]:
+            raise src.error("signing", "organization",
+                            "an ACME identity needs the organization for its certificate", i)
+        if not v["certificate"] or not v["chain"]:
+            raise src.error("signing", "chain", "an ACME identity needs certificate and chain "
+                            "(where the certificate it gets is installed)", i)
+        if "acme" not in data or "sti_pa" not in data:
+            raise src.error("signing", "acme", "needs the [acme] and [sti_pa] sections", i)
+    key_path = Path(v["key"])
+    if v["dev_spc"] and not key_path.exists():
+        created.append(_dev_keys(src, v, i))
+    token_file = Path(v["publish_token_file"]) if v["publish_token_file"] else None
+    if token_file is not None and not token_file.is_file():
+        raise src.error("signing", "publish_token_file", f"{token_file} does not exist", i)
+    common = dict(name=v["name"], key_path=key_path, x5u=v["x5u"], x5u_template=v["x5u"],
+                  serve_path=v["serve_path"], serve_template=v["serve_path"],
+                  dev_spc=v["dev_spc"], spc=spc, acme=v["acme"],
+                  organization=v["organization"], publish_url=v["publish_url"],
+                  publish_token_file=token_file,
+                  certificate=Path(v["certificate"]) if v["certificate"] else None,
+                  chain=Path(v["chain"]) if v["chain"] else None)
+    roots = _signing_roots(src, data, v, i, key_path)
+    if v["acme"] and not roots:
+        raise src.error("signing", "roots", "an ACME identity needs the STI-CA root(s) its "
+                        "certificate must chain to", i)
+    if v["acme"] and pending_ok and not key_path.exists():
+        return SigningConfig(key=None, roots=roots, **common)  # type: ignore[arg-type]
+    try:
+        key = load_private_key(key_path)
+    except FileNotFoundError:
+        hint = (f"get it with: stirshaken-proxy certs request --identity {v['name']}"
+                if v["acme"] else
+                "development keys: set dev_spc, or run stirshaken-proxy keys init DIR --spc CODE")
+        raise src.error("signing", "key", f"{key_path} does not exist ({hint})", i) from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise src.error("signing", "key", f"{key_path}: not a usable private key: {exc}",
+                        i) from None
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise src.error("signing", "key", f"{key_path}: ES256 needs a P-256 key", i)
+    for opt in ("certificate", "chain"):
+        if v[opt] and not Path(v[opt]).is_file():
+            raise src.error("signing", opt, f"{v[opt]} does not exist", i)
+    if v["serve_path"] and (not v["serve_path"].startswith("/") or not v["chain"]):
+        raise src.error("signing", "serve_path", "must start with / and needs chain", i)
+    config = SigningConfig(key=key, roots=roots, **common)
+    chain_path = config.chain or config.certificate
+    if chain_path is None:
+        return config  # a key only: the certificate lives elsewhere (x5u)
+    which = "chain" if config.chain else "certificate"
+    if not roots:
+        raise src.error("signing", "roots", "needs the STI-CA root(s) the certificate must "
+                        "chain to (or [verify] trust_anchors)", i)
+    try:
+        info = check_signing_chain(key, chain_path.read_bytes(), spc=spc, roots=list(roots),
+                                   now=time.time())
+    except (OSError, SigningCertificateError) as exc:
+        raise src.error("signing", which, f"{chain_path}: {exc}", i) from None
+    config = replace(config, cert_info=info)
+    return replace(config, x5u=config.resolved(v["x5u"]),
+                   serve_path=config.resolved(v["serve_path"]))
+
+
+def _acme(src: _Source, data: dict[str, Any]) -> AcmeConfig:
+    a = _section(src, data, "acme", _ACME_KEYS)
+    p = _section(src, data, "sti_pa", _STI_PA_KEYS)
+    if not re.match(r"https?://[^\s#]+\Z", a["directory"]):
+        raise src.error("acme", "directory", "must be the ACME directory's https:// URL")
+    if not re.match(r"https?://[^\s#]+\Z", p["url"]):
+        raise src.error("sti_pa", "url", "must be the STI-PA API's https:// URL")
+    if not 0 < a["renew_before"] < 1:
+        raise src.error("acme", "renew_before", "must be a share of the lifetime, 0 to 1 "
+                        "(0.33: renew when a third is left)")
+    _positive(src, "acme", a, "check_interval", "retry_interval", "timeout")
+    ca_file = Path(a["ca_file"]) if a["ca_file"] else None
+    if ca_file is not None and not ca_file.is_file():
+        raise src.error("acme", "ca_file", f"{ca_file} does not exist")
+    password = Path(p["password_file"]) if p["password_file"] else None
+    if password is not None and not password.is_file():
+        raise src.error("sti_pa", "password_file", f"{password} does not exist")
+    keys = []
+    for cert in _load_pem_certs(src, "token_keys", p["token_keys"], section="sti_pa"):
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise src.error("sti_pa", "token_keys", "the STI-PA signs with ES256 (P-256 keys)")
+        keys.append(key)
+    if not keys:
+        raise src.error("sti_pa", "token_keys", "needs the STI-PA's certificate(s)")
+    return AcmeConfig(
+        directory=a["directory"], account_key=Path(a["account_key"]),
+        contact=tuple(str(c) for c in a["contact"]), ca_file=ca_file,
+        renew_before=float(a["renew_before"]), check_interval=float(a["check_interval"]),
+        retry_interval=float(a["retry_interval"]), timeout=float(a["timeout"]),
+        sti_pa_url=p["url"].rstrip("/"), sti_pa_user=p["user_id"],
+        sti_pa_password_file=password, sti_pa_keys=tuple(keys),
+        token_lifetime_margin=float(p["token_min_validity"]))
+
+
+def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
+          pending_ok: bool = False) -> AuthConfig:
     store = _section(src, data, "store", _STORE_KEYS)
     _positive(src, "store", store, "refresh_interval")
     policy = _section(src, data, "auth", _AUTH_KEYS)
@@ -562,33 +758,7 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki]) -> AuthConf
         v = _section(src, data, "signing", _SIGNING_KEYS, entry=i, raw=raw)
         if v["name"] in signing:
             raise src.error("signing", "name", f"duplicate name {v['name']!r}", i)
-        if not re.match(r"https?://[^\s?#]+\Z", v["x5u"]):
-            raise src.error("signing", "x5u", "must be an https:// URL without query or "
-                            "fragment (http:// only for development)", i)
-        key_path = Path(v["key"])
-        if v["dev_spc"] and not key_path.exists():
-            created.append(_dev_keys(src, v, i))
-        try:
-            key = load_private_key(key_path)
-        except FileNotFoundError:
-            raise src.error("signing", "key", f"{key_path} does not exist (development keys: "
-                            "set dev_spc, or run stirshaken-proxy keys init DIR --spc CODE)",
-                            i) from None
-        except (OSError, ValueError, TypeError) as exc:
-            raise src.error("signing", "key", f"{key_path}: not a usable private key: {exc}",
-                            i) from None
-        if not isinstance(key.curve, ec.SECP256R1):
-            raise src.error("signing", "key", f"{key_path}: ES256 needs a P-256 key", i)
-        for opt in ("certificate", "chain"):
-            if v[opt] and not Path(v[opt]).is_file():
-                raise src.error("signing", opt, f"{v[opt]} does not exist", i)
-        if v["serve_path"] and (not v["serve_path"].startswith("/") or not v["chain"]):
-            raise src.error("signing", "serve_path", "must start with / and needs chain", i)
-        signing[v["name"]] = SigningConfig(
-            name=v["name"], key_path=key_path, key=key, x5u=v["x5u"],
-            certificate=Path(v["certificate"]) if v["certificate"] else None,
-            chain=Path(v["chain"]) if v["chain"] else None, serve_path=v["serve_path"],
-            dev_spc=v["dev_spc"])
+        signing[v["name"]] = _signing(src, data, v, i, created, pending_ok=pending_ok)
     accounts: list[Account] = []
     numbers: list[NumberBlock] = []
     api_keys: dict[str, str] = {}
@@ -647,16 +817,18 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki]) -> AuthConf
         health=health, health_flush_interval=float(hv["flush_interval"]), api_keys=api_keys)
 
 
-def _load_pem_certs(src: _Source, key: str, paths: list[Any]) -> list[x509.Certificate]:
+def _load_pem_certs(src: _Source, key: str, paths: list[Any], *, section: str = "verify",
+                    entry: int | None = None) -> list[x509.Certificate]:
     certs: list[x509.Certificate] = []
     for item in paths:
         path = Path(str(item))
         try:
             certs.extend(x509.load_pem_x509_certificates(path.read_bytes()))
         except FileNotFoundError:
-            raise src.error("verify", key, f"{path} does not exist") from None
+            raise src.error(section, key, f"{path} does not exist", entry) from None
         except (OSError, ValueError) as exc:
-            raise src.error("verify", key, f"{path}: not PEM certificates: {exc}") from None
+            raise src.error(section, key, f"{path}: not PEM certificates: {exc}",
+                            entry) from None
     return certs
 
 

@@ -179,3 +179,59 @@ def test_workers_auto_is_one_per_core(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, BASE + '[transport]\nworkers = "auto"\n'))
     assert config.transport.workers == len(os.sched_getaffinity(0))
     assert load_config(write(tmp_path, BASE)).transport.workers == 1
+
+
+ACME = BASE + """[acme]
+directory = "https://sti-ca.test/directory"
+contact = ["mailto:noc@provider.test"]
+RENEW
+[sti_pa]
+url = "https://sti-pa.test/api/v1"
+token_keys = ["CA"]
+
+[[signing]]
+name = "main"
+acme = true
+spc = "123A"
+organization = "Provider"
+key = "DIR/key.pem"
+certificate = "DIR/cert.pem"
+chain = "DIR/chain.pem"
+roots = ["CA"]
+x5u = "https://cr.test/X5U.pem"
+"""
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"RENEW": "renew_before = 1.5"}, ":12: [acme] renew_before: must be a share of the lifetime"),
+    ({"RENEW": "check_interval = 0"}, ":12: [acme] check_interval: must be greater than 0"),
+    ({'token_keys = ["CA"]': "token_keys = []"},
+     ":15: [sti_pa] token_keys: needs the STI-PA's certificate(s)"),
+    ({'organization = "Provider"\n': ""},
+     "[[signing]] #1 organization: an ACME identity needs the organization"),
+    ({'spc = "123A"\n': ""}, "[[signing]] #1 spc: an ACME identity needs its SPC"),
+    ({"X5U": "{spc}"}, "[[signing]] #1 x5u: the only placeholder is {serial}"),
+    ({}, "[[signing]] #1 key: DIR/key.pem does not exist (get it with: stirshaken-proxy certs "
+         "request --identity main)"),
+])
+def test_acme_config_errors(tmp_path: Path, changes: dict[str, str], message: str) -> None:
+    pki = init_dev_pki(tmp_path / "keys", spc="1")
+    text = ACME.replace("RENEW", "")
+    for old, new in changes.items():
+        text = ACME.replace(old, new) if old == "RENEW" else text.replace(old, new)
+    text = text.replace("RENEW", "").replace("CA", str(pki.ca_cert))
+    path = write(tmp_path, text.replace("DIR", str(tmp_path / "sti")))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message.replace("DIR", str(tmp_path / "sti")) in str(info.value), info.value
+
+
+def test_acme_identity_may_be_pending_for_certs_request(tmp_path: Path) -> None:
+    pki = init_dev_pki(tmp_path / "keys", spc="1")
+    path = write(tmp_path, ACME.replace("RENEW", "").replace("CA", str(pki.ca_cert))
+                 .replace("DIR", str(tmp_path / "sti")).replace("X5U", "{serial}"))
+    config = load_config(path, pending_ok=True)
+    assert config.auth is not None and config.acme is not None
+    (main,) = config.auth.signing
+    assert main.acme and main.cert_info is None and main.x5u_template == "https://cr.test/{serial}.pem"
+    assert config.acme.renew_before == 0.33 and config.acme.contact == ("mailto:noc@provider.test",)

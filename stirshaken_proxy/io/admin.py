@@ -7,7 +7,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from aiohttp import web
 
@@ -133,13 +132,26 @@ class HealthApi:
             self.publish(event)
 
 
-def add_certificate_routes(admin: AdminServer, chains: dict[str, Path]) -> None:
-    """The development certificate repository: each chain file at its serve path."""
-    for path, chain in chains.items():
-        body = chain.read_bytes()
+class CertificateRepository:
+    """The certificate repository behind x5u (development, or a small deployment): each
+    identity's chain at its serve path. With "{serial}" in the path every certificate has its
+    own URL, and a replaced chain stays served until it expires (calls signed with it are
+    still being verified, and verifiers cache by URL)."""
 
-        async def serve(request: web.Request, body: bytes = body) -> web.Response:
-            return web.Response(body=body, content_type="application/pem-certificate-chain",
-                                headers={"Cache-Control": "max-age=86400"})
+    def __init__(self) -> None:
+        self.chains: dict[str, tuple[bytes, float]] = {}  # path -> (chain, notAfter)
 
-        admin.add_get(path, serve)
+    def update(self, chains: dict[str, tuple[bytes, float]], now: float) -> None:
+        kept = {p: c for p, c in self.chains.items() if c[1] > now}
+        self.chains = {**kept, **chains}
+
+    def add_to(self, admin: AdminServer, templates: list[str]) -> None:
+        for template in templates:
+            admin.add_get(template.replace("{serial}", "{serial:[0-9a-f]+}"), self.serve)
+
+    async def serve(self, request: web.Request) -> web.Response:
+        found = self.chains.get(request.path)
+        if found is None:
+            return web.Response(status=404, text="no such certificate\n")
+        return web.Response(body=found[0], content_type="application/pem-certificate-chain",
+                            headers={"Cache-Control": "max-age=86400"})

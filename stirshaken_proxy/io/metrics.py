@@ -166,6 +166,20 @@ class ServiceCollector(Collector):
             for name, not_after in (app.parts.expiry if app.parts is not None else {}).items():
                 expiry.add_metric([name], not_after - now)
             yield expiry
+            # ACME renewal (identities with acme = true; the families are always there)
+            renewals = CounterMetricFamily(PREFIX + "certificate_renewals",
+                                           "Signing certificates got by ACME",
+                                           labels=["identity"])
+            failures = CounterMetricFamily(PREFIX + "certificate_renewal_failures",
+                                           "Failed attempts to get a signing certificate",
+                                           labels=["identity"])
+            renewer = app.renewer
+            if renewer is not None:
+                for identity in renewer.identities():
+                    renewals.add_metric([identity.name], renewer.renewals[identity.name])
+                    failures.add_metric([identity.name], renewer.failures[identity.name])
+            yield renewals
+            yield failures
         if app.health is not None:  # every worker holds the whole replica: this one's
             now = time.time()
             states: dict[str, int] = {"healthy": 0, "at_velocity_limit": 0, "quarantined": 0}

@@ -242,3 +242,45 @@ class CredentialCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+
+
+class SigningCertificateError(Exception):
+    """Our own signing certificate cannot be used: the reason names the check."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SigningCertificate:
+    """Our own certificate, checked: what ``certs status``, the expiry gauge and renewal use."""
+
+    serial: str  # hex, lower case: names the certificate in x5u templates
+    not_before: float
+    not_after: float
+    spcs: tuple[str, ...]
+    subject: str
+    pem: bytes  # the chain as checked: what x5u serves
+
+
+def check_signing_chain(key: ec.EllipticCurvePrivateKey, chain: bytes, *, spc: str,
+                        roots: list[x509.Certificate], now: float) -> SigningCertificate:
+    """The checks on a certificate before we sign with it (ATIS-1000080 §6.4.1): the key is the
+    certificate's, its TNAuthList holds ``spc`` (when one is configured), the chain validates to
+    one of ``roots`` (the STI-CA roots), and it is valid now."""
+    if not roots:
+        raise SigningCertificateError("no STI-CA root to check the chain against")
+    credential = build_credential("", chain, TrustStore(roots))
+    if credential.error is not None:
+        raise SigningCertificateError(credential.error)
+    assert credential.public_key is not None
+    if credential.public_key.public_numbers() != key.public_key().public_numbers():
+        raise SigningCertificateError("the private key does not match the certificate")
+    if spc and spc not in credential.spcs:
+        raise SigningCertificateError(
+            f"the certificate's TNAuthList holds {', '.join(credential.spcs)}, not SPC {spc}")
+    if now >= credential.not_after:
+        raise SigningCertificateError("the certificate (or its chain) has expired")
+    if now < credential.not_before:
+        raise SigningCertificateError("the certificate is not valid yet")
+    ee = load_pem_chain(chain)[0]
+    return SigningCertificate(serial=f"{ee.serial_number:x}", not_before=credential.not_before,
+                              not_after=credential.not_after, spcs=credential.spcs,
+                              subject=credential.subject, pem=chain)
