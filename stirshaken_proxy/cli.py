@@ -340,7 +340,8 @@ def cmd_certs(args: argparse.Namespace) -> int:
             if args.json:
                 sys.stdout.write(json.dumps(row) + "\n")
                 continue
-            renew = ("-" if due is None else "now (no certificate)" if info is None
+            renew = ("not by ACME (install new files, then SIGHUP)" if due is None
+                     else "now (no certificate)" if info is None
                      else "now (due)" if due <= time.time() else _time(due))
             sys.stdout.write(
                 f"{s.name}: SPC {s.spc or '-'}, "

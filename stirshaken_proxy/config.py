@@ -759,6 +759,10 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
         if v["name"] in signing:
             raise src.error("signing", "name", f"duplicate name {v['name']!r}", i)
         signing[v["name"]] = _signing(src, data, v, i, created, pending_ok=pending_ok)
+        if v["serve_path"] and "{serial}" not in v["serve_path"] and any(
+                s.serve_template == v["serve_path"] for s in list(signing.values())[:-1]):
+            raise src.error("signing", "serve_path", f"{v['serve_path']} is another "
+                            "identity's (add {serial}, or give each its own)", i)
     accounts: list[Account] = []
     numbers: list[NumberBlock] = []
     api_keys: dict[str, str] = {}

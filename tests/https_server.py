@@ -59,12 +59,30 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
 class CertServer:
     """Serves ``routes`` over HTTPS (or plain HTTP) on 127.0.0.1 in a background thread."""
 
-    def __init__(self, directory: Path, routes: dict[str, Route], *, tls: bool = True) -> None:
+    def __init__(self, directory: Path, routes: dict[str, Route], *, tls: bool = True,
+                 put_token: str | None = None) -> None:
         self.routes = routes
         self.requests: list[str] = []
+        self.put_token = put_token  # PUT (with this Bearer token) stores what GET serves
+        self.put_status: int | None = None  # answer every PUT with this instead
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                server.requests.append(f"PUT {self.path}")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status = server.put_status or 201
+                if server.put_token is None or \
+                        self.headers.get("Authorization") != f"Bearer {server.put_token}":
+                    status = 401
+                if status < 300:
+                    server.routes[self.path] = Route(body=body, headers=(
+                        ("Content-Type", self.headers.get("Content-Type", "")),
+                        ("Cache-Control", "max-age=86400")))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_GET(self) -> None:
                 server.requests.append(self.path)
                 route = server.routes.get(self.path)

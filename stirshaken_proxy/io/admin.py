@@ -146,7 +146,7 @@ class CertificateRepository:
         self.chains = {**kept, **chains}
 
     def add_to(self, admin: AdminServer, templates: list[str]) -> None:
-        for template in templates:
+        for template in dict.fromkeys(templates):  # identities may share a "{serial}" path
             admin.add_get(template.replace("{serial}", "{serial:[0-9a-f]+}"), self.serve)
 
     async def serve(self, request: web.Request) -> web.Response:

@@ -365,3 +365,83 @@ def test_renewal_under_load(tmp_path: Path) -> None:
     new_cert.write_bytes(served[last].split(b"-----END CERTIFICATE-----")[0] +
                          b"-----END CERTIFICATE-----\n")
     assert secsipidx_ok(values[-1], new_cert, ca.root_path)
+
+
+async def test_publish_to_an_https_repository(tmp_path: Path,
+                                             peers: tuple[StiPa, StiCa]) -> None:
+    """The chain is PUT where x5u points before the certificate is installed; a repository that
+    refuses the upload leaves the running certificate as it was."""
+    from tests.https_server import CertServer
+
+    pa, ca = peers
+    ports = Ports.pick()
+    token = tmp_path / "repo-token"
+    token.write_text("t0ken\n")
+    (tmp_path / "repo").mkdir()
+    with CertServer(tmp_path / "repo", {}, put_token="t0ken") as repo:
+        publish = (f'publish_url = "{repo.url("/sti/{serial}.pem")}"\n'
+                   f'publish_token_file = "{token}"')
+        cfg = write_config(tmp_path / "proxy.toml", ports,
+                           extra=acme_config(tmp_path, ports, pa, ca, publish=publish))
+        config = load_config(cfg, pending_ok=True)
+        assert config.auth is not None and config.acme is not None
+        acme = replace(config.acme, ca_file=repo.ca_file)  # the repository's TLS CA
+        got = await obtain(config.auth.signing[0], acme)
+        serial = got.certificate.serial
+        assert got.published == repo.url(f"/sti/{serial}.pem")
+        route = repo.routes[f"/sti/{serial}.pem"]
+        assert route.body == (tmp_path / "sti" / "chain.pem").read_bytes()
+        assert ("Content-Type", "application/x-pem-file") in route.headers
+        before = _files(tmp_path)
+        repo.put_status = 403
+        config = load_config(cfg)
+        assert config.auth is not None
+        with pytest.raises(CertificateRequestError) as info:
+            await obtain(config.auth.signing[0], acme)
+        assert info.value.step == "publish" and "HTTP 403" in info.value.reason
+        assert _files(tmp_path) == before
+
+
+@pytest.mark.skipif(shutil.which("secsipidx") is None, reason="secsipidx not installed")
+def test_each_account_signs_with_its_own_certificate(tmp_path: Path,
+                                                    peers: tuple[StiPa, StiCa]) -> None:
+    """A reseller: two identities with their own SPCs, both got by ACME, each account's calls
+    signed with its own (through the ATIS-1000082 front end of the running service)."""
+    from stirshaken_proxy.io.rest import key_hash
+
+    pa, ca = peers
+    ports = Ports.pick()
+    rest_port = free_port()
+    base = acme_config(tmp_path, ports, pa, ca)
+    second = base[base.index("[[signing]]"):base.index("[[accounts]]")]
+    second = (second.replace('name = "main"', 'name = "west"').replace("123A", "456B")
+              .replace(str(tmp_path / "sti"), str(tmp_path / "sti-west")))
+    config = (base.replace("[[accounts]]", second + "\n[[accounts]]", 1)
+              + f'api_keys = ["{key_hash("key-east")}"]\n\n'
+              + f'[[accounts]]\nname = "west-customer"\norigid = "{ORIGID}"\n'
+              + 'signing = "west"\nnumbers = ["+1 303 555 0100..0199"]\n'
+              + f'api_keys = ["{key_hash("key-west")}"]\n\n'
+              + f'[rest]\nlisten = "{HOST}:{rest_port}"\n')
+    cfg = write_config(tmp_path / "proxy.toml", ports, extra=config)
+    for name in ("main", "west"):
+        out = cli("certs", "request", "--config", str(cfg), "--identity", name)
+        assert out.returncode == 0, out.stderr
+    status = [json.loads(line) for line in
+              cli("certs", "status", "--config", str(cfg), "--json").stdout.splitlines()]
+    assert [(s["identity"], s["spc"]) for s in status] == [("main", "123A"), ("west", "456B")]
+    with running_service(cfg, ports.admin, tmp_path / "proxy.log"):
+        for key, orig, folder, spc in (("key-east", "12025550142", "sti", "123A"),
+                                       ("key-west", "13035550142", "sti-west", "456B")):
+            body = json.dumps({"signingRequest": {
+                "attest": "A", "dest": {"tn": ["12025550199"]}, "iat": int(time.time()),
+                "orig": {"tn": orig}, "origid": ORIGID}}).encode()
+            request = urllib.request.Request(
+                f"http://{HOST}:{rest_port}/stir/v1/signing", data=body, method="POST",
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+            with urllib.request.urlopen(request) as r:
+                identity = json.loads(r.read())["signingResponse"]["identity"]
+            serial = serial_of(tmp_path / folder / "chain.pem")
+            assert f"/sti/{serial}.pem>" in identity, identity
+            assert secsipidx_ok(identity, tmp_path / folder / "cert.pem", ca.root_path)
+            cert = x509.load_pem_x509_certificate((tmp_path / folder / "cert.pem").read_bytes())
+            assert cert.subject.rfc4514_string() == f"CN=SHAKEN {spc},O=Provider Test,C=US"
