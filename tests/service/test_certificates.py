@@ -445,3 +445,33 @@ def test_each_account_signs_with_its_own_certificate(tmp_path: Path,
             assert secsipidx_ok(identity, tmp_path / folder / "cert.pem", ca.root_path)
             cert = x509.load_pem_x509_certificate((tmp_path / folder / "cert.pem").read_bytes())
             assert cert.subject.rfc4514_string() == f"CN=SHAKEN {spc},O=Provider Test,C=US"
+
+
+@requires_sipp
+@pytest.mark.sipp
+def test_a_failing_renewal_is_counted_and_the_old_certificate_signs(
+        tmp_path: Path, peers: tuple[StiPa, StiCa]) -> None:
+    pa, ca = peers
+    ports = Ports.pick()
+    cfg = write_config(tmp_path / "proxy.toml", ports, extra=acme_config(
+        tmp_path, ports, pa, ca, renew_before=0.999999, check_interval=1))
+    assert cli("certs", "request", "--config", str(cfg), "--identity", "main").returncode == 0
+    serial = serial_of(tmp_path / "sti" / "chain.pem")
+    pa.refuse = "account 123A is suspended"
+    with running_service(cfg, ports.admin, tmp_path / "proxy.log") as svc:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not re.search(
+                r'renewal_failures_total\{identity="main"\} [2-9]', scrape(ports.admin)):
+            time.sleep(0.5)
+        metrics = scrape(ports.admin)
+        with SippUas("uas.xml", ports.carrier_next_hop, tmp_path) as uas:
+            result = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=10, rate=10,
+                             caller="+12025550142")
+        log = svc.log()
+    assert re.search(r'renewal_failures_total\{identity="main"\} [2-9]', metrics), metrics
+    assert "certificate renewal for main failed" in log and \
+        "SPC token refused (HTTP 403: account 123A is suspended)" in log
+    assert result.successful == 10
+    values = identities(uas.messages())
+    assert len(values) == 10 and all(f"/sti/{serial}.pem>" in v for v in values)
+    assert serial_of(tmp_path / "sti" / "chain.pem") == serial
