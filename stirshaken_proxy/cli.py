@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp = num_sub.add_parser("import", help="import numbers and ranges from a CSV file")
     imp.add_argument("--config", required=True)
     imp.add_argument("csv", help="rows: tn (number or FIRST..LAST), account, label")
+    imp.add_argument("--allow-large-ranges", action="store_true",
+                     help="accept ranges over [store] max_range_size numbers")
     lst = num_sub.add_parser("list", help="list the inventory")
     lst.add_argument("--config", required=True)
     lst.add_argument("--account")
@@ -163,7 +165,9 @@ def cmd_numbers(args: argparse.Namespace) -> int:
             blocks = parse_numbers_csv(str(path), text,
                                        accounts={a.name for a in auth.accounts},
                                        country_code=auth.policy.country_code,
-                                       existing=[*auth.numbers, *store.blocks()])
+                                       existing=[*auth.numbers, *store.blocks()],
+                                       max_range=None if args.allow_large_ranges
+                                       else auth.max_range_size)
             store.add(blocks, fixed=auth.numbers)
             count = sum(b.size for b in blocks)
             sys.stdout.write(f"imported {len(blocks)} entries ({count} numbers) from {path}\n")

@@ -134,6 +134,7 @@ class AuthConfig:
     policy: AuthPolicy
     health: HealthLimits | None = None  # None: number health is off
     health_flush_interval: float = 5.0
+    max_range_size: int = 10_000
     # REST API keys as stored, "sha256:<hex>" -> account. The keys are random tokens: a fast
     # hash is enough, and the key itself is never kept.
     api_keys: dict[str, str] = field(default_factory=dict)
@@ -226,6 +227,7 @@ _LOG_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
 _STORE_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "path": ((str,), "var/stirshaken.db"),
     "refresh_interval": ((int, float), 2.0),
+    "max_range_size": ((int,), 10_000),  # numbers in one range (an NPA-NXX block)
 }
 _SIGNING_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "name": ((str,), "default"),
@@ -733,7 +735,7 @@ def _acme(src: _Source, data: dict[str, Any]) -> AcmeConfig:
 def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
           pending_ok: bool = False) -> AuthConfig:
     store = _section(src, data, "store", _STORE_KEYS)
-    _positive(src, "store", store, "refresh_interval")
+    _positive(src, "store", store, "refresh_interval", "max_range_size")
     policy = _section(src, data, "auth", _AUTH_KEYS)
     unsigned = _choice(src, "auth", "unsigned_calls", policy["unsigned_calls"], UnsignedCalls)
     if policy["max_date_skew"] <= 0:
@@ -783,8 +785,12 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                 first, last = parse_block_text(str(text), country_code=policy["country_code"])
             except NumberFormatError as exc:
                 raise src.error("accounts", "numbers", str(exc), i) from None
-            numbers.append(NumberBlock(first=first, last=last, account=v["name"],
-                                       label="config"))
+            block = NumberBlock(first=first, last=last, account=v["name"], label="config")
+            if block.size > store["max_range_size"]:
+                raise src.error("accounts", "numbers", f"{text}: a range of {block.size:,} "
+                                f"numbers is over [store] max_range_size "
+                                f"({store['max_range_size']:,})", i)
+            numbers.append(block)
         if v["max_calls_per_hour"] < 0:
             raise src.error("accounts", "max_calls_per_hour", "must not be negative", i)
         presence = _choice(src, "accounts", "local_presence", v["local_presence"],
@@ -818,7 +824,8 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                           country_code=policy["country_code"],
                           neighbour_spoofing=neighbour,
                           local_presence_header=policy["local_presence_header"]),
-        health=health, health_flush_interval=float(hv["flush_interval"]), api_keys=api_keys)
+        health=health, health_flush_interval=float(hv["flush_interval"]), api_keys=api_keys,
+        max_range_size=store["max_range_size"])
 
 
 def _load_pem_certs(src: _Source, key: str, paths: list[Any], *, section: str = "verify",

@@ -11,7 +11,7 @@ import io
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,16 +218,37 @@ class HealthRows:
         return out
 
 
+MAX_RANGE_SIZE = 10_000  # an NPA-NXX block: a bigger range needs an explicit flag
+MAX_LABEL = 200
+
+
+def _rows(reader: Iterator[list[str]], problems: list[ImportProblem],
+          path: str) -> Iterator[list[str]]:
+    """The reader's rows; a row the csv module cannot read (a field over its 128 KiB limit,
+    a stray quote) is a problem with its line, and reading stops there."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line = getattr(reader, "line_num", 0)
+            problems.append(ImportProblem(path, line, "row", f"unreadable CSV: {exc}"))
+            return
+
+
 def parse_numbers_csv(path: str, text: str, *, accounts: set[str], country_code: str = "1",
-                      existing: list[NumberBlock] | None = None) -> list[NumberBlock]:
+                      existing: list[NumberBlock] | None = None,
+                      max_range: int | None = MAX_RANGE_SIZE) -> list[NumberBlock]:
     """Rows ``tn,account,label`` (a header row naming the columns is optional). ``tn`` is a
-    number or a range. Every problem is reported with its line and field; raises
-    ImportError_ when there is any, so nothing is half-imported."""
+    number or a range of at most ``max_range`` numbers (None: no limit). Every problem is
+    reported with its line and field; raises ImportError_ when there is any, so nothing is
+    half-imported."""
     problems: list[ImportProblem] = []
     blocks: list[NumberBlock] = []
     lines: dict[int, int] = {}
     reader = csv.reader(io.StringIO(text))
-    for row in reader:
+    for row in _rows(reader, problems, path):
         line = reader.line_num
         if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
             continue
@@ -251,6 +272,16 @@ def parse_numbers_csv(path: str, text: str, *, accounts: set[str], country_code:
                                           f"unknown account {account!r} (configured: {known})"))
             continue
         block = NumberBlock(first=first, last=last, account=account, label=label)
+        if max_range is not None and block.size > max_range:
+            problems.append(ImportProblem(
+                path, line, "tn", f"a range of {block.size:,} numbers is over the limit of "
+                f"{max_range:,} (an NPA-NXX block); import it with --allow-large-ranges "
+                "if it is really yours"))
+            continue
+        if len(label) > MAX_LABEL:
+            problems.append(ImportProblem(path, line, "label",
+                                          f"over {MAX_LABEL} characters ({len(label):,})"))
+            continue
         blocks.append(block)
         lines[id(block)] = line
     for a, b in overlaps([*(existing or ()), *blocks]):

@@ -110,3 +110,26 @@ def test_every_bad_row_is_reported_and_nothing_is_imported(tmp_path: Path) -> No
     with pytest.raises(ImportError_) as info:
         parse_numbers_csv("n.csv", text, accounts=ACCOUNTS)
     assert [p.line for p in info.value.problems] == [2, 4]
+
+
+def test_a_range_over_an_npa_nxx_block_needs_the_flag() -> None:
+    text = "tn,account\n+1 202 555 0100..0199,acme\n+13000000000..+19999999999,acme\n"
+    with pytest.raises(ImportError_) as info:
+        parse_numbers_csv("n.csv", text, accounts=ACCOUNTS)
+    assert str(info.value) == (
+        "n.csv:3: tn: a range of 7,000,000,000 numbers is over the limit of 10,000 (an NPA-NXX "
+        "block); import it with --allow-large-ranges if it is really yours; nothing was "
+        "imported")
+    blocks = parse_numbers_csv("n.csv", text, accounts=ACCOUNTS, max_range=None)
+    assert [b.size for b in blocks] == [100, 7_000_000_000]
+
+
+def test_a_field_over_the_csv_limit_is_a_problem_not_a_traceback() -> None:
+    text = "tn,account\n+12025550100,acme\n+12025550101,acme," + "x" * 200_000 + "\n"
+    with pytest.raises(ImportError_) as info:
+        parse_numbers_csv("n.csv", text, accounts=ACCOUNTS)
+    assert str(info.value).startswith("n.csv:3: row: unreadable CSV: field larger than field "
+                                      "limit")
+    long_label = "tn,account,label\n+12025550100,acme," + "y" * 300 + "\n"
+    with pytest.raises(ImportError_, match=r"n.csv:2: label: over 200 characters \(300\)"):
+        parse_numbers_csv("n.csv", long_label, accounts=ACCOUNTS)
