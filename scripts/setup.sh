@@ -10,8 +10,13 @@ SUDO=""
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v secsipidx >/dev/null 2>&1 || need+=(secsipidx)
-# The tests run Kamailio as the SBC in front of the SIP 302 service.
-[ "${1:-}" = "test" ] && ! command -v kamailio >/dev/null 2>&1 && need+=(kamailio)
+# The tests run Kamailio as the SBC in front of the SIP 302 service, and their own PostgreSQL
+# and Redis servers (shared state of several instances).
+if [ "${1:-}" = "test" ]; then
+  command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq

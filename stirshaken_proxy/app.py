@@ -49,7 +49,8 @@ from .stir.verification import (
     VerifyPolicy,
 )
 from .stir.verify import Checks
-from .store.sqlite import HealthRows, NumberStore
+from .store import open_store
+from .store.base import Store
 from .store.sync import HealthWriter, InventorySync
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ class Parts:
     """What one configuration runs with besides the bundle: replaced together on reload."""
 
     services: Services
-    store: NumberStore | None = None
+    store: Store | None = None
+    listener: Any = None  # PostgreSQL: the inventory change notifications
     inventory: InventorySync | None = None
     writer: HealthWriter | None = None
     feed: CredentialFeed | None = None  # the verification service and its fetcher
@@ -72,7 +74,7 @@ class Parts:
     def run(self) -> None:
         """Start the store sync tasks (owned here, cancelled by ``stop``)."""
         loop = asyncio.get_running_loop()
-        for task in (self.inventory, self.writer):
+        for task in (self.inventory, self.writer, self.listener):
             if task is not None:
                 self.tasks.append(loop.create_task(task.run()))
 
@@ -141,11 +143,12 @@ async def build_parts(config: Config, *, health: NumberHealth | None, regions: R
                                     carrier_sources=SourceFilter(())))
     ac = config.auth
     if ac is not None:
-        parts.store = store = await asyncio.to_thread(NumberStore, ac.store_path)
+        parts.store = store = await asyncio.to_thread(
+            open_store, path=ac.store_path, url=ac.store_url, instance=ac.store_instance)
         inventory = await asyncio.to_thread(store.load, ac.numbers)
         if any(a.local_presence is not LocalPresence.OFF for a in ac.accounts):
             await asyncio.to_thread(regions.preload)
-        rows = HealthRows(store)
+        rows = store.health()
         if ac.health is None:
             health = None
         elif health is None:
@@ -165,6 +168,10 @@ async def build_parts(config: Config, *, health: NumberHealth | None, regions: R
         parts.inventory = InventorySync(store, extra=ac.numbers, version=inventory.version,
                                         apply=authenticator.set_inventory,
                                         interval=ac.refresh_interval)
+        if ac.store_url.startswith(("postgresql://", "postgres://")):
+            from .store.postgres import InventoryListener
+
+            parts.listener = InventoryListener(ac.store_url, parts.inventory.notify)
         if health is not None and writer:  # one writer of the replica
             parts.writer = HealthWriter(health, rows, interval=ac.health_flush_interval)
         for s in ac.signing:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import AuthConfig, Config, ConfigError, load_config
-from .store.sqlite import NumberStore
+from .store import open_store
+from .store.base import Store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -97,11 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import run_app
     from .io.logs import setup_logging
+    from .store.base import StoreError
 
     config = load_config(args.config)
     setup_logging(config.log.level, config.log.format)
     _created(config)
-    return run_app(config)
+    try:
+        return run_app(config)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_DATA
 
 
 def _created(config: Config) -> None:
@@ -133,16 +139,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _store(config: Config) -> tuple[NumberStore, AuthConfig]:
+def _store(config: Config) -> tuple[Store, AuthConfig]:
     if config.auth is None:
         raise ConfigError(f"{config.path}: no [[accounts]] and [[signing]]: there is no "
                           "inventory to manage")
-    return NumberStore(config.auth.store_path), config.auth
+    a = config.auth
+    return open_store(path=a.store_path, url=a.store_url, instance=a.store_instance), a
 
 
 def cmd_numbers(args: argparse.Namespace) -> int:
     from .policy.numbers import NumberFormatError, block_text, parse_block_text
-    from .store.sqlite import StoreError, parse_numbers_csv
+    from .store.base import StoreError, parse_numbers_csv
 
     config = load_config(args.config)
     if args.numbers_command in ("quarantine", "release"):
@@ -203,14 +210,13 @@ def _health(config: Config, args: argparse.Namespace) -> int:
     import time
 
     from .policy.health import NumberHealth
-    from .store.sqlite import HealthRows
 
     store, auth = _store(config)
     try:
         if auth.health is None:
             raise ConfigError(f"{config.path}: [health] enabled = false")
         health = NumberHealth(auth.health)
-        for tn, data in HealthRows(store).load().items():
+        for tn, data in store.health().load().items():
             health.restore(tn, data)
     finally:
         store.close()

@@ -10,6 +10,7 @@ import enum
 import ipaddress
 import os
 import re
+import socket
 import time
 import tomllib
 import uuid
@@ -127,6 +128,8 @@ class AcmeConfig:
 @dataclass(frozen=True, kw_only=True)
 class AuthConfig:
     store_path: Path
+    store_url: str = ""
+    store_instance: str = ""
     refresh_interval: float
     signing: tuple[SigningConfig, ...]
     accounts: tuple[Account, ...]
@@ -228,6 +231,8 @@ _STORE_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "path": ((str,), "var/stirshaken.db"),
     "refresh_interval": ((int, float), 2.0),
     "max_range_size": ((int,), 10_000),  # numbers in one range (an NPA-NXX block)
+    "url": ((str,), ""),  # postgresql://... (several instances) or sqlite:///path
+    "instance": ((str,), ""),  # this instance's name in a shared store (default: host name)
 }
 _SIGNING_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "name": ((str,), "default"),
@@ -736,6 +741,8 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
           pending_ok: bool = False) -> AuthConfig:
     store = _section(src, data, "store", _STORE_KEYS)
     _positive(src, "store", store, "refresh_interval", "max_range_size")
+    if store["url"] and not re.match(r"(postgresql|postgres|sqlite)://", store["url"]):
+        raise src.error("store", "url", "must be postgresql://user@host/db or sqlite:///path")
     policy = _section(src, data, "auth", _AUTH_KEYS)
     unsigned = _choice(src, "auth", "unsigned_calls", policy["unsigned_calls"], UnsignedCalls)
     if policy["max_date_skew"] <= 0:
@@ -825,7 +832,8 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                           neighbour_spoofing=neighbour,
                           local_presence_header=policy["local_presence_header"]),
         health=health, health_flush_interval=float(hv["flush_interval"]), api_keys=api_keys,
-        max_range_size=store["max_range_size"])
+        max_range_size=store["max_range_size"], store_url=store["url"],
+        store_instance=store["instance"] or socket.gethostname())
 
 
 def _load_pem_certs(src: _Source, key: str, paths: list[Any], *, section: str = "verify",

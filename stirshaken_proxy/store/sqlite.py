@@ -6,25 +6,17 @@ the ``version`` in the meta table changes (every change bumps it in the same tra
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..policy.inventory import Inventory, NumberBlock
-from ..policy.numbers import (
-    NumberFormatError,
-    block_text,
-    overlapping,
-    overlaps,
-    parse_block_text,
-)
+from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
+from ..policy.numbers import block_text, overlapping
+from .base import ImportError_, ImportProblem, StoreError, parse_numbers_csv
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE numbers (
@@ -44,29 +36,20 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated REAL NOT NULL
         )""",
     ),
+    # The inventory packed as the service holds it (policy.inventory.Packed), rebuilt in the
+    # transaction of every change: a worker loads millions of numbers in one read.
+    3: (
+        """CREATE TABLE inventory_snapshot (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL,
+            data BLOB NOT NULL
+        )""",
+    ),
 }
-
-
-class StoreError(Exception):
-    """A problem with the store or with data given to it, phrased for the operator."""
-
-
-@dataclass(frozen=True)
-class ImportProblem:
-    path: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.field}: {self.message}"
-
-
-class ImportError_(StoreError):
-    def __init__(self, problems: list[ImportProblem]) -> None:
-        self.problems = problems
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        super().__init__(f"{problems[0]}{more}; nothing was imported")
+# Rows in first-key order, the keys computed by SQLite (policy.inventory.number_key).
+_KEYED_ROWS = (f"SELECT length(first) * {KEY_SPAN} + CAST(first AS INTEGER) AS k, "
+               f"length(last) * {KEY_SPAN} + CAST(last AS INTEGER), account FROM numbers "
+               "ORDER BY k")
 
 
 class NumberStore:
@@ -112,6 +95,8 @@ class NumberStore:
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[version]:
                     db.execute(statement)
+            if current < 3:
+                self._snapshot()
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -133,10 +118,22 @@ class NumberStore:
         return [NumberBlock(first=f, last=la, account=a, label=lb)
                 for f, la, a, lb in self.db.execute(sql, args)]
 
+    def packed(self) -> tuple[int, Packed]:
+        """The inventory's version and its packed snapshot (one consistent read)."""
+        row = self.db.execute("SELECT version, data FROM inventory_snapshot").fetchone()
+        return int(row[0]), Packed.from_bytes(row[1])
+
     def load(self, extra: Iterable[NumberBlock] = ()) -> Inventory:
         """The whole inventory (plus ``extra`` blocks, e.g. from the config) in memory."""
-        version = self.version()
-        return Inventory([*extra, *self.blocks()], version=version)
+        version, packed = self.packed()
+        return Inventory(extra, version=version, packed=packed)
+
+    def _snapshot(self) -> None:
+        """Pack the numbers table into the snapshot (inside the caller's transaction)."""
+        packed = pack_rows(self.db.execute(_KEYED_ROWS))
+        self.db.execute("INSERT OR REPLACE INTO inventory_snapshot(id, version, data) "
+                        "SELECT 1, value, ? FROM meta WHERE key = 'inventory_version'",
+                        (packed.to_bytes(),))
 
     # -- writing ----------------------------------------------------------------------------
     def _write(self, fn: Callable[[], None]) -> None:
@@ -145,6 +142,7 @@ class NumberStore:
             fn()
             self.db.execute(
                 "UPDATE meta SET value = value + 1 WHERE key = 'inventory_version'")
+            self._snapshot()
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -190,6 +188,9 @@ class NumberStore:
         self._write(change)
         return hits
 
+    def health(self) -> HealthRows:
+        return HealthRows(self)
+
 
 class HealthRows:
     """Number-health statistics, written behind by the service (JSON per number)."""
@@ -218,81 +219,5 @@ class HealthRows:
         return out
 
 
-MAX_RANGE_SIZE = 10_000  # an NPA-NXX block: a bigger range needs an explicit flag
-MAX_LABEL = 200
-
-
-def _rows(reader: Iterator[list[str]], problems: list[ImportProblem],
-          path: str) -> Iterator[list[str]]:
-    """The reader's rows; a row the csv module cannot read (a field over its 128 KiB limit,
-    a stray quote) is a problem with its line, and reading stops there."""
-    while True:
-        try:
-            yield next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            line = getattr(reader, "line_num", 0)
-            problems.append(ImportProblem(path, line, "row", f"unreadable CSV: {exc}"))
-            return
-
-
-def parse_numbers_csv(path: str, text: str, *, accounts: set[str], country_code: str = "1",
-                      existing: list[NumberBlock] | None = None,
-                      max_range: int | None = MAX_RANGE_SIZE) -> list[NumberBlock]:
-    """Rows ``tn,account,label`` (a header row naming the columns is optional). ``tn`` is a
-    number or a range of at most ``max_range`` numbers (None: no limit). Every problem is
-    reported with its line and field; raises ImportError_ when there is any, so nothing is
-    half-imported."""
-    problems: list[ImportProblem] = []
-    blocks: list[NumberBlock] = []
-    lines: dict[int, int] = {}
-    reader = csv.reader(io.StringIO(text))
-    for row in _rows(reader, problems, path):
-        line = reader.line_num
-        if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
-            continue
-        if line == 1 and row[0].strip().lower() in ("tn", "range", "number"):
-            continue
-        if len(row) < 2 or len(row) > 3:
-            problems.append(ImportProblem(path, line, "row",
-                                          f"expected 2 or 3 columns (tn, account, label), "
-                                          f"got {len(row)}"))
-            continue
-        tn_text, account = row[0], row[1].strip()
-        label = row[2].strip() if len(row) == 3 else ""
-        try:
-            first, last = parse_block_text(tn_text, country_code=country_code)
-        except NumberFormatError as exc:
-            problems.append(ImportProblem(path, line, "tn", str(exc)))
-            continue
-        if account not in accounts:
-            known = ", ".join(sorted(accounts)) or "none"
-            problems.append(ImportProblem(path, line, "account",
-                                          f"unknown account {account!r} (configured: {known})"))
-            continue
-        block = NumberBlock(first=first, last=last, account=account, label=label)
-        if max_range is not None and block.size > max_range:
-            problems.append(ImportProblem(
-                path, line, "tn", f"a range of {block.size:,} numbers is over the limit of "
-                f"{max_range:,} (an NPA-NXX block); import it with --allow-large-ranges "
-                "if it is really yours"))
-            continue
-        if len(label) > MAX_LABEL:
-            problems.append(ImportProblem(path, line, "label",
-                                          f"over {MAX_LABEL} characters ({len(label):,})"))
-            continue
-        blocks.append(block)
-        lines[id(block)] = line
-    for a, b in overlaps([*(existing or ()), *blocks]):
-        if id(a) not in lines and id(b) not in lines:
-            continue  # both already in the inventory: not this file's problem
-        new, old = (a, b) if id(b) not in lines else (b, a)
-        where = (f"line {lines[id(old)]}" if id(old) in lines
-                 else f"already in the inventory for {old.account}")
-        problems.append(ImportProblem(path, lines[id(new)], "tn",
-                                      f"{block_text(new)} overlaps {block_text(old)} ({where})"))
-    problems.sort(key=lambda p: p.line)
-    if problems:
-        raise ImportError_(problems)
-    return blocks
+__all__ = ["HealthRows", "ImportError_", "ImportProblem", "NumberStore", "StoreError",
+           "parse_numbers_csv"]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 
 from ..policy.health import NumberHealth
 from ..policy.inventory import Inventory, NumberBlock
-from .sqlite import HealthRows, NumberStore
+from .base import HealthStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class InventorySync:
     """Polls the store's inventory version and hands a new inventory to ``apply``."""
 
-    def __init__(self, store: NumberStore, *, extra: Iterable[NumberBlock], version: int,
+    def __init__(self, store: Store, *, extra: Iterable[NumberBlock], version: int,
                  apply: Callable[[Inventory], None], interval: float) -> None:
         self.store = store
         self.extra = tuple(extra)  # numbers written in the config
@@ -26,10 +26,21 @@ class InventorySync:
         self.apply = apply
         self.interval = interval
         self.ok = True  # the store answered the last poll
+        self._wake: asyncio.Event | None = None
+
+    def notify(self) -> None:
+        """A change was announced (PostgreSQL NOTIFY): look now, not at the next poll."""
+        if self._wake is not None:
+            self._wake.set()
 
     async def run(self) -> None:
+        self._wake = asyncio.Event()
         while True:
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
             await self.poll()
 
     async def poll(self) -> None:
@@ -51,7 +62,7 @@ class InventorySync:
 class HealthWriter:
     """Writes the numbers whose statistics changed (a kill -9 loses at most one interval)."""
 
-    def __init__(self, health: NumberHealth, rows: HealthRows, *, interval: float) -> None:
+    def __init__(self, health: NumberHealth, rows: HealthStore, *, interval: float) -> None:
         self.health = health
         self.rows = rows
         self.interval = interval

@@ -1,0 +1,145 @@
+"""What every store backend shares: its errors and the CSV import of numbers (checked as a
+whole, so nothing is half-imported)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..policy.inventory import Inventory, NumberBlock, Packed
+from ..policy.numbers import NumberFormatError, block_text, overlaps, parse_block_text
+
+
+class StoreError(Exception):
+    """A problem with the store or with data given to it, phrased for the operator."""
+
+
+@dataclass(frozen=True)
+class ImportProblem:
+    path: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.field}: {self.message}"
+
+
+class ImportError_(StoreError):
+    def __init__(self, problems: list[ImportProblem]) -> None:
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        super().__init__(f"{problems[0]}{more}; nothing was imported")
+
+
+class HealthStore(Protocol):
+    """Number-health statistics written behind by the service (JSON per number)."""
+
+    def save(self, rows: list[tuple[str, dict[str, object]]], now: float) -> None: ...
+
+    def load(self) -> dict[str, dict[str, object]]: ...
+
+
+class Store(Protocol):
+    """A backend of the number inventory (SQLite, PostgreSQL). Every change bumps the version
+    and rebuilds the packed snapshot in its transaction; the service loads the snapshot and
+    never queries per call."""
+
+    def version(self) -> int: ...
+
+    def packed(self) -> tuple[int, Packed]: ...
+
+    def load(self, extra: Iterable[NumberBlock] = ()) -> Inventory: ...
+
+    def blocks(self, account: str | None = None) -> list[NumberBlock]: ...
+
+    def add(self, blocks: list[NumberBlock], *, fixed: Iterable[NumberBlock] = ()) -> None: ...
+
+    def remove(self, first: str, last: str) -> list[NumberBlock]: ...
+
+    def health(self) -> HealthStore: ...
+
+    def close(self) -> None: ...
+
+
+MAX_RANGE_SIZE = 10_000  # an NPA-NXX block: a bigger range needs an explicit flag
+MAX_LABEL = 200
+
+
+def _rows(reader: Iterator[list[str]], problems: list[ImportProblem],
+          path: str) -> Iterator[list[str]]:
+    """The reader's rows; a row the csv module cannot read (a field over its 128 KiB limit,
+    a stray quote) is a problem with its line, and reading stops there."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line = getattr(reader, "line_num", 0)
+            problems.append(ImportProblem(path, line, "row", f"unreadable CSV: {exc}"))
+            return
+
+
+def parse_numbers_csv(path: str, text: str, *, accounts: set[str], country_code: str = "1",
+                      existing: list[NumberBlock] | None = None,
+                      max_range: int | None = MAX_RANGE_SIZE) -> list[NumberBlock]:
+    """Rows ``tn,account,label`` (a header row naming the columns is optional). ``tn`` is a
+    number or a range of at most ``max_range`` numbers (None: no limit). Every problem is
+    reported with its line and field; raises ImportError_ when there is any, so nothing is
+    half-imported."""
+    problems: list[ImportProblem] = []
+    blocks: list[NumberBlock] = []
+    lines: dict[int, int] = {}
+    reader = csv.reader(io.StringIO(text))
+    for row in _rows(reader, problems, path):
+        line = reader.line_num
+        if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+            continue
+        if line == 1 and row[0].strip().lower() in ("tn", "range", "number"):
+            continue
+        if len(row) < 2 or len(row) > 3:
+            problems.append(ImportProblem(path, line, "row",
+                                          f"expected 2 or 3 columns (tn, account, label), "
+                                          f"got {len(row)}"))
+            continue
+        tn_text, account = row[0], row[1].strip()
+        label = row[2].strip() if len(row) == 3 else ""
+        try:
+            first, last = parse_block_text(tn_text, country_code=country_code)
+        except NumberFormatError as exc:
+            problems.append(ImportProblem(path, line, "tn", str(exc)))
+            continue
+        if account not in accounts:
+            known = ", ".join(sorted(accounts)) or "none"
+            problems.append(ImportProblem(path, line, "account",
+                                          f"unknown account {account!r} (configured: {known})"))
+            continue
+        block = NumberBlock(first=first, last=last, account=account, label=label)
+        if max_range is not None and block.size > max_range:
+            problems.append(ImportProblem(
+                path, line, "tn", f"a range of {block.size:,} numbers is over the limit of "
+                f"{max_range:,} (an NPA-NXX block); import it with --allow-large-ranges "
+                "if it is really yours"))
+            continue
+        if len(label) > MAX_LABEL:
+            problems.append(ImportProblem(path, line, "label",
+                                          f"over {MAX_LABEL} characters ({len(label):,})"))
+            continue
+        blocks.append(block)
+        lines[id(block)] = line
+    for a, b in overlaps([*(existing or ()), *blocks]):
+        if id(a) not in lines and id(b) not in lines:
+            continue  # both already in the inventory: not this file's problem
+        new, old = (a, b) if id(b) not in lines else (b, a)
+        where = (f"line {lines[id(old)]}" if id(old) in lines
+                 else f"already in the inventory for {old.account}")
+        problems.append(ImportProblem(path, lines[id(new)], "tn",
+                                      f"{block_text(new)} overlaps {block_text(old)} ({where})"))
+    problems.sort(key=lambda p: p.line)
+    if problems:
+        raise ImportError_(problems)
+    return blocks
