@@ -33,6 +33,7 @@ from .io.gcwatch import GcWatch
 from .io.metrics import exposition, make_registry, merge, snapshot
 from .io.renewal import Renewer
 from .io.rest import RestApi
+from .io.shared_health import SharedHealth
 from .io.shell import EngineShell
 from .io.supervisor import Children, run_workers
 from .io.workers import WorkerLink
@@ -165,6 +166,7 @@ async def build_parts(config: Config, *, health: NumberHealth | None, regions: R
                      for s in ac.signing},
             inventory=inventory, policy=ac.policy, health=health,
             state_of=regions.state_of_npa, stats=stats, clock=time.perf_counter)
+        authenticator.shared_picks = bool(ac.health_redis)
         parts.inventory = InventorySync(store, extra=ac.numbers, version=inventory.version,
                                         apply=authenticator.set_inventory,
                                         interval=ac.refresh_interval)
@@ -244,6 +246,7 @@ class Application:
         self.rest: RestApi | None = None  # the ATIS-1000082 front end (worker 0)
         self.certificates = CertificateRepository()  # the chains behind x5u (admin server)
         self.renewer: Renewer | None = None  # ACME renewal (worker 0)
+        self.shared: SharedHealth | None = None  # number health shared in Redis
         self._renewing: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()  # fetchers replaced by a reload
         self._housekeeping: asyncio.Task[None] | None = None
@@ -274,10 +277,16 @@ class Application:
     async def _start_front_ends(self, parts: Parts) -> None:
         self.redirect, self.rest = await start_front_ends(
             self.config, parts, stats=self.stats, counters=self.counters,
-            publish=self.dispatch.publish if self.dispatch is not None else None,
+            publish=self._publish(),
             shared=self.worker is not None, rest=self.worker_index == 0,
             services=self._services,
             feed=lambda: self.parts.feed if self.parts is not None else None)
+
+    def _publish(self) -> Callable[[HealthEvent], None] | None:
+        """Where this worker's number-health events go: Redis, else the other workers."""
+        if self.shared is not None:
+            return self.shared.publish
+        return self.dispatch.publish if self.dispatch is not None else None
 
     def _owned(self, tn: str) -> bool:
         services = self._services()
@@ -303,6 +312,16 @@ class Application:
                                            counters=self.counters)
             self.dispatch.health = self.health
             shell.publish = self.dispatch.publish
+        ac = self.config.auth
+        if ac is not None and ac.health_redis and self.health is not None:
+            self.shared = SharedHealth(
+                ac.health_redis, instance=ac.store_instance, worker=self.worker_index,
+                health=lambda: self.health, counters=self.counters,
+                fallback=self.dispatch.publish if self.dispatch is not None else None,
+                timeout=ac.health_redis_timeout, stream_max=ac.health_redis_stream_max)
+            await self.shared.start()
+            shell.publish = self.shared.publish
+            shell.pick = self.shared.pick
         await self._start_front_ends(parts)
         self._wire(parts)
         parts.run()
@@ -339,7 +358,7 @@ class Application:
                                          if s.serve_template])
         admin.add_get("/metrics", self._metrics)
         HealthApi(lambda: self.health,
-                  self.dispatch.publish if self.dispatch is not None else None,
+                  self._publish(),
                   owned=self._owned,
                   country_code=ac.policy.country_code if ac is not None else "1").add_to(admin)
         await admin.start()
@@ -466,6 +485,8 @@ class Application:
         for server in (self.admin, self.rest):
             if server is not None:
                 await server.stop()
+        if self.shared is not None:
+            await self.shared.close()
         self.gc.stop()
         log.info("stopped")
 

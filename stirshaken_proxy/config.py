@@ -137,6 +137,9 @@ class AuthConfig:
     policy: AuthPolicy
     health: HealthLimits | None = None  # None: number health is off
     health_flush_interval: float = 5.0
+    health_redis: str = ""  # number health shared in Redis ("": each instance its own)
+    health_redis_timeout: float = 0.25
+    health_redis_stream_max: int = 1_000_000
     max_range_size: int = 10_000
     # REST API keys as stored, "sha256:<hex>" -> account. The keys are random tokens: a fast
     # hash is enough, and the key itself is never kept.
@@ -322,6 +325,9 @@ _HEALTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "min_samples": ((int,), 50),
     "quarantine_hours": ((int, float), 24.0),
     "flush_interval": ((int, float), 5.0),
+    "redis": ((str,), ""),  # redis://host:port/db: number health shared by instances
+    "redis_timeout": ((int, float), 0.25),  # seconds a caller-ID pick may wait for Redis
+    "redis_stream_max": ((int,), 1_000_000),  # health events kept in Redis (replay at start)
 }
 # Sections that later parts of the service validate themselves (see extra_sections).
 _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
@@ -753,7 +759,9 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                         NeighbourSpoofing)
     hv = _section(src, data, "health", _HEALTH_KEYS)
     _positive(src, "health", hv, "max_calls_per_hour", "min_average_duration", "min_samples",
-              "quarantine_hours", "flush_interval")
+              "quarantine_hours", "flush_interval", "redis_timeout", "redis_stream_max")
+    if hv["redis"] and not re.match(r"rediss?://[^\s]+\Z", hv["redis"]):
+        raise src.error("health", "redis", "must be redis://host:port/db (or rediss://)")
     if not 0 <= hv["min_answer_ratio"] <= 1:
         raise src.error("health", "min_answer_ratio", "must be between 0 and 1")
     health = HealthLimits(
@@ -832,6 +840,9 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                           neighbour_spoofing=neighbour,
                           local_presence_header=policy["local_presence_header"]),
         health=health, health_flush_interval=float(hv["flush_interval"]), api_keys=api_keys,
+        health_redis=hv["redis"] if hv["enabled"] else "",
+        health_redis_timeout=float(hv["redis_timeout"]),
+        health_redis_stream_max=hv["redis_stream_max"],
         max_range_size=store["max_range_size"], store_url=store["url"],
         store_instance=store["instance"] or socket.gethostname())
 

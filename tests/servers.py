@@ -115,6 +115,10 @@ class Redis:
             self.proc.kill()
             self.proc.wait()
 
+    def start_on_same_port(self) -> None:
+        """Back after a stop, on the same address (its data gone: nothing is saved)."""
+        self.start()
+
     def __enter__(self) -> Redis:
         self.start()
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..policy.health import HealthEvent
+from ..policy.presence import Selection
 from ..sip.transport import Send
 from ..stir.verification import FetchRequest
 
@@ -15,8 +16,19 @@ class Fetch(NamedTuple):
     request: FetchRequest
 
 
-# Send: datagrams or stream writes; Fetch: x5u chains and CRLs; HealthEvent: a change to a
-# number's health, for the other workers' replicas.
-Action = Send | Fetch | HealthEvent
+class PickNumber(NamedTuple):
+    """Action: ask the shared number health which of ``candidates`` may present the call
+    (the first under ``limit`` calls in the last hour, counted in the same step) and give the
+    engine the answer (``number_picked(token, Picked)``)."""
 
-__all__ = ["Action", "Fetch", "HealthEvent", "Send"]
+    token: int
+    candidates: tuple[Selection, ...]
+    limit: int
+    now: float
+
+
+# Send: datagrams or stream writes; Fetch: x5u chains and CRLs; HealthEvent: a change to a
+# number's health, for the other replicas; PickNumber: a caller ID from the shared state.
+Action = Send | Fetch | HealthEvent | PickNumber
+
+__all__ = ["Action", "Fetch", "HealthEvent", "PickNumber", "Send"]

@@ -22,6 +22,7 @@ from ..sip.message import ParseCache, SipMessage, make_response, parse_message
 from ..sip.transport import Peer, Send, Side, Transport
 from ..sip.uri import parse_name_addr, parse_uri, split_values
 from ..stats import Stats
+from ..stir.signing import Picked
 from ..transaction import (
     AckTemplate,
     ClientInvite,
@@ -39,7 +40,7 @@ from .flood import FloodConfig, FloodGuard
 from .services import Services
 from .sip_sti import is_initial_invite
 from .sources import SourceFilter
-from .sti_leg import Defer, Rejection, StiLeg
+from .sti_leg import Defer, DeferPick, Rejection, StiLeg
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class ProxyEngine:
         # While draining for shutdown, new dialogs are refused; transactions in flight finish.
         self.draining = False
         self._waiting: dict[str, list[_Parked]] = {}  # x5u URL -> requests waiting for it
+        self._picking: dict[int, _Parked] = {}  # token -> request waiting for a shared pick
         self._parked = 0
 
     def replace(self, *, services: Services, config: EngineConfig | None = None) -> None:
@@ -258,6 +260,20 @@ class ProxyEngine:
                 self._parked -= 1
                 if parked.server.state is _PROCEEDING:  # not cancelled or timed out
                     self._decide(parked.msg, parked.source, parked.server, now, out)
+        return out
+
+    def number_picked(self, token: int, picked: Picked, now: float) -> list[Action]:
+        """The shared number health answered a PickNumber: its request is decided again with
+        that answer."""
+        out: list[Action] = []
+        parked = self._picking.pop(token, None)
+        if parked is None:
+            return out
+        self._parked -= 1
+        if parked.server.state is _PROCEEDING:  # not cancelled or timed out
+            self.sti.picked = picked
+            self._decide(parked.msg, parked.source, parked.server, now, out)
+            self.sti.picked = None
         return out
 
     @property
@@ -357,15 +373,18 @@ class ProxyEngine:
         """Run the checks and the STI service of the side; then answer, forward, or park for
         a fetch."""
         decision = self._check(msg, source, now, out)
-        if isinstance(decision, Defer):
+        if isinstance(decision, Defer | DeferPick):
             if self._parked >= self.config.max_parked:
                 self.stats[("sip_overload_responses",)] += 1
                 data = self._respond(msg, 503, extra=(
                     b"Retry-After: %d\r\n" % self.config.retry_after,))
                 txn.send_response(data, 503, now, out)
                 return
-            parked = _Parked(msg, source, txn, decision.urls)
             self._parked += 1
+            if isinstance(decision, DeferPick):
+                self._picking[decision.token] = _Parked(msg, source, txn, ())
+                return
+            parked = _Parked(msg, source, txn, decision.urls)
             for url in decision.urls:
                 self._waiting.setdefault(url, []).append(parked)
             return
@@ -377,7 +396,7 @@ class ProxyEngine:
         self._forward_stateful(msg, source, txn, now, out)
 
     def _check(self, msg: SipMessage, source: Peer, now: float,
-               out: list[Action]) -> Rejection | Defer | None:
+               out: list[Action]) -> Rejection | Defer | DeferPick | None:
         """Checks of RFC 3261 §16.3 and this element's own policy, in order."""
         scheme = msg.uri.partition(":")[0].lower()
         if scheme not in ("sip", "sips", "tel"):

@@ -31,7 +31,7 @@ from ..sip.message import ParseCache, SipMessage, make_response, parse_message
 from ..sip.transport import Peer, Send
 from ..sip.uri import parse_uri
 from ..stats import Stats
-from ..stir.signing import Refusal, Signed
+from ..stir.signing import Picked, Refusal, Signed
 from ..stir.verification import NeedsCredentials
 from .actions import Action, Fetch
 from .flood import FloodConfig, FloodGuard
@@ -146,6 +146,10 @@ class RedirectEngine:
             exc.message = msg
             self._bad(exc, source, out)
         return out
+
+    def number_picked(self, token: int, picked: Picked, now: float) -> list[Action]:
+        """Never asked for: the redirect server picks caller IDs from its replica."""
+        return []
 
     def credentials_ready(self, urls: tuple[str, ...], now: float) -> list[Action]:
         """Fetches ended (the verification service has their outcome): answer the INVITEs

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from ..sip.message import SipMessage
 from ..sip.transport import Peer, Side
 from ..stats import Stats
-from ..stir.signing import Refusal, Signed
+from ..stir.signing import NeedsNumber, Picked, Refusal, Signed
 from ..stir.verification import NeedsCredentials
-from .actions import Action, Fetch
+from .actions import Action, Fetch, PickNumber
 from .calls import CallTable, TrackedCall, identity_map, map_identities
 from .services import Services
 from .sip_sti import (
@@ -49,6 +49,14 @@ class Defer:
     urls: tuple[str, ...]
 
 
+@dataclass(frozen=True, kw_only=True)
+class DeferPick:
+    """The caller ID comes from the shared number health: the request waits for its answer
+    (``token``) and is decided again with it."""
+
+    token: int
+
+
 
 class StiLeg:
     """Signing and verification as the in-path proxy applies them to a request it forwards."""
@@ -57,9 +65,11 @@ class StiLeg:
         self.stats = stats
         self.calls = CallTable()  # signed calls: health tracking, replaced caller IDs
         self._dates = DateLines()
+        self.picked: Picked | None = None  # the shared pick a resumed request decides with
+        self._tokens = 0
 
     def authenticate(self, services: Services, msg: SipMessage, source: Peer, now: float,
-                     out: list[Action]) -> Rejection | None:
+                     out: list[Action]) -> Rejection | DeferPick | None:
         """The authentication service (RFC 8224 §6.1) for a request from the dialer side."""
         auth = services.authenticator
         if auth is None:
@@ -74,7 +84,12 @@ class StiLeg:
         if isinstance(facts, BadDate):
             self.stats[("sign_refused", "bad_date")] += 1
             return Rejection(status=400, reason="Bad Request (Date)")
-        outcome = auth.sign(facts, now)
+        picked, self.picked = self.picked, None
+        outcome = auth.sign(facts, now, picked=picked, defer=True)
+        if type(outcome) is NeedsNumber:
+            self._tokens += 1
+            out.append(PickNumber(self._tokens, outcome.candidates, outcome.limit, now))
+            return DeferPick(token=self._tokens)
         if type(outcome) is Signed:
             identities = None
             if outcome.substitution is not None:

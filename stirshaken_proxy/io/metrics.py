@@ -180,6 +180,10 @@ class ServiceCollector(Collector):
                     failures.add_metric([identity.name], renewer.failures[identity.name])
             yield renewals
             yield failures
+        if app.shared is not None:
+            yield GaugeMetricFamily(PREFIX + "shared_health_up",
+                                    "1 while number health is shared in Redis, 0 while this "
+                                    "instance decides alone", value=int(app.shared.up))
         if app.health is not None:  # every worker holds the whole replica: this one's
             now = time.time()
             states: dict[str, int] = {"healthy": 0, "at_velocity_limit": 0, "quarantined": 0}

@@ -31,7 +31,7 @@ from ..policy.accounts import Account
 from ..sip.numbers import canonical_digits
 from ..stats import Stats
 from ..stir.passport import Attestation
-from ..stir.signing import CallFacts, Refusal, Signed
+from ..stir.signing import CallFacts, Refusal, Signed, Unsigned
 from ..stir.verify import Verstat
 from .fetcher import CredentialFeed
 
@@ -250,7 +250,8 @@ class RestApi:
             return web.json_response({"signingResponse": {"identity": outcome.identity}})
         if isinstance(outcome, Refusal) and outcome.cause == "stale_date":
             raise ApiError("SVC4005", "iat", f"more than {auth.policy.max_date_skew} s from now")
-        reason = outcome.phrase if isinstance(outcome, Refusal) else outcome.reason
+        reason = (outcome.phrase if isinstance(outcome, Refusal) else
+                  outcome.reason if isinstance(outcome, Unsigned) else "no number free")
         raise ApiError("POL4030", f"account {account.name}: {reason}")
 
     async def _verification(self, request: web.Request) -> web.Response:

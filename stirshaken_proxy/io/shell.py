@@ -11,10 +11,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from ..engine.actions import Action, Fetch
+from ..engine.actions import Action, Fetch, PickNumber
 from ..policy.health import HealthEvent
 from ..sip.message import call_id_of
 from ..sip.transport import Peer, Send, Side, Transport
+from ..stir.signing import Picked
 from ..stir.verification import FetchRequest
 from .transports import TcpConnection, TcpManager, UdpEndpoint
 from .workers import WorkerLink
@@ -36,6 +37,8 @@ class Engine(Protocol):
 
     def credentials_ready(self, urls: tuple[str, ...], now: float) -> list[Action]: ...
 
+    def number_picked(self, token: int, picked: Picked, now: float) -> list[Action]: ...
+
 
 class EngineShell:
     """Runs one engine on real sockets."""
@@ -54,6 +57,8 @@ class EngineShell:
         # number-health events to the other workers.
         self.fetch: Callable[[FetchRequest], None] | None = None
         self.publish: Callable[[HealthEvent], None] | None = None
+        # Asks the shared number health for a caller ID and calls back number_picked.
+        self.pick: Callable[[PickNumber, Callable[[int, Picked], None]], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._endpoints = 0
@@ -127,6 +132,17 @@ class EngineShell:
         self.execute(actions)
         self.arm_timer()
 
+    def number_picked(self, token: int, picked: Picked) -> None:
+        """The shared number health's answer to a PickNumber."""
+        try:
+            actions = self.engine.number_picked(token, picked, time.time())
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("internal error resuming a request after its caller ID pick")
+            return
+        self.execute(actions)
+        self.arm_timer()
+
     # -- output ---------------------------------------------------------------------------
     def execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -144,6 +160,11 @@ class EngineShell:
                     self.fetch(action.request)
                 else:  # verification turned off by a reload meanwhile: let them go on
                     self.credentials_ready((action.request.url,))
+            elif type(action) is PickNumber:
+                if self.pick is not None:
+                    self.pick(action, self.number_picked)
+                else:  # no shared state (a reload turned it off): this replica decides
+                    self.number_picked(action.token, Picked(None, fallback=True))
 
     def _send_stream(self, data: bytes, peer: Peer) -> None:
         manager = self.tcp.get(peer.side)

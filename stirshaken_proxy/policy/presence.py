@@ -66,29 +66,46 @@ def choose(pool: Pool, callee: str, health: NumberHealth, now: float, *,
     """The number to present for a call to ``callee``, or None when every number is
     quarantined or at its limit (the call must then wait: never a number over its limits).
     ``max_per_hour`` is the account's own velocity limit, when it has one."""
+    found = ranked(pool, callee, health, now, max_per_hour=max_per_hour, limit=1)
+    return found[0] if found else None
+
+
+def ranked(pool: Pool, callee: str, health: NumberHealth, now: float, *,
+           max_per_hour: int | None = None, limit: int = 16) -> list[Selection]:
+    """Up to ``limit`` healthy numbers in the order ``choose`` prefers them: the callee's area
+    code, then its state, then any; least used first. Number health shared by several
+    instances takes the first of these that is still under its limit there."""
+    out: list[Selection] = []
+    seen: set[str] = set()
     area = npa(callee)
+    groups: list[tuple[list[str], bool, bool]] = []
     if area is not None:
-        local = _best(pool.by_npa.get(area, []), health, now, max_per_hour)
-        if local is not None:
-            return Selection(tn=local, local=True)
+        groups.append((pool.by_npa.get(area, []), True, False))
         state = pool.state_of(area) if pool.state_of is not None else None
         if state is not None:
-            near = _best(pool.by_state.get(state, []), health, now, max_per_hour)
-            if near is not None:
-                return Selection(tn=near, local=False, same_state=True)
-    other = _best(pool.numbers, health, now, max_per_hour)
-    return Selection(tn=other, local=False) if other is not None else None
+            groups.append((pool.by_state.get(state, []), False, True))
+    groups.append((pool.numbers, False, False))
+    for candidates, local, same_state in groups:
+        for tn in _healthiest(candidates, health, now, max_per_hour, limit - len(out), seen):
+            seen.add(tn)
+            out.append(Selection(tn=tn, local=local, same_state=same_state))
+        if len(out) >= limit:
+            break
+    return out
 
 
-def _best(candidates: list[str], health: NumberHealth, now: float,
-          max_per_hour: int | None) -> str | None:
-    best: str | None = None
-    best_key: tuple[int, float] | None = None
+def _healthiest(candidates: list[str], health: NumberHealth, now: float,
+                max_per_hour: int | None, count: int, skip: set[str]) -> list[str]:
+    if count <= 0:
+        return []
+    keyed: list[tuple[tuple[int, float], str]] = []
     for tn in candidates:
-        if health.state(tn, now, max_per_hour) is not State.HEALTHY:
+        if tn in skip or health.state(tn, now, max_per_hour) is not State.HEALTHY:
             continue
         s = health.numbers.get(tn)
-        key = (s.calls_last_hour(now), s.last_used) if s is not None else (0, 0.0)
-        if best_key is None or key < best_key:
-            best, best_key = tn, key
-    return best
+        keyed.append(((s.calls_last_hour(now), s.last_used) if s is not None else (0, 0.0),
+                      tn))
+    if count == 1:
+        return [min(keyed)[1]] if keyed else []
+    keyed.sort()
+    return [tn for _, tn in keyed[:count]]

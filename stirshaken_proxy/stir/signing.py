@@ -20,7 +20,7 @@ from ..policy.accounts import Account, LocalPresence
 from ..policy.attestation import Reason, decide
 from ..policy.health import HealthEvent, NumberHealth
 from ..policy.inventory import Inventory
-from ..policy.presence import Pool, Selection, choose
+from ..policy.presence import Pool, Selection, choose, ranked
 from ..stats import LatencyHistogram, Stats
 from .passport import Attestation, Signer
 
@@ -103,7 +103,26 @@ class Refusal:
     retry_after: int | None = None
 
 
-SignOutcome = Signed | Unsigned | Refusal
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NeedsNumber:
+    """Number health is shared by several instances: which of ``candidates`` (in order of
+    preference, each healthy by this replica) may present this call is decided by the shared
+    state, in one atomic step (take the first still under ``limit`` calls in the last hour).
+    Sign again with ``picked`` set to the answer."""
+
+    candidates: tuple[Selection, ...]
+    limit: int
+
+
+class Picked(NamedTuple):
+    """The shared state's answer to NeedsNumber: the candidate taken (None: none was free),
+    or ``fallback`` when the shared state could not be asked (this replica decides)."""
+
+    selection: Selection | None
+    fallback: bool = False
+
+
+SignOutcome = Signed | Unsigned | Refusal | NeedsNumber
 _STRENGTH = {Attestation.A: 3, Attestation.B: 2, Attestation.C: 1}
 
 
@@ -124,6 +143,7 @@ class Authenticator:
         self.clock = clock  # a performance clock for the sign-latency histogram
         self.latency = LatencyHistogram()
         self._pools: dict[str, Pool] = {}
+        self.shared_picks = False  # number health is shared: picks are asked (NeedsNumber)
 
     def carry_over(self, old: Authenticator) -> None:
         """Keep the latency counts of the one this replaces (a reload)."""
@@ -133,7 +153,10 @@ class Authenticator:
         self.inventory = inventory
         self._pools.clear()
 
-    def sign(self, facts: CallFacts, now: float) -> SignOutcome:
+    def sign(self, facts: CallFacts, now: float, *, picked: Picked | None = None,
+             defer: bool = False) -> SignOutcome:
+        """``defer``: the caller can wait for a shared pick (the in-path proxy); ``picked``:
+        the answer it got."""
         account = facts.account
         if account is None:
             return self._unsigned("unknown_account")
@@ -154,8 +177,18 @@ class Authenticator:
         mode = account.local_presence
         if health is not None and (mode is LocalPresence.ALWAYS or (
                 mode is LocalPresence.HEADER and facts.presence_requested)):
-            pick = choose(self._pool(account.name), dest, health, now,
-                          max_per_hour=account.max_calls_per_hour)
+            limit = account.max_calls_per_hour or health.limits.max_calls_per_hour
+            if picked is not None and not picked.fallback:
+                pick = picked.selection
+            elif defer and self.shared_picks and picked is None:
+                candidates = ranked(self._pool(account.name), dest, health, now,
+                                    max_per_hour=account.max_calls_per_hour)
+                if candidates:
+                    return NeedsNumber(candidates=tuple(candidates), limit=limit)
+                pick = None
+            else:
+                pick = choose(self._pool(account.name), dest, health, now,
+                              max_per_hour=account.max_calls_per_hour)
             if pick is None:
                 return self._refuse(503, "Caller ID Pool Exhausted", "caller_id_pool_exhausted",
                                     retry_after=60)
@@ -209,5 +242,6 @@ class Authenticator:
         return Refusal(status=status, phrase=phrase, cause=cause, retry_after=retry_after)
 
 
-__all__ = ["AuthPolicy", "Authenticator", "CallFacts", "NeighbourSpoofing", "Refusal",
+__all__ = ["AuthPolicy", "Authenticator", "CallFacts", "NeedsNumber", "NeighbourSpoofing",
+           "Picked", "Refusal",
            "SignOutcome", "Signed", "Unsigned", "UnsignedCalls"]
