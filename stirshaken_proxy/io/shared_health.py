@@ -53,26 +53,49 @@ return 0
 HOUR = 3600.0
 
 
-def _fields(event: HealthEvent, origin: str, resent: bool) -> dict[str, str]:
-    fields = {"o": origin, "k": event.kind.value, "t": event.tn, "n": repr(event.now)}
-    if event.code:
-        fields["c"] = str(event.code)
-    if event.duration:
-        fields["d"] = repr(event.duration)
-    if event.reason:
-        fields["r"] = event.reason
-    if event.seconds is not None:
-        fields["s"] = repr(event.seconds)
-    if resent:
-        fields["x"] = "1"
-    return fields
+# One event is one stream field "e": kind, number, time, code, duration, seconds, reason,
+# tab-separated (a reason has no tab: the admin API cuts it to printable text).
+def _encode(event: HealthEvent) -> str:
+    seconds = "" if event.seconds is None else repr(event.seconds)
+    return "\t".join((event.kind.value, event.tn, repr(event.now), str(event.code),
+                      repr(event.duration), seconds, event.reason.replace("\t", " ")))
 
 
-def _event(fields: dict[str, str]) -> HealthEvent:
-    return HealthEvent(HealthEventKind(fields["k"]), fields["t"], float(fields["n"]),
-                       code=int(fields.get("c", 0)), duration=float(fields.get("d", 0.0)),
-                       reason=fields.get("r", ""),
-                       seconds=float(fields["s"]) if "s" in fields else None)
+def _decode(text: str) -> HealthEvent:
+    kind, tn, now, code, duration, seconds, reason = text.split("\t", 6)
+    return HealthEvent(HealthEventKind(kind), tn, float(now), code=int(code),
+                       duration=float(duration), reason=reason,
+                       seconds=float(seconds) if seconds else None)
+
+
+# The events of one flush in one call: ARGV prefix, stream, cap, origin, window, default
+# quarantine seconds, then per event: its encoding, "1" when resent, "1" when a pick already
+# counted its attempt.
+FLUSH = """
+local prefix, stream, cap, origin = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local window, quarantine = tonumber(ARGV[5]), tonumber(ARGV[6])
+for i = 7, #ARGV, 3 do
+  local e, resent, counted = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if resent == '1' then
+    redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', 'o', origin, 'e', e, 'x', '1')
+  else
+    redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', 'o', origin, 'e', e)
+  end
+  local kind, tn, now = string.match(e, '^([^\t]*)\t([^\t]*)\t([^\t]*)')
+  if kind == 'attempt' and counted ~= '1' then
+    local key = prefix .. 'v:' .. tn
+    redis.call('ZADD', key, tonumber(now), origin .. ':' .. now .. ':' .. i)
+    redis.call('EXPIRE', key, math.ceil(window) + 60)
+  elseif kind == 'quarantine' then
+    local seconds = string.match(e, '^[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t([^\t]*)')
+    local ttl = tonumber(seconds) or quarantine
+    redis.call('SET', prefix .. 'q:' .. tn, '1', 'EX', math.max(1, math.ceil(ttl)))
+  elseif kind == 'release' then
+    redis.call('DEL', prefix .. 'q:' .. tn)
+  end
+end
+return 1
+"""
 
 
 class SharedHealth:
@@ -89,6 +112,9 @@ class SharedHealth:
             url, max_connections=16, timeout=timeout, socket_timeout=timeout,
             socket_connect_timeout=timeout, decode_responses=True)
         self.redis: Any = aioredis.Redis(connection_pool=pool)
+        # Flushes and the replay move batches: their own client, with a longer timeout.
+        self.bulk: Any = aioredis.from_url(url, socket_timeout=5.0, socket_connect_timeout=1.0,
+                                           decode_responses=True)
         self.url = url
         self.instance = instance
         self.origin = f"{instance}/{worker}"
@@ -105,6 +131,7 @@ class SharedHealth:
         self._last_id = "$"
         self._tasks: list[asyncio.Task[None]] = []
         self._script: Any = None
+        self._flusher: Any = None
         self._pending: set[asyncio.Task[None]] = set()
         self._said_down = False  # one log line per outage
         self._stopping = False
@@ -114,6 +141,7 @@ class SharedHealth:
         """Connect and rebuild the replica from the stream; False when Redis is away (the
         replica then starts from the store, and this keeps trying)."""
         self._script = self.redis.register_script(PICK)
+        self._flusher = self.bulk.register_script(FLUSH)
         started = f"{int(time.time() * 1000)}-0"
         try:
             await self._replay()
@@ -138,6 +166,7 @@ class SharedHealth:
         for task in consumer:
             task.cancel()
         await _close(self.redis)
+        await _close(self.bulk)
 
     async def _replay(self) -> None:
         """Rebuild the replica from the events of the last hours (bounded by the stream's
@@ -147,7 +176,7 @@ class SharedHealth:
         start = f"{int((time.time() - window * HOUR) * 1000)}-0"
         entries: list[tuple[str, dict[str, str]]] = []
         while True:
-            chunk = await self.redis.xrange(self.stream, min=start, count=10_000)
+            chunk = await self.bulk.xrange(self.stream, min=start, count=10_000)
             entries.extend(chunk)
             if len(chunk) < 10_000:
                 break
@@ -156,7 +185,7 @@ class SharedHealth:
         if health is not None and entries:
             health.numbers.clear()
             for _, fields in entries:
-                health.apply(_event(fields))
+                health.apply(_decode(fields["e"]))
             health.dirty.clear()
         self.counters["shared_health_events_replayed"] += len(entries)
 
@@ -222,33 +251,24 @@ class SharedHealth:
                 await self._flush()
 
     async def _flush(self) -> None:
-        batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 5000))]
-        pipe = self.redis.pipeline(transaction=False)
+        batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 2000))]
+        health = self.health()
+        args: list[str] = [self.prefix, self.stream, str(self.stream_max), self.origin,
+                           repr(HOUR), repr(health.limits.quarantine_seconds
+                                             if health is not None else 86400.0)]
+        picked = self._picked
         for event, resent in batch:
-            pipe.xadd(self.stream, _fields(event, self.origin, resent),
-                      maxlen=self.stream_max, approximate=True)
-            tn = event.tn
-            if event.kind is HealthEventKind.ATTEMPT:
-                if self._picked[tn] > 0:  # the pick counted it already
-                    self._picked[tn] -= 1
-                    if not self._picked[tn]:
-                        del self._picked[tn]
-                    continue
-                key = self.prefix + "v:" + tn
-                pipe.zadd(key, {f"{self.origin}:{event.now!r}": event.now})
-                pipe.expire(key, int(HOUR) + 60)
-            elif event.kind is HealthEventKind.QUARANTINE:
-                seconds = event.seconds
-                health = self.health()
-                if seconds is None and health is not None:
-                    seconds = health.limits.quarantine_seconds
-                pipe.set(self.prefix + "q:" + tn, event.reason or "1",
-                         ex=max(1, int(seconds or 1)))
-            elif event.kind is HealthEventKind.RELEASE:
-                pipe.delete(self.prefix + "q:" + tn)
+            counted = "0"
+            if event.kind is HealthEventKind.ATTEMPT and picked[event.tn] > 0:
+                picked[event.tn] -= 1  # the pick counted it already
+                if not picked[event.tn]:
+                    del picked[event.tn]
+                counted = "1"
+            args += (_encode(event), "1" if resent else "0", counted)
         try:
-            await pipe.execute()
+            await self._flusher(args=args)
             self.counters["shared_health_events_sent"] += len(batch)
+            self.counters["shared_health_flushes"] += 1
         except Exception as exc:  # noqa: BLE001 - keep them for when it is back
             self._outbox.extendleft(reversed(batch))
             self._mark_down(exc)
@@ -278,7 +298,7 @@ class SharedHealth:
                             continue
                         if fields.get("x") and fields["o"].startswith(self.instance + "/"):
                             continue  # this instance's workers had it by their link
-                        health.apply(_event(fields))
+                        health.apply(_decode(fields["e"]))
                         self.counters["shared_health_events_applied"] += 1
         finally:
             await _close(reader)
