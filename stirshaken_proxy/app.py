@@ -215,7 +215,8 @@ async def start_front_ends(config: Config, parts: Parts, *, stats: Stats,
                               max_message_size=rc.max_message_size,
                               max_tcp_connections=tc.max_tcp_connections,
                               max_tcp_pending_bytes=tc.max_tcp_pending_bytes,
-                              tcp_connect_timeout=tc.tcp_connect_timeout)
+                              tcp_connect_timeout=tc.tcp_connect_timeout,
+                              max_tcp_per_source=tc.max_tcp_per_source)
     if config.rest is not None and rest:
         api = RestApi(config.rest, services=services, feed=feed, stats=stats,
                       api_keys=config.auth.api_keys if config.auth else {})
@@ -282,6 +283,14 @@ class Application:
             services=self._services,
             feed=lambda: self.parts.feed if self.parts is not None else None)
 
+    def _listed(self, side: Side, host: str) -> bool:
+        """A source the configuration names for that side (TCP room is kept for these)."""
+        services = self._services()
+        if services is None:
+            return False
+        sources = services.dialer_sources if side is Side.DIALER else services.carrier_sources
+        return sources.lists(host)
+
     def _publish(self) -> Callable[[HealthEvent], None] | None:
         """Where this worker's number-health events go: Redis, else the other workers."""
         if self.shared is not None:
@@ -331,7 +340,10 @@ class Application:
                            max_message_size=ec.max_message_size,
                            max_tcp_connections=tc.max_tcp_connections,
                            max_tcp_pending_bytes=tc.max_tcp_pending_bytes,
-                           tcp_connect_timeout=tc.tcp_connect_timeout)
+                           tcp_connect_timeout=tc.tcp_connect_timeout,
+                           max_tcp_per_source=tc.max_tcp_per_source,
+                           tcp_reserved_for_trusted=tc.tcp_reserved_for_trusted,
+                           trusted=self._listed)
         if self.dispatch is not None:
             self.dispatch.start()
         if self.config.admin.enabled and self.worker_index == 0:
@@ -495,8 +507,9 @@ class Application:
         return self.children.exit_code
 
     async def _housekeep(self) -> None:
-        idle = self.config.transport.tcp_idle_timeout
-        interval = min(idle, 10.0)
+        tc = self.config.transport
+        idle, first = tc.tcp_idle_timeout, tc.tcp_first_message_timeout
+        interval = min(idle, first / 2, 10.0)
         if len(self.children):
             interval = min(interval, 0.5)  # also how soon a dead worker is noticed
         while True:
@@ -504,7 +517,7 @@ class Application:
             self.children.reap()
             now = asyncio.get_running_loop().time()
             for manager in (self.shell.tcp.values() if self.shell is not None else ()):
-                manager.close_idle(now, idle)
+                manager.close_idle(now, idle, first)
 
     # -- metrics ----------------------------------------------------------------------------
     def metrics_snapshot(self) -> dict[str, Any]:

@@ -75,6 +75,9 @@ class TransportConfig:
     tcp_idle_timeout: float = 300.0
     tcp_connect_timeout: float = 5.0
     max_tcp_pending_bytes: int = 1 << 20
+    max_tcp_per_source: int = 32
+    tcp_first_message_timeout: float = 10.0
+    tcp_reserved_for_trusted: int = 128
     shutdown_grace: float = 2.0
     gc_threshold: int = 50_000
     timer_resolution: float = 0.01
@@ -203,6 +206,9 @@ _TRANSPORT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "tcp_idle_timeout": ((int, float), 300.0),
     "tcp_connect_timeout": ((int, float), 5.0),
     "max_tcp_pending_bytes": ((int,), 1 << 20),
+    "max_tcp_per_source": ((int,), 32),  # inbound connections from one address
+    "tcp_first_message_timeout": ((int, float), 10.0),  # a silent connection is closed
+    "tcp_reserved_for_trusted": ((int,), 128),  # of max_tcp_connections: listed sources only
     "shutdown_grace": ((int, float), 2.0),
     "gc_threshold": ((int,), 50_000),
     "timer_resolution": ((int, float), 0.01),
@@ -496,6 +502,10 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
     _positive(src, "sip", sip, "max_message_size", "max_transactions", "t1", "t2", "t4",
               "timer_c")
     transport = _section(src, data, "transport", _TRANSPORT_KEYS)
+    if not 0 <= transport["tcp_reserved_for_trusted"] < transport["max_tcp_connections"]:
+        raise src.error("transport", "tcp_reserved_for_trusted",
+                        "must be at least 0 and under max_tcp_connections")
+    _positive(src, "transport", transport, "max_tcp_per_source", "tcp_first_message_timeout")
     _positive(src, "transport", transport, "max_tcp_connections", "tcp_idle_timeout",
               "tcp_connect_timeout", "max_tcp_pending_bytes", "gc_threshold",
               "timer_resolution")

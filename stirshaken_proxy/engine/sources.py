@@ -20,6 +20,10 @@ class SourceFilter:
     def allows(self, host: str) -> bool:
         if self.allow_any:
             return True
+        return self.lists(host)
+
+    def lists(self, host: str) -> bool:
+        """The address is in one of the networks (whatever allow_any says)."""
         verdict = self._cache.get(host)
         if verdict is None:
             try:

@@ -66,7 +66,9 @@ class EngineShell:
     # -- listeners ------------------------------------------------------------------------
     async def listen(self, endpoints: list[tuple[Side, str, int]], *, tcp: bool, shared: bool,
                      max_message_size: int, max_tcp_connections: int,
-                     max_tcp_pending_bytes: int, tcp_connect_timeout: float) -> None:
+                     max_tcp_pending_bytes: int, tcp_connect_timeout: float,
+                     max_tcp_per_source: int = 32, tcp_reserved_for_trusted: int = 0,
+                     trusted: Callable[[Side, str], bool] | None = None) -> None:
         """UDP (and TCP) on each (side, host, port); ``shared``: every worker binds the same
         ports."""
         loop = asyncio.get_running_loop()
@@ -79,7 +81,11 @@ class EngineShell:
                 manager = TcpManager(
                     side, self.feed, self.counters, max_message_size=max_message_size,
                     max_connections=max_tcp_connections, max_pending_bytes=max_tcp_pending_bytes,
-                    connect_timeout=tcp_connect_timeout, local_host=host)
+                    connect_timeout=tcp_connect_timeout, local_host=host,
+                    max_per_source=max_tcp_per_source,
+                    reserved_for_trusted=tcp_reserved_for_trusted,
+                    trusted=(lambda h, side=side: trusted(side, h))  # type: ignore[misc]
+                    if trusted is not None else None)
                 manager.server = await loop.create_server(
                     lambda m=manager: TcpConnection(m, m.side),  # type: ignore[misc]
                     host, port, reuse_address=True, reuse_port=shared)

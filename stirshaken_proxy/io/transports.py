@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
@@ -52,14 +53,16 @@ class TcpConnection(asyncio.Protocol):
         self.peer: Peer | None = None
         self.outbound_key = outbound_key
         self.last_activity = 0.0
+        self.opened = 0.0
+        self.messages = 0  # complete SIP messages received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Peer(self.side, Transport.TCP, host, port)
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self.opened = asyncio.get_running_loop().time()
         if not self.manager.register(self):
-            transport.close()
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None and self.peer is not None
@@ -75,6 +78,7 @@ class TcpConnection(asyncio.Protocol):
             if item is PING or item == PING:
                 self.transport.write(PONG)
             else:
+                self.messages += 1
                 self.manager.sink(item, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -96,7 +100,9 @@ class TcpManager:
 
     def __init__(self, side: Side, sink: Sink, counters: Counter[str], *,
                  max_message_size: int, max_connections: int, max_pending_bytes: int,
-                 connect_timeout: float, local_host: str) -> None:
+                 connect_timeout: float, local_host: str, max_per_source: int = 32,
+                 reserved_for_trusted: int = 0,
+                 trusted: Callable[[str], bool] | None = None) -> None:
         self.side = side
         self.sink = sink
         self.counters = counters
@@ -105,14 +111,31 @@ class TcpManager:
         self.max_pending_bytes = max_pending_bytes
         self.connect_timeout = connect_timeout
         self.local_host = local_host
+        self.max_per_source = max_per_source
+        self.reserved_for_trusted = reserved_for_trusted
+        self.trusted = trusted  # a source the configuration lists (dialer trunks, carriers)
+        self.per_source: Counter[str] = Counter()  # inbound connections by address
         self.connections: dict[tuple[str, int], TcpConnection] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
 
     def register(self, conn: TcpConnection) -> bool:
+        """Admit a connection: an inbound one within its source's share, and, from a source
+        the configuration does not list, outside the room kept for the listed ones."""
         assert conn.peer is not None
-        if len(self.connections) >= self.max_connections:
+        host = conn.peer.host
+        if conn.outbound_key is None:
+            if self.per_source[host] >= self.max_per_source:
+                self.counters["tcp_refused_per_source"] += 1
+                return False
+            trusted = self.trusted is not None and self.trusted(host)
+            limit = self.max_connections - (0 if trusted else self.reserved_for_trusted)
+            if len(self.connections) >= limit:
+                self.counters["tcp_refused"] += 1
+                return False
+            self.per_source[host] += 1
+        elif len(self.connections) >= self.max_connections:
             self.counters["tcp_refused"] += 1
             return False
         key = conn.outbound_key or (conn.peer.host, conn.peer.port)
@@ -123,6 +146,11 @@ class TcpManager:
         for key, value in list(self.connections.items()):
             if value is conn:
                 del self.connections[key]
+                if conn.outbound_key is None and conn.peer is not None:
+                    host = conn.peer.host
+                    self.per_source[host] -= 1
+                    if self.per_source[host] <= 0:
+                        del self.per_source[host]
 
     def send(self, data: bytes, host: str, port: int) -> None:
         conn = self.connections.get((host, port))
@@ -154,10 +182,18 @@ class TcpManager:
         for data in self._connecting.pop((host, port), []):
             conn.write(data)
 
-    def close_idle(self, now: float, idle: float) -> None:
+    def close_idle(self, now: float, idle: float, first_message: float = math.inf) -> None:
+        """Close connections idle for ``idle`` seconds, and inbound ones that sent no SIP
+        message within ``first_message`` seconds of opening."""
         for conn in list(self.connections.values()):
-            if conn.transport is not None and now - conn.last_activity > idle:
+            if conn.transport is None:
+                continue
+            if now - conn.last_activity > idle:
                 conn.transport.close()
+            elif conn.outbound_key is None and not conn.messages and \
+                    now - conn.opened > first_message:
+                self.counters["tcp_silent_closed"] += 1
+                conn.transport.abort()
 
     async def close(self) -> None:
         if self.server is not None:

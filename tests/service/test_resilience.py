@@ -25,6 +25,7 @@ from tests.support import (
     free_port,
     run_uac,
     running_service,
+    scrape,
     signing_config,
     write_config,
 )
@@ -125,3 +126,67 @@ ban_seconds = 30
         with SippUas("uas.xml", ports.carrier_next_hop, tmp_path):
             ok = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=50, rate=50)
         assert ok.successful == 50
+
+
+@pytest.mark.parametrize(("per_source", "table", "admitted"),
+                         [(32, 1024, 32), (5000, 300, 300 - 128)])
+def test_idle_tcp_connections_from_one_address_leave_room(tmp_path: Path, per_source: int,
+                                                          table: int, admitted: int) -> None:
+    """1,100 idle TCP connections from 127.0.0.2 (a source the configuration does not list):
+    at most max_tcp_per_source of them, never the room kept for listed sources, closed when
+    they send nothing; the trusted dialer's TCP calls go through meanwhile."""
+    ports = Ports.pick()
+    cfg = write_config(tmp_path / "p.toml", ports, carrier_transport="tcp", transport=f"""
+max_tcp_per_source = {per_source}
+max_tcp_connections = {table}
+tcp_first_message_timeout = 12
+""")
+    sockets: list[socket.socket] = []
+    with running_service(cfg, ports.admin, tmp_path / "proxy.log") as svc:
+        try:
+            for _ in range(1100):
+                s = socket.socket()
+                s.bind(("127.0.0.2", 0))
+                s.setblocking(False)
+                try:
+                    s.connect((HOST, ports.dialer))
+                except BlockingIOError:
+                    pass
+                sockets.append(s)
+            # the listen backlog lets connects in over a few seconds (SYNs retried)
+            deadline = time.monotonic() + 10
+            open_now = 0.0
+            while open_now < admitted and time.monotonic() < deadline:
+                time.sleep(0.5)
+                metrics = scrape(ports.admin)
+                open_now = _gauge(metrics, 'stirshaken_tcp_connections{side="dialer"}')
+            time.sleep(1.0)
+            metrics = scrape(ports.admin)
+            open_now = _gauge(metrics, 'stirshaken_tcp_connections{side="dialer"}')
+            with SippUas("uas.xml", ports.carrier_next_hop, tmp_path, transport="t1"):
+                ok = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=50,
+                             rate=50, transport="t1")
+            deadline = time.monotonic() + 20  # past tcp_first_message_timeout
+            while time.monotonic() < deadline:
+                later = scrape(ports.admin)
+                if _gauge(later, 'stirshaken_tcp_connections{side="dialer"}') == 0:
+                    break
+                time.sleep(0.5)
+        finally:
+            for s in sockets:
+                s.close()
+        log = svc.log()
+    assert open_now == admitted, metrics
+    assert ok.successful == 50 and ok.failed == 0, ok.output[-2000:]
+    assert _gauge(later, 'stirshaken_io_events_total{event="tcp_silent_closed"}') >= admitted
+    refused = "tcp_refused_per_source" if per_source == 32 else "tcp_refused"
+    # (the kernel's listen backlog holds back some of the 1,100 connects: not all arrive)
+    assert _gauge(later, f'stirshaken_io_events_total{{event="{refused}"}}') > 100
+    assert "Traceback" not in log
+
+
+def _gauge(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
