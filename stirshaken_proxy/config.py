@@ -307,6 +307,9 @@ _VERIFY_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "negative_cache_age": ((int, float), 30.0),
     "cache_entries": ((int,), 10000),
     "max_in_flight": ((int,), 64),
+    "max_in_flight_per_host": ((int,), 4),
+    "host_failures": ((int,), 5),  # failed fetches in a row before a host rests
+    "host_backoff": ((int, float), 30.0),  # seconds a failing host is not asked
     "max_parked": ((int,), 10000),
     "allowed_ports": ((list,), [443, 8443]),
     "allow_networks": ((list,), []),
@@ -880,7 +883,8 @@ def _verify(src: _Source, data: dict[str, Any]) -> VerifyConfig | None:
     on_missing = _choice(src, "verify", "on_missing", v["on_missing"], OnFailure)
     _positive(src, "verify", v, "freshness", "fetch_timeout", "fetch_max_bytes",
               "cache_max_age", "cache_default_age", "negative_cache_age", "cache_entries",
-              "max_in_flight", "max_parked")
+              "max_in_flight", "max_parked", "max_in_flight_per_host", "host_failures",
+              "host_backoff")
     anchors = _load_pem_certs(src, "trust_anchors", v["trust_anchors"])
     if not anchors:
         raise src.error("verify", "trust_anchors", "needs at least one STI-CA root certificate")
@@ -910,7 +914,10 @@ def _verify(src: _Source, data: dict[str, Any]) -> VerifyConfig | None:
         # CRL distribution points are plain http on port 80 as a rule.
         crl_policy=UrlPolicy(ports=tuple({80, *ports}), allow_networks=nets, allow_http=True),
         fetch=FetchLimits(timeout=float(v["fetch_timeout"]), max_bytes=v["fetch_max_bytes"],
-                          max_in_flight=v["max_in_flight"]),
+                          max_in_flight=v["max_in_flight"],
+                          max_per_host=v["max_in_flight_per_host"],
+                          host_failures=v["host_failures"],
+                          host_backoff=float(v["host_backoff"])),
         cache=CachePolicy(max_age=float(v["cache_max_age"]),
                           default_age=float(v["cache_default_age"]),
                           negative_age=float(v["negative_cache_age"])),

@@ -7,7 +7,10 @@ there is none. What the bytes mean is the STI core's business (stir.verification
   host is resolved here and every address is checked against the SSRF guard, and the
   connection goes to exactly the addresses checked (a pinned resolver), so DNS cannot rebind
   it elsewhere.
-- Bounded: total time, response size, concurrent fetches.
+- Bounded: total time, response size, concurrent fetches; fair: at most ``max_per_host`` in
+  flight to one host and the hosts with fetches waiting take turns for free slots, so a slow
+  or hostile host delays only its own URLs; a host that failed ``host_failures`` times in a row
+  is not asked for ``host_backoff`` seconds (its URLs fail at once meanwhile).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import socket
 import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -90,7 +93,12 @@ class Fetcher:
         self.on_done = on_done
         self.counters = counters
         self._tasks: dict[FetchRequest, asyncio.Task[None]] = {}
-        self._sem = asyncio.Semaphore(limits.max_in_flight)
+        self._queued: dict[str, deque[FetchRequest]] = {}  # host -> waiting, in order
+        self._turns: deque[str] = deque()  # hosts with waiting fetches, whose turn is next
+        self._waiting: set[FetchRequest] = set()
+        self._per_host: Counter[str] = Counter()  # in flight
+        self._failed: Counter[str] = Counter()  # failures in a row
+        self._resting: dict[str, float] = {}  # host -> monotonic time it may be asked again
         self._session: aiohttp.ClientSession | None = None
         self._crl_session: aiohttp.ClientSession | None = None
         self.latency = LatencyHistogram((0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
@@ -108,19 +116,59 @@ class Fetcher:
         return current
 
     def request(self, request: FetchRequest) -> None:
-        """Start fetching unless the same fetch is in flight."""
-        if request in self._tasks:
+        """Fetch, unless the same fetch is in flight or waiting for its turn."""
+        if request in self._tasks or request in self._waiting:
             return
-        self._tasks[request] = asyncio.get_running_loop().create_task(self._run(request))
+        host = (urlsplit(request.url).hostname or "").lower()
+        resting = self._resting.get(host)
+        if resting is not None:
+            if time.monotonic() < resting:
+                self.counters["fetch_host_resting"] += 1
+                reason = (f"{host} failed {self.limits.host_failures} times in a row; not "
+                          f"asked again for {self.limits.host_backoff:.0f} s")
+                # Answered on the next loop turn: never inside the caller's own step.
+                asyncio.get_running_loop().call_soon(self.on_done, request,
+                                                     FetchError(reason=reason))
+                return
+            del self._resting[host]
+        queue = self._queued.get(host)
+        if queue is None:
+            queue = self._queued[host] = deque()
+            self._turns.append(host)
+        queue.append(request)
+        self._waiting.add(request)
+        self._start_next()
 
-    async def _run(self, request: FetchRequest) -> None:
+    def _start_next(self) -> None:
+        """Give free slots to the hosts in turn (each up to max_per_host in flight)."""
+        limits = self.limits
+        skipped = 0
+        while self._turns and len(self._tasks) < limits.max_in_flight and \
+                skipped < len(self._turns):
+            host = self._turns.popleft()
+            if self._per_host[host] >= limits.max_per_host:
+                self._turns.append(host)  # full: the next host's turn
+                skipped += 1
+                continue
+            skipped = 0
+            queue = self._queued[host]
+            request = queue.popleft()
+            self._waiting.discard(request)
+            if queue:
+                self._turns.append(host)
+            else:
+                del self._queued[host]
+            self._per_host[host] += 1
+            self._tasks[request] = asyncio.get_running_loop().create_task(
+                self._run(request, host))
+
+    async def _run(self, request: FetchRequest, host: str) -> None:
         crl = request.kind is FetchKind.CRL
         name = "crl" if crl else "x5u"
         started = time.monotonic()
         result: FetchResponse | FetchError
         try:
-            async with self._sem:
-                body, headers = await self.get(request.url, crl=crl)
+            body, headers = await self.get(request.url, crl=crl)
         except (GuardError, aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
@@ -129,13 +177,24 @@ class Fetcher:
             (log.warning if crl else log.info)("%s fetch %s failed: %s", name, request.url,
                                                 reason)
             result = FetchError(reason=reason)
+            self._failed[host] += 1
+            if self._failed[host] >= self.limits.host_failures:
+                self._resting[host] = time.monotonic() + self.limits.host_backoff
+                del self._failed[host]
+                log.warning("%s failed %d times in a row: not asked for %.0f s", host,
+                            self.limits.host_failures, self.limits.host_backoff)
         else:
             self.counters[f"{name}_fetches"] += 1
+            self._failed.pop(host, None)
             if not crl:
                 self.latency.observe(time.monotonic() - started)
             result = FetchResponse(body=body, headers={k: v for k, v in headers.items()})
         finally:
             self._tasks.pop(request, None)
+            self._per_host[host] -= 1
+            if self._per_host[host] <= 0:
+                del self._per_host[host]
+            self._start_next()
         self.on_done(request, result)
 
     async def get(self, url: str, *, crl: bool = False) -> tuple[bytes, Any]:
@@ -166,6 +225,9 @@ class Fetcher:
 
 
     async def close(self) -> None:
+        self._queued.clear()  # nothing more starts
+        self._turns.clear()
+        self._waiting.clear()
         for task in list(self._tasks.values()):
             task.cancel()
         if self._tasks:

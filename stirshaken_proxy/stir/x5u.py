@@ -15,6 +15,9 @@ class FetchLimits:
     timeout: float = 2.0
     max_bytes: int = 64 * 1024
     max_in_flight: int = 64
+    max_per_host: int = 4  # in flight to one host; hosts take turns for the free slots
+    host_failures: int = 5  # failures in a row after which a host is not asked for a while
+    host_backoff: float = 30.0  # seconds a failing host is not asked
 
 
 @dataclass(frozen=True, kw_only=True)

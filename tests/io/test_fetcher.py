@@ -165,3 +165,88 @@ def test_unreachable(served: tuple[CertServer, Pki]) -> None:
 ])
 def test_cache_age(headers: dict[str, str], expected: float) -> None:
     assert cache_age(headers, 0.0, CachePolicy()) == expected
+
+
+def _fetcher(server: CertServer, ports: tuple[int, ...], on_done: object,
+             counters: Counter[str], **limits: float) -> Fetcher:
+    policy = UrlPolicy(ports=(443, 8443, *ports), allow_networks=LOOPBACK)
+    ctx = ssl.create_default_context()
+    assert server.ca_file is not None
+    ctx.load_verify_locations(cafile=str(server.ca_file))
+    return Fetcher(policy=policy, crl_policy=policy,
+                   limits=FetchLimits(timeout=5.0, max_bytes=64 * 1024, **limits),  # type: ignore[arg-type]
+                   ssl_context=ctx, on_done=on_done, counters=counters)  # type: ignore[arg-type]
+
+
+def test_a_slow_host_delays_only_its_own_urls(tmp_path: Path) -> None:
+    """300 fetches from a host that answers slowly, then one from another host (the same
+    server reached by another name): that one is not queued behind them, and the slow host
+    never has more than max_per_host in flight."""
+    pki = make_pki()
+    routes = {f"/slow-{i}.pem": Route(pki.leaves["good"].chain_pem, delay=0.3)
+              for i in range(300)}
+    routes["/good.pem"] = Route(pki.leaves["good"].chain_pem)
+    with CertServer(tmp_path, routes) as server:
+        async def go() -> tuple[list[str], int]:
+            done: list[str] = []
+            seen_by_slow = -1
+
+            def on_done(request: FetchRequest, result: FetchResponse | FetchError) -> None:
+                nonlocal seen_by_slow
+                assert isinstance(result, FetchResponse), result
+                done.append(request.url)
+                if "localhost" in request.url:
+                    seen_by_slow = sum(1 for r in server.requests if r.startswith("/slow"))
+
+            fetcher = _fetcher(server, (server.port,), on_done, Counter(), max_per_host=4)
+            for i in range(300):
+                fetcher.request(FetchRequest(url=server.url(f"/slow-{i}.pem"),
+                                             kind=FetchKind.X5U))
+            fetcher.request(FetchRequest(url=server.url("/good.pem", host="localhost"),
+                                         kind=FetchKind.X5U))
+            for _ in range(200):
+                if any("localhost" in u for u in done):
+                    break
+                await asyncio.sleep(0.02)
+            await fetcher.close()
+            return done, seen_by_slow
+
+        done, seen_by_slow = asyncio.run(go())
+    assert done and "localhost" in done[0], done[:5]  # before any of the slow host's
+    assert 0 <= seen_by_slow <= 4, seen_by_slow  # the slow host had 4 in flight, no more
+
+
+def test_a_failing_host_rests(tmp_path: Path) -> None:
+    pki = make_pki()
+    with CertServer(tmp_path, {}) as server:
+        port = free_port()  # nothing listens there
+
+        async def go() -> tuple[list[str], Counter[str]]:
+            reasons: list[str] = []
+            counters: Counter[str] = Counter()
+
+            def on_done(request: FetchRequest, result: FetchResponse | FetchError) -> None:
+                assert isinstance(result, FetchError)
+                reasons.append(result.reason)
+
+            fetcher = _fetcher(server, (port,), on_done, counters, max_per_host=1,
+                               host_failures=5, host_backoff=30.0)
+            for i in range(5):  # one at a time: five failures in a row
+                fetcher.request(FetchRequest(url=f"https://127.0.0.1:{port}/{i}.pem",
+                                             kind=FetchKind.X5U))
+            for _ in range(200):
+                if len(reasons) >= 5:
+                    break
+                await asyncio.sleep(0.02)
+            for i in range(5, 10):
+                fetcher.request(FetchRequest(url=f"https://127.0.0.1:{port}/{i}.pem",
+                                             kind=FetchKind.X5U))
+            await asyncio.sleep(0.05)
+            await fetcher.close()
+            return reasons, counters
+
+        reasons, counters = asyncio.run(go())
+    assert len(reasons) == 10
+    assert all("failed 5 times in a row; not asked again for 30 s" in r for r in reasons[5:])
+    assert counters["fetch_host_resting"] == 5 and counters["x5u_fetch_failures"] == 5
+    assert pki is not None
