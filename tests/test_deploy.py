@@ -99,3 +99,45 @@ path = "var/stirshaken.db"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_ha_profile_parts(tmp_path: Path) -> None:
+    """The compose stack's "ha" profile: its configurations load, and the dispatcher's
+    configuration filled in by its entrypoint passes Kamailio's own check (which a broken
+    one fails)."""
+    import shutil
+
+    from stirshaken_proxy.config import load_config
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    ha = {n for n, s in compose["services"].items() if "ha" in s.get("profiles", [])}
+    assert ha == {"postgres", "redis", "proxy-a", "proxy-b", "dispatcher", "dialer-ha"}
+    listen = []
+    for name in ("proxy-a", "proxy-b"):
+        source = compose["services"][name]["volumes"][0].split(":")[0]
+        text = (ROOT / source).read_text().replace('"var/', f'"{tmp_path}/{name}/')
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(text)
+        config = load_config(cfg)
+        assert config.auth is not None and config.auth.store_url.startswith("postgresql://")
+        assert config.auth.health_redis == "redis://127.0.0.1:6379/0"
+        listen.append(f"{config.engine.dialer.host}:{config.engine.dialer.port}")
+    env = compose["services"]["dispatcher"]["environment"]
+    assert env["INSTANCES"].split() == listen
+    if shutil.which("kamailio") is None:
+        return
+    entry = ROOT / "deploy/kamailio/dispatcher-entrypoint.sh"
+    assert os.access(entry, os.X_OK)
+    run_env = {**os.environ, "INSTANCES": env["INSTANCES"], "OUT": str(tmp_path / "k"),
+               "TEMPLATE": str(ROOT / "deploy/kamailio/dispatcher.cfg")}
+    ok = subprocess.run([str(entry), "--check"], env=run_env, capture_output=True, text=True,
+                        timeout=60, check=False)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (tmp_path / "k/dispatcher.list").read_text() == "".join(
+        f"1 sip:{a}\n" for a in listen)
+    broken = tmp_path / "broken.cfg"
+    broken.write_text((ROOT / "deploy/kamailio/dispatcher.cfg").read_text()
+                      .replace("t_relay();\n    exit;\n}", "t_relay(\n}", 1))
+    bad = subprocess.run([str(entry), "--check"], env={**run_env, "TEMPLATE": str(broken)},
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode != 0
