@@ -99,7 +99,12 @@ def test_dispatcher_spreads_calls_and_survives_a_dead_instance(tmp_path: Path) -
     assert all(count > 50 for count in spread), spread
     lost = {cid for cid, i in calls.items() if cid not in byes}
     assert lost and all(calls[cid] == 1 for cid in lost), "only the dead instance's calls"
-    assert result.failed == len(lost), (result.failed, len(lost), result.output[-1500:])
+    # An INVITE the dead instance had taken (and answered 100) but not yet forwarded never
+    # reached the carrier: lost too, and only the dead one can have held it.
+    never_forwarded = 600 - len(calls)
+    assert never_forwarded <= 3, never_forwarded
+    assert result.failed == len(lost) + never_forwarded, (
+        result.failed, len(lost), never_forwarded, result.output[-1500:])
     assert result.successful + result.failed == 600, result.output[-1500:]
     # the lost calls were in progress at the kill: at most 3 s of its share of 30 calls/s
     assert len(lost) <= 3 * 30 / 3 * 1.5, len(lost)
