@@ -326,8 +326,8 @@ def test_renewal_under_load(tmp_path: Path) -> None:
     """Certificates of one day renewed when 25 s of their life is gone, under 20 calls/s:
     no failed call, every INVITE signed, the new x5u served, the old one no longer used once
     the new one is live."""
-    ports = Ports.pick()
     with StiPa(tmp_path) as pa, StiCa(tmp_path / "ca", pa.cert_path, validity_days=1) as ca:
+        ports = Ports.pick()  # after the peers bound theirs
         cfg = write_config(tmp_path / "proxy.toml", ports, extra=acme_config(
             tmp_path, ports, pa, ca, renew_before=1 - 25 / 86400, check_interval=1))
         assert cli("certs", "request", "--config", str(cfg),

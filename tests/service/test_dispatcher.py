@@ -49,11 +49,11 @@ def test_dispatcher_spreads_calls_and_survives_a_dead_instance(tmp_path: Path) -
         folder.mkdir()
         cfg = write_config(folder / "proxy.toml", ports, extra=signing_config(folder, ports))
         services.append(Service(cfg, ports.admin, folder / "proxy.log"))
-    lb_port = free_port()
-    listing = tmp_path / "dispatcher.list"
-    listing.write_text("".join(f"1 sip:{HOST}:{p.dialer}\n" for p in instances))
     for svc in services:
         svc.start()
+    lb_port = free_port()  # after the instances bound theirs
+    listing = tmp_path / "dispatcher.list"
+    listing.write_text("".join(f"1 sip:{HOST}:{p.dialer}\n" for p in instances))
     try:
         with Kamailio(ROOT / "deploy" / "kamailio" / "dispatcher.cfg", tmp_path,
                       {"LB_IP": HOST, "LB_PORT": lb_port, "LIST_FILE": listing,

@@ -182,9 +182,9 @@ def _both(tmp: Path, a: Ports, b: Ports, calls: int, rate: int) -> list[SippResu
 def test_no_number_over_its_limit_across_instances(tmp_path: Path) -> None:
     """Two instances sharing number health in Redis, each asked for 200 local-presence calls
     at once: ten numbers of 30 calls an hour give exactly 300, never a 31st from a number."""
-    a = Ports.pick()
-    b = replace(Ports.pick(), carrier_next_hop=a.carrier_next_hop)
-    with Redis() as redis:
+    with Redis() as redis:  # bound before the instances' ports are picked
+        a = Ports.pick()
+        b = replace(Ports.pick(), carrier_next_hop=a.carrier_next_hop)
         cfg_a = _shared_config(tmp_path, "a", a, redis.url, 30)
         cfg_b = _shared_config(tmp_path, "b", b, redis.url, 30)
         with running_service(cfg_a, a.admin, tmp_path / "a.log"), \
@@ -205,9 +205,9 @@ def test_no_number_over_its_limit_across_instances(tmp_path: Path) -> None:
 @pytest.mark.sipp
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_redis_stopped_and_restarted_under_load(tmp_path: Path) -> None:
-    a = Ports.pick()
-    b = replace(Ports.pick(), carrier_next_hop=a.carrier_next_hop)
-    with Redis() as redis:
+    with Redis() as redis:  # bound before the instances' ports are picked
+        a = Ports.pick()
+        b = replace(Ports.pick(), carrier_next_hop=a.carrier_next_hop)
         cfg_a = _shared_config(tmp_path, "a", a, redis.url, 50)
         cfg_b = _shared_config(tmp_path, "b", b, redis.url, 50)
         with running_service(cfg_a, a.admin, tmp_path / "a.log") as svc_a, \
