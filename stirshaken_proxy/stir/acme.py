@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .certs import TN_AUTH_LIST_OID, encode_tn_auth_list_spc
-from .passport import b64url, b64url_decode, der_to_raw, raw_to_der
+from .passport import PassportError, b64url, decode_passport, der_to_raw
 
 TKAUTH_01 = "tkauth-01"  # RFC 9447 §3
 TN_AUTH_LIST = "TNAuthList"  # RFC 9448 §3: identifier type and atc tktype
@@ -112,30 +111,14 @@ def check_spc_token(token: str, *, issuers: list[ec.EllipticCurvePublicKey],
     a challenge with the token: ES256 signed by one of the STI-PA's keys, not expired (with
     ``min_validity`` seconds to spare), ``atc`` naming TNAuthList with exactly our SPC, for an
     end-entity certificate, bound to our ACME account key's fingerprint."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise TokenError("not a JWS compact token")
     try:
-        header = json.loads(b64url_decode(parts[0]))
-        claims = json.loads(b64url_decode(parts[1]))
-        signature = b64url_decode(parts[2])
-    except (ValueError, binascii.Error) as exc:
-        raise TokenError(f"undecodable token: {exc}") from None
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise TokenError("token header or claims are not JSON objects")
+        jws_token = decode_passport(token)  # the same JWS compact form as a PASSporT
+    except PassportError as exc:
+        raise TokenError(f"undecodable token: {exc.reason}") from None
+    header, claims = jws_token.header, jws_token.claims
     if header.get("alg") != "ES256":
         raise TokenError(f"alg {header.get('alg')!r} is not ES256")
-    if len(signature) != 64:
-        raise TokenError("signature is not an ES256 signature")
-    signed = f"{parts[0]}.{parts[1]}".encode()
-    der = raw_to_der(signature)
-    for issuer in issuers:
-        try:
-            issuer.verify(der, signed, ec.ECDSA(hashes.SHA256()))
-            break
-        except InvalidSignature:
-            continue
-    else:
+    if not any(jws_token.verify(issuer) for issuer in issuers):
         raise TokenError("signature does not verify with the STI-PA's key")
     exp = claims.get("exp")
     if not isinstance(exp, int) or isinstance(exp, bool):
