@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..policy.inventory import Inventory, NumberBlock, Packed
-from ..policy.numbers import NumberFormatError, block_text, overlaps, parse_block_text
+from ..policy.numbers import (
+    NumberFormatError,
+    block_text,
+    overlapping,
+    overlaps,
+    parse_block_text,
+)
 
 
 class StoreError(Exception):
@@ -33,6 +39,35 @@ class ImportError_(StoreError):
         self.problems = problems
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         super().__init__(f"{problems[0]}{more}; nothing was imported")
+
+
+def refuse_overlaps(existing: list[NumberBlock], blocks: list[NumberBlock]) -> None:
+    """Every backend's rule for an addition: nothing may overlap what is there (the store's
+    blocks and the config's) or another new block. Raises StoreError."""
+    clash = overlapping([*existing, *blocks])
+    if clash is not None:
+        a, b = clash
+        raise StoreError(f"{block_text(b)} ({b.account}) overlaps {block_text(a)} "
+                         f"({a.account})")
+
+
+def removal(blocks: list[NumberBlock], first: str,
+            last: str) -> tuple[list[NumberBlock], list[NumberBlock]]:
+    """What removing first..last does to ``blocks``: the blocks it touches (to delete) and
+    what remains of them on either side (to insert). Raises StoreError when it touches
+    none."""
+    lo, hi = int(first), int(last)
+    width = len(first)
+    hits = [b for b in blocks if len(b.first) == width
+            and int(b.first) <= hi and int(b.last) >= lo]
+    if not hits:
+        raise StoreError(f"{first if first == last else first + '..' + last} is not in "
+                         "the inventory")
+    rest = [NumberBlock(first=str(a).zfill(width), last=str(z).zfill(width),
+                        account=b.account, label=b.label)
+            for b in hits for a, z in ((int(b.first), lo - 1), (hi + 1, int(b.last)))
+            if a <= z]
+    return hits, rest
 
 
 class HealthStore(Protocol):

@@ -20,8 +20,7 @@ from typing import Any
 import psycopg
 
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
-from ..policy.numbers import block_text, overlapping
-from .base import StoreError
+from .base import StoreError, refuse_overlaps, removal
 
 log = logging.getLogger(__name__)
 CHANNEL = "stirshaken_inventory"
@@ -156,12 +155,7 @@ class PgStore:
         fixed = tuple(fixed)
 
         def insert(db: psycopg.Connection[Any]) -> None:
-            existing = [*fixed, *self.blocks()]  # under the lock: no writer in between
-            clash = overlapping([*existing, *blocks])
-            if clash is not None:
-                a, b = clash
-                raise StoreError(f"{block_text(b)} ({b.account}) overlaps {block_text(a)} "
-                                 f"({a.account})")
+            refuse_overlaps([*fixed, *self.blocks()], blocks)  # under the lock
             with db.cursor() as cur, cur.copy(
                     "COPY numbers (first, last, account, label) FROM STDIN") as copy:
                 for b in blocks:
@@ -170,24 +164,17 @@ class PgStore:
         self._write(insert)
 
     def remove(self, first: str, last: str) -> list[NumberBlock]:
-        lo, hi = int(first), int(last)
-        width = len(first)
         hits: list[NumberBlock] = []
 
         def change(db: psycopg.Connection[Any]) -> None:
-            hits.extend(b for b in self.blocks() if len(b.first) == width
-                        and int(b.first) <= hi and int(b.last) >= lo)
-            if not hits:
-                raise StoreError(f"{first if first == last else first + '..' + last} is not "
-                                 "in the inventory")
-            for b in hits:
-                db.execute("DELETE FROM numbers WHERE first = %s", (b.first,))
-                for a, z in ((int(b.first), lo - 1), (hi + 1, int(b.last))):
-                    if a <= z:
-                        db.execute("INSERT INTO numbers(first, last, account, label) "
-                                   "VALUES (%s, %s, %s, %s)",
-                                   (str(a).zfill(width), str(z).zfill(width), b.account,
-                                    b.label))
+            touched, rest = removal(self.blocks(), first, last)  # under the lock
+            hits.extend(touched)
+            with db.cursor() as cur:
+                cur.executemany("DELETE FROM numbers WHERE first = %s",
+                                [(b.first,) for b in touched])
+                cur.executemany(
+                    "INSERT INTO numbers(first, last, account, label) VALUES (%s, %s, %s, %s)",
+                    [(b.first, b.last, b.account, b.label) for b in rest])
 
         self._write(change)
         return hits

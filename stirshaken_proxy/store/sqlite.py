@@ -13,8 +13,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
-from ..policy.numbers import block_text, overlapping
-from .base import ImportError_, ImportProblem, StoreError, parse_numbers_csv
+from .base import (
+    ImportError_,
+    ImportProblem,
+    StoreError,
+    parse_numbers_csv,
+    refuse_overlaps,
+    removal,
+)
 
 SCHEMA_VERSION = 3
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -151,12 +157,7 @@ class NumberStore:
     def add(self, blocks: list[NumberBlock], *, fixed: Iterable[NumberBlock] = ()) -> None:
         """Add blocks atomically; overlaps with each other, the store or ``fixed`` blocks
         (those from the config) are refused."""
-        existing = [*fixed, *self.blocks()]
-        clash = overlapping([*existing, *blocks])
-        if clash is not None:
-            a, b = clash
-            raise StoreError(f"{block_text(b)} ({b.account}) overlaps {block_text(a)} "
-                             f"({a.account})")
+        refuse_overlaps([*fixed, *self.blocks()], blocks)
 
         def insert() -> None:
             self.db.executemany(
@@ -167,23 +168,14 @@ class NumberStore:
 
     def remove(self, first: str, last: str) -> list[NumberBlock]:
         """Remove first..last. Blocks partly inside are split; returns what was removed."""
-        lo, hi = int(first), int(last)
-        width = len(first)
-        hits = [b for b in self.blocks() if len(b.first) == width
-                and int(b.first) <= hi and int(b.last) >= lo]
-        if not hits:
-            raise StoreError(f"{first if first == last else first + '..' + last} is not in "
-                             "the inventory")
+        hits, rest = removal(self.blocks(), first, last)
 
         def change() -> None:
-            for b in hits:
-                self.db.execute("DELETE FROM numbers WHERE first = ?", (b.first,))
-                for a, z in ((int(b.first), lo - 1), (hi + 1, int(b.last))):
-                    if a <= z:
-                        self.db.execute(
-                            "INSERT INTO numbers(first, last, account, label) "
-                            "VALUES (?, ?, ?, ?)",
-                            (str(a).zfill(width), str(z).zfill(width), b.account, b.label))
+            self.db.executemany("DELETE FROM numbers WHERE first = ?",
+                                [(b.first,) for b in hits])
+            self.db.executemany(
+                "INSERT INTO numbers(first, last, account, label) VALUES (?, ?, ?, ?)",
+                [(b.first, b.last, b.account, b.label) for b in rest])
 
         self._write(change)
         return hits
