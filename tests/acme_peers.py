@@ -20,7 +20,8 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from stirshaken_proxy.stir.certs import issue_certificate, pem_private_key
 
 from .support import HOST, ROOT
 
@@ -30,27 +31,9 @@ A2C_PYTHON = ROOT / ".venv-acme" / "bin" / "python"
 def _self_signed(key: ec.EllipticCurvePrivateKey, cn: str, *, ca: bool,
                  days: int = 30) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=days))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                              critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-    return builder.sign(key, hashes.SHA256())
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return issue_certificate(subject_cn=cn, key=key, issuer_cert=None, issuer_key=key, ca=ca,
+                             spc=None, not_before=now - dt.timedelta(minutes=5),
+                             not_after=now + dt.timedelta(days=days))
 
 
 @dataclass
@@ -149,7 +132,7 @@ class StiCa:
         self.root = _self_signed(self.key, "SHAKEN root", ca=True, days=365)
         self.root_path = directory / "sti-ca-root.pem"
         self.root_path.write_bytes(self.root.public_bytes(serialization.Encoding.PEM))
-        (directory / "sti-ca-key.pem").write_bytes(_pem_key(self.key))
+        (directory / "sti-ca-key.pem").write_bytes(pem_private_key(self.key))
         (directory / "issued").mkdir(exist_ok=True)
         now = dt.datetime.now(dt.UTC)
         crl = (x509.CertificateRevocationListBuilder().issuer_name(self.root.subject)

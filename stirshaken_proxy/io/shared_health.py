@@ -29,6 +29,7 @@ from typing import Any
 from ..engine.actions import PickNumber
 from ..policy.health import HealthEvent, HealthEventKind, NumberHealth
 from ..stir.signing import Picked
+from ..store.base import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class SharedHealth:
         self.counters["shared_health_errors"] += 1
         if not self._said_down:
             log.warning("number health: Redis %s unreachable (%s); this instance's replicas "
-                        "decide alone until it is back", _redact(self.url),
+                        "decide alone until it is back", redact_url(self.url),
                         str(exc) or type(exc).__name__)
             self._said_down = True
         self.up = False
@@ -201,7 +202,7 @@ class SharedHealth:
     def _mark_up(self) -> None:
         if self._said_down:
             log.warning("number health: Redis %s is back; sending %d events made meanwhile",
-                        _redact(self.url), len(self._outbox))
+                        redact_url(self.url), len(self._outbox))
         self._said_down = False
         self.up = True
 
@@ -321,9 +322,3 @@ async def _close(client: Any) -> None:
         await asyncio.wait_for(client.aclose(), 1.0)
     except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing: nothing to keep
         pass
-
-
-def _redact(url: str) -> str:
-    import re
-
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)

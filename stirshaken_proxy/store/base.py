@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,6 +40,11 @@ class ImportError_(StoreError):
         self.problems = problems
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         super().__init__(f"{problems[0]}{more}; nothing was imported")
+
+
+def redact_url(url: str) -> str:
+    """A database or Redis URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
 def refuse_overlaps(existing: list[NumberBlock], blocks: list[NumberBlock]) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
 
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
-from .base import StoreError, refuse_overlaps, removal
+from .base import StoreError, redact_url, refuse_overlaps, removal
 
 log = logging.getLogger(__name__)
 CHANNEL = "stirshaken_inventory"
@@ -56,11 +55,6 @@ _KEYED_ROWS = (f"SELECT length(first) * {KEY_SPAN}::bigint + first::bigint AS k,
                "ORDER BY k")
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
 class PgStore:
     def __init__(self, url: str, *, instance: str, connect_timeout: float = 5.0) -> None:
         self.url = url
@@ -71,14 +65,14 @@ class PgStore:
         try:
             self._migrate()
         except psycopg.Error as exc:
-            raise StoreError(f"{redact(url)}: cannot prepare the schema: {exc}") from None
+            raise StoreError(f"{redact_url(url)}: cannot prepare the schema: {exc}") from None
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
             return psycopg.connect(self.url, autocommit=True,
                                    connect_timeout=max(1, int(self.connect_timeout)))
         except psycopg.Error as exc:
-            raise StoreError(f"{redact(self.url)}: cannot connect to PostgreSQL: "
+            raise StoreError(f"{redact_url(self.url)}: cannot connect to PostgreSQL: "
                              f"{str(exc).strip()}") from None
 
     @property
@@ -100,7 +94,7 @@ class PgStore:
             row = db.execute("SELECT version FROM schema_version").fetchone()
             current = int(row[0]) if row else 0
             if current > SCHEMA_VERSION:
-                raise StoreError(f"{redact(self.url)}: schema version {current} is newer than "
+                raise StoreError(f"{redact_url(self.url)}: schema version {current} is newer than "
                                  f"this program's {SCHEMA_VERSION}")
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[version]:
