@@ -10,10 +10,13 @@ SUDO=""
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v secsipidx >/dev/null 2>&1 || need+=(secsipidx)
-# The tests run Kamailio as the SBC in front of the SIP 302 service, and their own PostgreSQL
+# The tests run Kamailio as the SBC in front of the SIP 302 service (and with its TLS module as
+# the TLS peer), and their own PostgreSQL
 # and Redis servers (shared state of several instances).
 if [ "${1:-}" = "test" ]; then
   command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+  # Kamailio's TLS module: the TLS peer on both sides in tests/service/test_tls.py.
+  ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || need+=(kamailio-tls-modules)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 fi

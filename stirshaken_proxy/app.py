@@ -34,13 +34,14 @@ from .io.metrics import exposition, make_registry, merge, snapshot
 from .io.renewal import Renewer
 from .io.rest import RestApi
 from .io.shared_health import SharedHealth
-from .io.shell import EngineShell
+from .io.shell import EngineShell, SideTls
 from .io.supervisor import Children, run_workers
 from .io.workers import WorkerLink
 from .policy.accounts import AccountDirectory, LocalPresence
+from .policy.digest import DigestAuth
 from .policy.health import HealthEvent, NumberHealth
 from .policy.regions import Regions
-from .sip.transport import Side
+from .sip.transport import Side, Transport
 from .stats import Stats
 from .stir.credentials import TrustStore
 from .stir.passport import Signer, SigningIdentity
@@ -68,6 +69,7 @@ class Parts:
     writer: HealthWriter | None = None
     feed: CredentialFeed | None = None  # the verification service and its fetcher
     health: NumberHealth | None = None  # the number-health replica in use
+    digest: DigestAuth | None = None  # the digest checker in use (kept across reloads)
     expiry: dict[str, float] = field(default_factory=dict)  # signing identity -> notAfter
     served: dict[str, tuple[bytes, float]] = field(default_factory=dict)  # x5u repository
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -131,10 +133,12 @@ def build_verification(vc: VerifyConfig, *, stats: Stats, counters: Counter[str]
 
 
 async def build_parts(config: Config, *, health: NumberHealth | None, regions: Regions,
-                      stats: Stats, counters: Counter[str], writer: bool) -> Parts:
+                      stats: Stats, counters: Counter[str], writer: bool,
+                      digest: DigestAuth | None = None) -> Parts:
     """Everything a configuration runs with, waited for before anything is swapped in.
     ``health`` is the running replica (a reload keeps its statistics); ``writer``: this
-    worker writes number health to the store."""
+    worker writes number health to the store; ``digest``: the running digest checker (a
+    reload keeps its nonce counts and failure counts)."""
     ec = config.engine
     dialer_sources = ec.dialer.allowed_sources
     accounts = AccountDirectory([])
@@ -167,9 +171,19 @@ async def build_parts(config: Config, *, health: NumberHealth | None, regions: R
             inventory=inventory, policy=ac.policy, health=health,
             state_of=regions.state_of_npa, stats=stats, clock=time.perf_counter)
         authenticator.shared_picks = bool(ac.health_redis)
-        parts.inventory = InventorySync(store, extra=ac.numbers, version=inventory.version,
-                                        apply=authenticator.set_inventory,
-                                        interval=ac.refresh_interval)
+        if config.digest is not None:
+            creds = await asyncio.to_thread(store.credentials)
+            creds_version = await asyncio.to_thread(store.credentials_version)
+            if digest is None:
+                digest = DigestAuth(config.digest, secret=os.urandom(32))
+            digest.config = config.digest
+            digest.credentials = {c.username: c for c in creds}
+            parts.digest = digest
+        parts.inventory = InventorySync(
+            store, extra=ac.numbers, version=inventory.version,
+            apply=authenticator.set_inventory, interval=ac.refresh_interval,
+            credentials=parts.digest.set_credentials if parts.digest is not None else None,
+            credentials_version=creds_version if parts.digest is not None else -1)
         if ac.store_url.startswith(("postgresql://", "postgres://")):
             from .store.postgres import InventoryListener
 
@@ -192,7 +206,7 @@ async def build_parts(config: Config, *, health: NumberHealth | None, regions: R
                                      allow_any=ec.carrier.allow_any_source),
         accounts=accounts, authenticator=authenticator, verification=verification,
         verify_policy=vc.policy if vc is not None else VerifyPolicy(),
-        health=health if ac is not None else None)
+        health=health if ac is not None else None, digest=parts.digest)
     parts.health = health if ac is not None else None
     return parts
 
@@ -261,6 +275,7 @@ class Application:
 
     async def _build(self, config: Config) -> Parts:
         parts = await build_parts(config, health=self.health, regions=self.regions,
+                                  digest=self.parts.digest if self.parts is not None else None,
                                   stats=self.stats, counters=self.counters,
                                   writer=self.worker_index == 0)
         self.health = parts.health
@@ -343,7 +358,7 @@ class Application:
                            tcp_connect_timeout=tc.tcp_connect_timeout,
                            max_tcp_per_source=tc.max_tcp_per_source,
                            tcp_reserved_for_trusted=tc.tcp_reserved_for_trusted,
-                           trusted=self._listed)
+                           trusted=self._listed, tls=side_tls(self.config))
         if self.dispatch is not None:
             self.dispatch.start()
         if self.config.admin.enabled and self.worker_index == 0:
@@ -357,8 +372,10 @@ class Application:
         self.gc.start(tc.gc_threshold)
         if self.dispatch is not None and self.worker_index != 0:
             self.dispatch.say_ready()
-        log.info("listening: dialer %s:%d, carrier %s:%d (udp%s)%s", ec.dialer.host,
+        tls_ports = [f"{s.name} tls {s.tls_port}" for s in (ec.dialer, ec.carrier) if s.tls_port]
+        log.info("listening: dialer %s:%d, carrier %s:%d (udp%s)%s%s", ec.dialer.host,
                  ec.dialer.port, ec.carrier.host, ec.carrier.port, "+tcp" if tc.tcp else "",
+                 "".join(f", {t}" for t in tls_ports),
                  f", worker {self.worker_index} of {self.worker.count}"
                  if self.worker is not None else "")
 
@@ -539,6 +556,26 @@ async def _close_later(fetcher: Fetcher, delay: float) -> None:
         await asyncio.sleep(delay)
     finally:  # at once when the service stops first
         await fetcher.close()
+
+
+def side_tls(config: Config) -> dict[Side, SideTls]:
+    """The TLS listeners and next-hop connections of both sides, from [tls] and the sides'
+    listen_tls / next_hop_transport."""
+    settings = config.tls
+    out: dict[Side, SideTls] = {}
+    if settings is None:
+        return out
+    for side in (config.engine.dialer, config.engine.carrier):
+        outbound = side.next_hop_transport is Transport.TLS
+        if not side.tls_port and not outbound:
+            continue
+        out[side.name] = SideTls(
+            host=side.host, port=side.tls_port,
+            server=settings.server_context(side.tls_verify_clients) if side.tls_port else None,
+            client=settings.client_context() if outbound else None,
+            names={(side.next_hop_host, side.next_hop_port): side.next_hop_tls_name},
+            handshake_timeout=settings.handshake_timeout)
+    return out
 
 
 async def resolve_next_hops(config: Config) -> Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--hours", type=float, default=24.0)
             q.add_argument("--reason", default="flagged by operator")
 
+    creds = sub.add_parser("credentials", help="dialers' SIP digest credentials ([digest]), "
+                           "stored as HA1 digests")
+    creds_sub = creds.add_subparsers(dest="credentials_command", required=True)
+    cset = creds_sub.add_parser("set", help="add or change a username's password and account")
+    cset.add_argument("--config", required=True)
+    cset.add_argument("--username", required=True)
+    cset.add_argument("--account", required=True, help="the account its calls are signed as")
+    cset.add_argument("--password-file", help="read the password from this file (default: "
+                      "the terminal, or one line of standard input)")
+    clist = creds_sub.add_parser("list", help="usernames, their accounts and realm")
+    clist.add_argument("--config", required=True)
+    crm = creds_sub.add_parser("remove", help="remove a username")
+    crm.add_argument("--config", required=True)
+    crm.add_argument("--username", required=True)
+    call = sub.add_parser("call", help="place one test call (UDP, TCP or TLS) and print the "
+                          "answers")
+    call.add_argument("--target", required=True, help="host:port of the service's listener")
+    call.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp")
+    call.add_argument("--from", dest="caller", default="+12025550142")
+    call.add_argument("--to", dest="callee", default="+12025550199")
+    call.add_argument("--ca-file", help="TLS: the CA the service's certificate chains to")
+    call.add_argument("--server-name", help="TLS: the name its certificate must carry")
+    call.add_argument("--cert", help="TLS: a client certificate (mutual TLS)")
+    call.add_argument("--key", help="TLS: the client certificate's key")
+    call.add_argument("--username", help="answer a 407 with these digest credentials")
+    call.add_argument("--password-file", help="the password (default: terminal or stdin)")
+    call.add_argument("--timeout", type=float, default=10.0)
     api = sub.add_parser("api-key", help="REST API keys (stored hashed in [[accounts]] api_keys)")
     api_sub = api.add_subparsers(dest="api_command", required=True)
     api_sub.add_parser("new", help="make a new random key and print it with its hash")
@@ -391,6 +419,99 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_USERNAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%@-]{1,64}\Z")
+
+
+def cmd_credentials(args: argparse.Namespace) -> int:
+    from .policy.digest import Credential
+    from .store.base import StoreError
+
+    config = load_config(args.config)
+    if config.digest is None:
+        _err(f"{config.path}: no [digest] section: digest authentication is off")
+        return EXIT_CONFIG
+    try:
+        store, auth = _store(config)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_DATA
+    realm = config.digest.realm
+    try:
+        if args.credentials_command == "list":
+            for c in store.credentials():
+                note = "" if c.realm == realm else f"\t(realm {c.realm}: set it again)"
+                sys.stdout.write(f"{c.username}\t{c.account}{note}\n")
+            return EXIT_OK
+        if not _USERNAME.match(args.username):
+            _err(f"username {args.username!r}: 1 to 64 characters of letters, digits and "
+                 "-._~!$&'()*+,;=%@")
+            return EXIT_DATA
+        if args.credentials_command == "remove":
+            if not store.remove_credential(args.username):
+                _err(f"no credentials for {args.username!r}")
+                return EXIT_DATA
+            sys.stdout.write(f"removed {args.username}\n")
+            return EXIT_OK
+        if args.account not in {a.name for a in auth.accounts}:
+            known = ", ".join(sorted(a.name for a in auth.accounts))
+            _err(f"--account {args.account!r}: no such account in {config.path} (known: {known})")
+            return EXIT_DATA
+        password = _read_password(args.password_file)
+        if password is None:
+            return EXIT_DATA
+        store.set_credential(Credential.from_password(
+            username=args.username, account=args.account, realm=realm, password=password))
+        sys.stdout.write(f"set {args.username} for account {args.account} (realm {realm})\n")
+        return EXIT_OK
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_DATA
+    finally:
+        store.close()
+
+
+def _read_password(path: str | None) -> str | None:
+    """A password from a file (its first line), the terminal, or standard input."""
+    import getpass
+
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _err(f"{path}: cannot read: {exc}")
+            return None
+        password = text.splitlines()[0] if text else ""
+    elif sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        _err("the password must have at least 8 characters")
+        return None
+    return password
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    from .io.testcall import CallError, CallPlan, parse_target, place_call
+
+    try:
+        host, port = parse_target(args.target)
+        password = None
+        if args.username:
+            password = _read_password(args.password_file)
+            if password is None:
+                return EXIT_DATA
+        plan = CallPlan(host=host, port=port, transport=args.transport, caller=args.caller,
+                        callee=args.callee, ca_file=args.ca_file, cert=args.cert,
+                        key=args.key, server_name=args.server_name, username=args.username,
+                        password=password, timeout=args.timeout)
+        status = place_call(plan, lambda line: sys.stdout.write(line + "\n"))
+    except CallError as exc:
+        _err(str(exc))
+        return EXIT_DATA
+    return EXIT_OK if 200 <= status < 300 else EXIT_DATA
+
+
 def cmd_api_key(args: argparse.Namespace) -> int:
     import secrets
 
@@ -407,6 +528,7 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "keys": cmd_keys,
             "numbers": cmd_numbers, "verify": cmd_verify, "api-key": cmd_api_key,
+            "credentials": cmd_credentials, "call": cmd_call,
             "certs": cmd_certs}
 
 

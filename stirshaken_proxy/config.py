@@ -25,7 +25,9 @@ from .engine.flood import FloodConfig
 from .engine.proxy import CARRIER, DIALER, EngineConfig, SideConfig
 from .engine.redirect import RedirectConfig
 from .io.keys import DevPki, KeyFileError, load_private_key, write_dev_pki
+from .io.tls import DevTlsFiles, TlsSettings, TlsSetupError, write_dev_tls
 from .policy.accounts import Account, LocalPresence
+from .policy.digest import ALGORITHMS, DigestConfig
 from .policy.health import HealthLimits
 from .policy.inventory import NumberBlock
 from .policy.numbers import NumberFormatError, block_text, overlapping, parse_block_text
@@ -176,6 +178,8 @@ class Config:
     redirect: RedirectConfig | None = None  # the SIP 302 front end
     rest: RestConfig | None = None  # the ATIS-1000082 REST front end
     acme: AcmeConfig | None = None  # certificates by ACME
+    tls: TlsSettings | None = None  # SIP over TLS: our certificate, the peers' CAs
+    digest: DigestConfig | None = None  # dialers recognised by digest credentials
     raw: dict[str, Any] = field(default_factory=dict)
     created_keys: tuple[DevPki, ...] = ()  # development keys this load created
 
@@ -189,6 +193,26 @@ _SIDE_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "next_hop_transport": ((str,), "udp"),
     "allowed_sources": ((list,), []),
     "allow_any_source": ((bool,), False),
+    "listen_tls": ((str,), ""),  # host:port of a SIP-over-TLS listener
+    "tls_verify_clients": ((str,), "none"),  # "optional" or "required": client certificates
+    "next_hop_tls_name": ((str,), ""),  # the name the next hop's certificate carries
+}
+_DIGEST_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "realm": ((str,), "stirshaken-proxy"),
+    "algorithms": ((list,), ["SHA-256", "MD5"]),  # challenged in this order (RFC 8760)
+    "nonce_lifetime": ((int, float), 300.0),
+    "max_failures": ((int,), 10),  # failed answers from one address within failure_window
+    "failure_window": ((int, float), 60.0),
+    "ban_seconds": ((int, float), 300.0),  # ... then its requests get 403 this long
+    "dialog_lifetime": ((int, float), 43_200.0),  # in-dialog requests of an admitted call
+}
+_TLS_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "certificate": ((str,), None),
+    "key": ((str,), None),
+    "ca_files": ((list,), []),  # CAs of peers' certificates (default: the system's)
+    "handshake_timeout": ((int, float), 5.0),
+    "min_version": ((str,), "1.2"),
+    "dev_certificates": ((bool,), False),  # make a development CA and certificate if missing
 }
 _SIP_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "max_message_size": ((int,), 65535),
@@ -285,6 +309,7 @@ _ACCOUNT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "local_presence": ((str,), "off"),
     "max_calls_per_hour": ((int,), 0),  # 0: the [health] limit
     "api_keys": ((list,), []),  # "sha256:<hex>" of each REST API key (stirshaken-proxy api-key)
+    "tls_names": ((list,), []),  # client certificate names that identify it (mutual TLS)
 }
 _AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "unsigned_calls": ((str,), "forward"),
@@ -352,6 +377,8 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "signing": _SIGNING_KEYS,
     "acme": _ACME_KEYS,
     "sti_pa": _STI_PA_KEYS,
+    "tls": _TLS_KEYS,
+    "digest": _DIGEST_KEYS,
     "accounts": _ACCOUNT_KEYS,
     "auth": _AUTH_KEYS,
     "verify": _VERIFY_KEYS,
@@ -457,11 +484,88 @@ def _side(src: _Source, name: Side, values: dict[str, Any]) -> SideConfig:
     transport = _choice(src, name, "next_hop_transport", values["next_hop_transport"],
                         Transport)
     cidrs = _cidrs(src, name, "allowed_sources", values["allowed_sources"])
+    tls_port = 0
+    if values["listen_tls"]:
+        tls_host, tls_port = parse_hostport(src, name, "listen_tls", values["listen_tls"])
+        if tls_host != host:
+            raise src.error(name, "listen_tls", f"must be on the listen address {host}")
+    if values["tls_verify_clients"] not in ("none", "optional", "required"):
+        raise src.error(name, "tls_verify_clients",
+                        f'must be "none", "optional" or "required", not '
+                        f'{values["tls_verify_clients"]!r}')
     return SideConfig(
         name=name, host=host, port=port, advertise_host=adv_host, advertise_port=adv_port,
         next_hop_host=nh_host, next_hop_port=nh_port,
         next_hop_transport=transport, allowed_sources=cidrs,
-        allow_any_source=values["allow_any_source"])
+        allow_any_source=values["allow_any_source"], tls_port=tls_port,
+        advertise_tls_port=tls_port, next_hop_tls_name=values["next_hop_tls_name"] or nh_host,
+        tls_verify_clients=values["tls_verify_clients"])
+
+
+def _digest(src: _Source, data: dict[str, Any]) -> DigestConfig:
+    v = _section(src, data, "digest", _DIGEST_KEYS)
+    if "accounts" not in data:
+        raise src.error("digest", None, "needs [[accounts]]: credentials sign as an account")
+    _positive(src, "digest", v, "nonce_lifetime", "max_failures", "failure_window",
+              "ban_seconds", "dialog_lifetime")
+    realm = v["realm"]
+    if not realm or any(c in realm for c in '"\\\r\n'):
+        raise src.error("digest", "realm", f"{realm!r} cannot be a realm (no quotes, "
+                        "backslashes or line breaks)")
+    algorithms = v["algorithms"]
+    if not algorithms or any(a not in ALGORITHMS for a in algorithms) \
+            or len(set(algorithms)) != len(algorithms):
+        raise src.error("digest", "algorithms", f'must list "SHA-256" and/or "MD5", not '
+                        f"{algorithms!r}")
+    return DigestConfig(realm=realm, algorithms=tuple(algorithms),
+                        nonce_lifetime=float(v["nonce_lifetime"]),
+                        max_failures=v["max_failures"],
+                        failure_window=float(v["failure_window"]),
+                        ban_seconds=float(v["ban_seconds"]),
+                        dialog_lifetime=float(v["dialog_lifetime"]))
+
+
+def _tls(src: _Source, data: dict[str, Any], sides: dict[Side, SideConfig]) -> TlsSettings | None:
+    """[tls], required when a side listens for TLS or forwards over it. With
+    dev_certificates, a missing certificate is made (with its development CA) for the
+    listen addresses."""
+    wanted = [s for s in sides.values()
+              if s.tls_port or s.next_hop_transport is Transport.TLS]
+    if "tls" not in data:
+        if wanted:
+            what = "listen_tls" if wanted[0].tls_port else "next_hop_transport"
+            raise src.error(wanted[0].name, what, "needs a [tls] section (certificate, key)")
+        return None
+    v = _section(src, data, "tls", _TLS_KEYS)
+    _positive(src, "tls", v, "handshake_timeout")
+    if v["min_version"] not in ("1.2", "1.3"):
+        raise src.error("tls", "min_version", f'must be "1.2" or "1.3", not {v["min_version"]!r}')
+    cert, key = Path(v["certificate"]), Path(v["key"])
+    cas = [Path(str(p)) for p in v["ca_files"]]
+    if v["dev_certificates"] and not cert.exists() and not key.exists():
+        ca = cas[0] if cas else cert.parent / "sip-tls-ca.pem"
+        names = tuple(dict.fromkeys(
+            [s.advertise_host for s in sides.values()] + ["localhost"]))
+        try:
+            write_dev_tls(DevTlsFiles(ca_cert=ca, ca_key=ca.with_name(ca.stem + "-key.pem"),
+                                      cert=cert, key=key), names=names)
+        except (OSError, FileExistsError) as exc:
+            raise src.error("tls", "certificate",
+                            f"cannot create development TLS certificates: {exc}") from None
+    for name, path in (("certificate", cert), ("key", key)):
+        if not path.is_file():
+            raise src.error("tls", name, f"{path} does not exist")
+    for path in cas:
+        if not path.is_file():
+            raise src.error("tls", "ca_files", f"{path} does not exist")
+    settings = TlsSettings(certificate=cert, key=key, ca_files=tuple(cas),
+                           handshake_timeout=float(v["handshake_timeout"]),
+                           min_version=v["min_version"])
+    try:
+        settings.client_context()
+    except TlsSetupError as exc:
+        raise src.error("tls", "certificate", str(exc)) from None
+    return settings
 
 
 _E = TypeVar("_E", bound=enum.StrEnum)
@@ -536,6 +640,8 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
         burst=float(flood_values["burst"]), ban_seconds=float(flood_values["ban_seconds"]),
         max_sources=flood_values["max_sources"],
         exempt=_cidrs(src, "flood", "exempt", flood_values["exempt"]))
+    tls = _tls(src, data, sides)
+    digest = _digest(src, data) if "digest" in data else None
     created: list[DevPki] = []
     acme = _acme(src, data) if "acme" in data or "sti_pa" in data else None
     auth = (_auth(src, data, created, pending_ok=pending_ok)
@@ -552,7 +658,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
     rest = _rest(src, data) if "rest" in data else None
     return Config(
         path=path, engine=engine, auth=auth, verify=verify, redirect=redirect, rest=rest,
-        acme=acme,
+        acme=acme, tls=tls, digest=digest,
         transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
         admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"]),
         log=LogConfig(level=log["level"], format=log["format"]),
@@ -796,6 +902,7 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
     accounts: list[Account] = []
     numbers: list[NumberBlock] = []
     api_keys: dict[str, str] = {}
+    tls_owner: dict[str, str] = {}  # client certificate name -> account
     for i, raw in enumerate(_array(src, data, "accounts")):
         v = _section(src, data, "accounts", _ACCOUNT_KEYS, entry=i, raw=raw)
         if any(a.name == v["name"] for a in accounts):
@@ -831,11 +938,22 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                 raise src.error("accounts", "api_keys", "the same key is given to two "
                                 "accounts", i)
             api_keys[value] = v["name"]
+        tls_names = []
+        for value in v["tls_names"]:
+            if not isinstance(value, str) or not value or any(c in value for c in " \n*"):
+                raise src.error("accounts", "tls_names", f"{value!r} is not a certificate "
+                                "name (a DNS name or the domain of a sip: URI, no wildcard)", i)
+            owner = tls_owner.setdefault(value.lower(), v["name"])
+            if owner != v["name"]:
+                raise src.error("accounts", "tls_names", f"{value!r} already names account "
+                                f"{owner!r}", i)
+            tls_names.append(value.lower())
         accounts.append(Account(name=v["name"], origid=v["origid"],
                                 sources=_cidrs(src, "accounts", "sources", v["sources"], i),
                                 signing=v["signing"], gateway=v["gateway"],
                                 local_presence=presence,
-                                max_calls_per_hour=v["max_calls_per_hour"] or None))
+                                max_calls_per_hour=v["max_calls_per_hour"] or None,
+                                tls_names=tuple(tls_names)))
     clash = overlapping(numbers)
     if clash is not None:
         entry = next(i for i, a in enumerate(accounts) if a.name == clash[1].account)

@@ -15,6 +15,8 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...]]] = {
     "sip_malformed": ("Messages that could not be parsed", ()),
     "sip_dropped": ("Messages dropped without an answer", ("reason",)),
     "sip_refused_sources": ("Requests refused because of their source address", ("side",)),
+    "digest_auth": ("Digest authentication of dialers: authorized, or why a request was "
+                    "challenged (407) or refused (403)", ("result",)),
     "sip_retransmissions_absorbed": ("Request retransmissions absorbed", ()),
     "sip_overload_responses": ("503 answers for overload or shutdown", ()),
     "sip_rejected": ("Requests answered by the proxy with a final response", ("code",)),

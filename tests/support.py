@@ -57,7 +57,8 @@ class Ports:
 
 
 def signing_config(tmp: Path, ports: Ports, *, numbers: str = '["+1 202 555 0100..0199"]',
-                   refresh: float = 0.2, account_extra: str = "") -> str:
+                   refresh: float = 0.2, account_extra: str = "",
+                   sources: str = '["127.0.0.1/32"]') -> str:
     """Config text for signing: development keys made in ``tmp``, account demo on 127.0.0.1."""
     from stirshaken_proxy.io.keys import init_dev_pki
 
@@ -80,7 +81,7 @@ serve_path = "/certs/shaken.pem"
 [[accounts]]
 name = "demo"
 origid = "5f3f3f7a-4c1b-4d1e-9a37-0d2c9b6a1e01"
-sources = ["127.0.0.1/32"]
+sources = {sources}
 numbers = {numbers}
 {account_extra}
 """

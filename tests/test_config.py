@@ -102,6 +102,18 @@ ERRORS += [
      ":11: [verify] allow_networks: '127.0.0.1/40' is not an IP address or CIDR"),
     (BASE + '[verify]\ntrust_anchors = ["CA"]\nallowed_ports = [0]\n',
      ":11: [verify] allowed_ports: must be port numbers"),
+    (BASE + '[digest]\nrealm = "r"\n', ":9: [digest]: needs [[accounts]]"),
+]
+_ACCOUNT = ('[[signing]]\nkey = "KEY"\nx5u = "https://a.example/c.pem"\n\n[[accounts]]\n'
+            'name = "a"\norigid = "5f3f3f7a-4c1b-4d1e-9a37-0d2c9b6a1e01"\n')
+ERRORS += [
+    (BASE + '[digest]\nrealm = "a\\"b"\n' + _ACCOUNT, ':10: [digest] realm: \'a"b\' cannot be'),
+    (BASE + '[digest]\nalgorithms = ["SHA-512"]\n' + _ACCOUNT,
+     ':10: [digest] algorithms: must list "SHA-256" and/or "MD5"'),
+    (BASE + '[digest]\nnonce_lifetime = 0\n' + _ACCOUNT,
+     ":10: [digest] nonce_lifetime: must be greater than 0"),
+    (BASE + _ACCOUNT + 'tls_names = ["*.dialer.test"]\n',
+     "[[accounts]] #1 tls_names: '*.dialer.test' is not a certificate name"),
 ]
 
 

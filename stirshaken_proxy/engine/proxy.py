@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from ..policy.digest import Authorized, Banned, DigestAuth
 from ..sip.errors import SipError
 from ..sip.message import ParseCache, SipMessage, make_response, parse_message
 from ..sip.transport import Peer, Send, Side, Transport
@@ -74,6 +75,23 @@ class SideConfig:
     next_hop_transport: Transport = Transport.UDP
     allowed_sources: tuple[str, ...] = ()
     allow_any_source: bool = False
+    tls_port: int = 0  # the side's SIP-over-TLS listener (0: none)
+    advertise_tls_port: int = 0  # the TLS port we name in Via and Record-Route
+    next_hop_tls_name: str = ""  # the name the next hop's certificate must carry (RFC 5922)
+    tls_verify_clients: str = "none"  # "optional", "required": client certificates
+
+    def advertised(self, transport: Transport) -> str:
+        """host:port this side is reached at over ``transport`` (an IPv6 address in
+        brackets, RFC 3261 §25.1)."""
+        port = self.advertise_port
+        if transport is Transport.TLS and self.advertise_tls_port:
+            port = self.advertise_tls_port
+        return f"{host_text(self.advertise_host)}:{port}"
+
+
+def host_text(host: str) -> str:
+    """A host as it is written in SIP (an IPv6 reference in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +145,7 @@ class _Context:
         "server",
         "timer_c_fired",
         "to_line",
+        "transport_error",
         "via_line",
     )
 
@@ -144,6 +163,7 @@ class _Context:
         self.ruri = b""
         self.to_line = b""
         self.ack: AckTemplate | None = None
+        self.transport_error = False  # the branch's connection failed (§8.1.3.1: a 503)
 
 
 class ProxyEngine:
@@ -161,14 +181,18 @@ class ProxyEngine:
         self.sti = StiLeg(self.stats)  # signing, verification, the calls we signed
         self._parse_cache = ParseCache()
         self._local = {
-            (side.advertise_host.lower(), side.advertise_port) for side in self.sides.values()
-        } | {(side.host.lower(), side.port) for side in self.sides.values()}
+            (host.lower(), port) for side in self.sides.values()
+            for host in {side.advertise_host, host_text(side.advertise_host), side.host,
+                         host_text(side.host)}
+            for port in {side.advertise_port, side.port, side.advertise_tls_port or
+                         side.advertise_port, side.tls_port or side.port}}
         self._own_route_prefixes = tuple(f"<sip:{h}:{p}" for h, p in sorted(self._local))
         self._branch_prefix = "z9hG4bK" + rng(4).hex() + "."
         self._branch_seq = itertools.count(1)
         self._tag = rng(4).hex()
         self._via_prefix = {name: self._via_start(side) for name, side in self.sides.items()}
-        self._rr_line = {name: self._rr(side) for name, side in self.sides.items()}
+        self._rr_line = {(name, transport): self._rr(side, transport)
+                         for name, side in self.sides.items() for transport in Transport}
         self._next_hop = {
             name: Peer(name, side.next_hop_transport, side.next_hop_host, side.next_hop_port)
             for name, side in self.sides.items()
@@ -196,13 +220,21 @@ class ProxyEngine:
     # -- configuration-derived bytes ----------------------------------------------------
     @staticmethod
     def _via_start(side: SideConfig) -> bytes:
-        transport = side.next_hop_transport.upper()
-        return f"Via: SIP/2.0/{transport} {side.advertise_host}:{side.advertise_port};branch=".encode()
+        transport = side.next_hop_transport
+        # Over TLS, `alias` (RFC 5923 §5) lets the next hop send its requests back on the
+        # connection we opened.
+        alias = ";alias" if transport is Transport.TLS else ""
+        return (f"Via: SIP/2.0/{transport.upper()} {side.advertised(transport)}{alias}"
+                ";branch=").encode()
 
     @staticmethod
-    def _rr(side: SideConfig) -> bytes:
-        tp = ";transport=tcp" if side.next_hop_transport is _TCP else ""
-        return f"Record-Route: <sip:{side.advertise_host}:{side.advertise_port}{tp};lr>\r\n".encode()
+    def _rr(side: SideConfig, transport: Transport) -> bytes:
+        """The Record-Route value naming this side as reached over ``transport``. TLS is
+        written `transport=tls` on a sip URI, as deployed peers (Kamailio among them) expect,
+        not as the sips URI RFC 5630 §3.1.3 prefers: a sips route would demand TLS of hops
+        beyond ours."""
+        tp = "" if transport is _UDP else f";transport={transport}"
+        return f"Record-Route: <sip:{side.advertised(transport)}{tp};lr>\r\n".encode()
 
     @staticmethod
     def _exempt(config: EngineConfig) -> SourceFilter:
@@ -276,6 +308,18 @@ class ProxyEngine:
             self.sti.picked = None
         return out
 
+    def transport_failed(self, peer: Peer, now: float) -> list[Action]:
+        """A connection to ``peer`` could not be made (refused, TLS certificate, handshake
+        timeout): its client transactions fail at once (RFC 3261 §17.1.4), each counting as
+        a 503 (§16.7 step 6) instead of waiting out Timer B."""
+        out: list[Action] = []
+        for txn in list(self.client_txns.values()):
+            if txn.peer == peer and txn.state in (State.CALLING, _TRYING):
+                ctx: _Context = txn.context
+                ctx.transport_error = True
+                txn.fire(Event.TRANSPORT_ERROR, now, out)
+        return out
+
     @property
     def transactions(self) -> int:
         return len(self.server_txns) + len(self.client_txns)
@@ -332,7 +376,11 @@ class ProxyEngine:
             return
         services = self.services
         sources = services.dialer_sources if source.side is DIALER else services.carrier_sources
-        if not sources.allows(source.host):
+        if not sources.allows(source.host) and not (
+                source.names and source.side is DIALER
+                and services.accounts.by_certificate(source.names) is not None) and (
+                services.digest is None or source.side is not DIALER
+                or not self._digest_admits(msg, method, source, now)):
             self.stats[("sip_refused_sources", source.side)] += 1
             if method != "ACK":
                 out.append(Send(self._respond(msg, 403, "Forbidden"), source))
@@ -358,6 +406,8 @@ class ProxyEngine:
             return
         if method == "BYE":
             self.sti.call_ended(self.services, msg.call_id, now, out)
+            if services.digest is not None:
+                services.digest.call_ended(msg.call_id, now)
         cls = ServerInvite if method == "INVITE" else ServerNonInvite
         txn = cls(key=key, peer=source, tu=self, config=self.config.timers, request=msg)
         self.server_txns[key] = txn
@@ -413,10 +463,57 @@ class ProxyEngine:
         if mf is not None and int(mf) == 0:
             return Rejection(status=483)
         if source.side is DIALER:
-            return self.sti.authenticate(self.services, msg, source, now, out)
+            account = None
+            digest = self.services.digest
+            if digest is not None and self._unlisted(source) and "tag=" not in (
+                    msg.get("to") or ""):
+                outcome = self._digest(digest, msg, source, now)
+                if isinstance(outcome, Rejection):
+                    return outcome
+                account = outcome
+            return self.sti.authenticate(self.services, msg, source, now, out, named=account)
         if self.services.verification is not None and is_initial_invite(msg):
             return self.sti.verify(self.services, msg, now, out)
         return None
+
+    # -- digest authentication (RFC 3261 §22.3, RFC 8760) --------------------------------
+    def _unlisted(self, source: Peer) -> bool:
+        """A dialer-side peer neither its address nor its certificate names."""
+        services = self.services
+        return not services.dialer_sources.allows(source.host) and (
+            not source.names or services.accounts.by_certificate(source.names) is None)
+
+    def _digest_admits(self, msg: SipMessage, method: str, source: Peer, now: float) -> bool:
+        """Which requests from an unlisted dialer get as far as the digest check: those that
+        start something (challenged there), CANCEL and ACK of their own transactions, and
+        the in-dialog requests of a call its credentials admitted."""
+        if method == "ACK" and self._server_key(msg, "INVITE", source) in self.server_txns:
+            return True  # the ACK of our 407 (or of another non-2xx answer)
+        if "tag=" not in (msg.get("to") or ""):
+            return method != "ACK"
+        assert self.services.digest is not None
+        return self.services.digest.call_admitted(msg.call_id, now)
+
+    def _digest(self, digest: DigestAuth, msg: SipMessage, source: Peer,
+                now: float) -> Rejection | str:
+        """The account a request's credentials name, or the 407/403 to answer."""
+        if msg.method in ("CANCEL", "ACK"):  # never challenged (§22.1)
+            return Rejection(status=403)
+        index = msg.index.get("proxy-authorization") or []
+        outcome = digest.check(
+            method=msg.method, request_uri=msg.uri, call_id=msg.call_id,
+            authorizations=[(i, msg.headers[i].value) for i in index], host=source.host,
+            now=now)
+        if isinstance(outcome, Authorized):
+            self.stats[("digest_auth", "authorized")] += 1
+            msg.remove_header(outcome.header)  # credentials meant for us go no further
+            digest.admit_call(msg.call_id, now)
+            return outcome.account
+        self.stats[("digest_auth", outcome.reason)] += 1
+        if isinstance(outcome, Banned):
+            return Rejection(status=403, reason="Forbidden (authentication failures)")
+        return Rejection(status=407, headers=digest.challenge_headers(
+            msg.call_id, now, stale=outcome.stale))
 
     def _addressed_to_us(self, msg: SipMessage) -> bool:
         uri = parse_uri(msg.uri)
@@ -445,8 +542,8 @@ class ProxyEngine:
         if msg.method in _DIALOG_CREATING and "tag=" not in (msg.get("to") or ""):
             # Double Record-Route: the side we entered on below, the side we leave from on top,
             # so each UA's route set names the address it can reach.
-            msg.prepend_header(self._rr_line[source.side])
-            msg.prepend_header(self._rr_line[out_side])
+            msg.prepend_header(self._rr_line[(source.side, source.transport)])
+            msg.prepend_header(self._rr_line[(out_side, self.sides[out_side].next_hop_transport)])
         via = self._via_prefix[out_side] + branch.encode() + b"\r\n"
         msg.prepend_header(via)
         if self.sti.calls:  # calls we signed: one may have a replaced caller ID
@@ -587,7 +684,9 @@ class ProxyEngine:
             self.stats[("sip_dropped", "response_unmatched")] += 1
             return
         self._strip_top_via(msg)
-        side = CARRIER if top.port == self.sides[CARRIER].advertise_port else DIALER
+        carrier = self.sides[CARRIER]
+        side = CARRIER if top.port in (carrier.advertise_port, carrier.advertise_tls_port) \
+            else DIALER
         dest = Peer(_OPPOSITE[side], _UDP, addr[0], addr[1])
         if self.sti.calls:  # calls we signed: one may have a replaced caller ID
             self.sti.map_identities(msg, dest.side)
@@ -634,8 +733,10 @@ class ProxyEngine:
         server = ctx.server
         if ctx.kind is _FORWARD and server is not None and server.request is not None and \
                 server.state in (_PROCEEDING, _TRYING):
-            # §16.7 step 6 / §16.8: a branch that timed out counts as a 408.
-            server.send_response(self._respond(server.request, 408), 408, now, out)
+            # §16.7 step 6 / §16.8: a branch that timed out counts as a 408, one whose
+            # transport failed as a 503 (§8.1.3.1).
+            status = 503 if ctx.transport_error else 408
+            server.send_response(self._respond(server.request, status), status, now, out)
 
     def on_timer_c(self, txn: ClientInvite, now: float, out: list[Action]) -> None:
         """§16.8: Timer C fired. CANCEL the branch; if it still has no final answer when

@@ -151,6 +151,10 @@ class RedirectEngine:
         """Never asked for: the redirect server picks caller IDs from its replica."""
         return []
 
+    def transport_failed(self, peer: Peer, now: float) -> list[Action]:
+        """Nothing to do: the redirect server opens no connections of its own."""
+        return []
+
     def credentials_ready(self, urls: tuple[str, ...], now: float) -> list[Action]:
         """Fetches ended (the verification service has their outcome): answer the INVITEs
         that waited for them."""

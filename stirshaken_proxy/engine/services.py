@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..policy.accounts import AccountDirectory
+from ..policy.digest import DigestAuth
 from ..policy.health import NumberHealth
 from ..stir.signing import Authenticator
 from ..stir.verification import VerificationService, VerifyPolicy
@@ -22,6 +23,7 @@ class Services:
     verification: VerificationService | None = None  # None: nothing is verified
     verify_policy: VerifyPolicy = field(default_factory=VerifyPolicy)
     health: NumberHealth | None = None  # None: number health is off
+    digest: DigestAuth | None = None  # dialers recognised by SIP digest credentials
 
 
 __all__ = ["Services"]

@@ -69,12 +69,16 @@ class StiLeg:
         self._tokens = 0
 
     def authenticate(self, services: Services, msg: SipMessage, source: Peer, now: float,
-                     out: list[Action]) -> Rejection | DeferPick | None:
-        """The authentication service (RFC 8224 §6.1) for a request from the dialer side."""
+                     out: list[Action], *, named: str | None = None
+                     ) -> Rejection | DeferPick | None:
+        """The authentication service (RFC 8224 §6.1) for a request from the dialer side.
+        ``named``: the account its digest credentials named (else its address or client
+        certificate names one)."""
         auth = services.authenticator
         if auth is None:
             return None
-        account = services.accounts.by_source(source.host)
+        account = (services.accounts.accounts.get(named) if named is not None
+                   else services.accounts.by_peer(source.host, source.names))
         index = msg.index  # (a dict lookup each: this runs for every dialer-side request)
         if account is None or "identity" in index or "identity-info" in index:
             strip_untrusted(msg, account, self.stats)

@@ -64,8 +64,8 @@ def snapshot(app: Application) -> dict[str, Any]:
     return {"stats": dict(app.stats), "io": io,
             "transactions": engine.transactions if engine is not None else 0,
             "parked": engine.parked if engine is not None else 0,
-            "tcp": {str(side): len(m.connections)
-                    for side, m in (shell.tcp.items() if shell is not None else ())},
+            "tcp": {f"{side}/{transport}": len(m.connections)
+                    for (side, transport), m in (shell.tcp.items() if shell is not None else ())},
             "flood_bans": engine.flood.banned_total if engine is not None else 0,
             "flood_banned": len(engine.flood.banned(time.time())) if engine is not None else 0,
             "histograms": histograms, "cache": cache,
@@ -124,10 +124,10 @@ class ServiceCollector(Collector):
                                 value=snap["transactions"])
         yield GaugeMetricFamily(PREFIX + "verify_parked_requests",
                                 "Requests waiting for a credential fetch", value=snap["parked"])
-        tcp = GaugeMetricFamily(PREFIX + "tcp_connections", "Open TCP connections",
-                                labels=["side"])
-        for side, count in sorted(snap["tcp"].items()):
-            tcp.add_metric([side], count)
+        tcp = GaugeMetricFamily(PREFIX + "tcp_connections", "Open TCP and TLS connections",
+                                labels=["side", "transport"])
+        for key, count in sorted(snap["tcp"].items()):
+            tcp.add_metric(key.split("/", 1), count)
         yield tcp
         yield CounterMetricFamily(PREFIX + "flood_bans", "Source addresses banned by the "
                                   "flood guard", value=snap["flood_bans"])

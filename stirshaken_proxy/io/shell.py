@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..engine.actions import Action, Fetch, PickNumber
@@ -37,7 +39,23 @@ class Engine(Protocol):
 
     def credentials_ready(self, urls: tuple[str, ...], now: float) -> list[Action]: ...
 
+    def transport_failed(self, peer: Peer, now: float) -> list[Action]: ...
+
     def number_picked(self, token: int, picked: Picked, now: float) -> list[Action]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SideTls:
+    """TLS on one side: a listener (``host``/``port``, with ``server``'s context) and/or
+    connections we open to the next hop (``client``), whose certificate must carry
+    ``names[(host, port)]`` (RFC 5922)."""
+
+    host: str = ""
+    port: int = 0
+    server: ssl.SSLContext | None = None
+    client: ssl.SSLContext | None = None
+    names: dict[tuple[str, int], str] = field(default_factory=dict)
+    handshake_timeout: float = 5.0
 
 
 class EngineShell:
@@ -50,7 +68,7 @@ class EngineShell:
         self.timer_resolution = timer_resolution
         self.worker = worker
         self.udp: dict[Side, UdpEndpoint] = {}
-        self.tcp: dict[Side, TcpManager] = {}
+        self.tcp: dict[tuple[Side, Transport], TcpManager] = {}  # TCP and TLS
         self.tcp_home: dict[tuple[Side, str, int], int] = {}  # TCP peer -> worker holding it
         self.max_tcp_home = 4096
         # Set by the application: who fetches (None: nothing to fetch with) and who passes
@@ -68,28 +86,50 @@ class EngineShell:
                      max_message_size: int, max_tcp_connections: int,
                      max_tcp_pending_bytes: int, tcp_connect_timeout: float,
                      max_tcp_per_source: int = 32, tcp_reserved_for_trusted: int = 0,
-                     trusted: Callable[[Side, str], bool] | None = None) -> None:
-        """UDP (and TCP) on each (side, host, port); ``shared``: every worker binds the same
-        ports."""
+                     trusted: Callable[[Side, str], bool] | None = None,
+                     tls: dict[Side, SideTls] | None = None) -> None:
+        """UDP (and TCP) on each (side, host, port), and TLS where ``tls`` says; ``shared``:
+        every worker binds the same ports."""
         loop = asyncio.get_running_loop()
+
+        def manager(side: Side, host: str, transport: Transport,
+                    side_tls: SideTls | None = None) -> TcpManager:
+            made = TcpManager(
+                side, self.feed, self.counters, max_message_size=max_message_size,
+                max_connections=max_tcp_connections, max_pending_bytes=max_tcp_pending_bytes,
+                connect_timeout=tcp_connect_timeout, local_host=host,
+                max_per_source=max_tcp_per_source,
+                reserved_for_trusted=tcp_reserved_for_trusted,
+                trusted=(lambda h: trusted(side, h)) if trusted is not None else None,
+                transport=transport,
+                server_ssl=side_tls.server if side_tls is not None else None,
+                client_ssl=side_tls.client if side_tls is not None else None,
+                tls_names=side_tls.names if side_tls is not None else None,
+                handshake_timeout=side_tls.handshake_timeout if side_tls is not None else 5.0,
+                on_failure=lambda host, port: self.transport_failed(
+                    Peer(side, transport, host, port)))
+            self.tcp[(side, transport)] = made
+            return made
+
         for side, host, port in endpoints:
             _, proto = await loop.create_datagram_endpoint(
                 lambda side=side: UdpEndpoint(side, self.feed, self.counters),  # type: ignore[misc]
                 local_addr=(host, port), reuse_port=shared)
             self.udp[side] = proto
             if tcp:
-                manager = TcpManager(
-                    side, self.feed, self.counters, max_message_size=max_message_size,
-                    max_connections=max_tcp_connections, max_pending_bytes=max_tcp_pending_bytes,
-                    connect_timeout=tcp_connect_timeout, local_host=host,
-                    max_per_source=max_tcp_per_source,
-                    reserved_for_trusted=tcp_reserved_for_trusted,
-                    trusted=(lambda h, side=side: trusted(side, h))  # type: ignore[misc]
-                    if trusted is not None else None)
-                manager.server = await loop.create_server(
-                    lambda m=manager: TcpConnection(m, m.side),  # type: ignore[misc]
+                made = manager(side, host, Transport.TCP)
+                made.server = await loop.create_server(
+                    lambda m=made: TcpConnection(m, m.side),  # type: ignore[misc]
                     host, port, reuse_address=True, reuse_port=shared)
-                self.tcp[side] = manager
+            side_tls = (tls or {}).get(side)
+            if side_tls is not None:
+                made = manager(side, side_tls.host or host, Transport.TLS, side_tls)
+                if side_tls.server is not None:
+                    # Plain TCP first: the handshake is started by the connection itself
+                    # once admitted (TcpConnection.connection_made).
+                    made.server = await loop.create_server(
+                        lambda m=made: TcpConnection(m, m.side),  # type: ignore[misc]
+                        side_tls.host, side_tls.port, reuse_address=True, reuse_port=shared)
         self._endpoints = len(endpoints)
 
     @property
@@ -138,6 +178,18 @@ class EngineShell:
         self.execute(actions)
         self.arm_timer()
 
+    def transport_failed(self, peer: Peer) -> None:
+        """An outbound connection failed: the requests waiting on it are answered now."""
+        try:
+            actions = self.engine.transport_failed(peer, time.time())
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("internal error failing the requests toward %s:%d", peer.host,
+                          peer.port)
+            return
+        self.execute(actions)
+        self.arm_timer()
+
     def number_picked(self, token: int, picked: Picked) -> None:
         """The shared number health's answer to a PickNumber."""
         try:
@@ -173,7 +225,7 @@ class EngineShell:
                     self.number_picked(action.token, Picked(None, fallback=True))
 
     def _send_stream(self, data: bytes, peer: Peer) -> None:
-        manager = self.tcp.get(peer.side)
+        manager = self.tcp.get((peer.side, peer.transport))
         if manager is None:
             return
         home = self.tcp_home.get((peer.side, peer.host, peer.port))
@@ -192,7 +244,7 @@ class EngineShell:
 
     def write_tcp(self, peer: Peer, data: bytes) -> None:
         """Bytes another worker asks us to write on a connection we hold."""
-        manager = self.tcp.get(peer.side)
+        manager = self.tcp.get((peer.side, peer.transport))
         conn = manager.connections.get((peer.host, peer.port)) if manager else None
         if conn is None or not conn.write(data):
             self.counters["tcp_send_failures"] += 1
@@ -231,4 +283,4 @@ class EngineShell:
         self.arm_timer(exact=True)
 
 
-__all__ = ["Engine", "EngineShell"]
+__all__ = ["Engine", "EngineShell", "SideTls"]

@@ -1,10 +1,12 @@
-"""UDP and TCP transports. Each hands received bytes to a sink and sends what it is told."""
+"""UDP, TCP and TLS transports. Each hands received bytes to a sink and sends what it is
+told."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
@@ -12,6 +14,7 @@ from typing import Any, cast
 from ..sip.errors import SipError
 from ..sip.framing import PING, PONG, StreamFramer
 from ..sip.transport import Peer, Side, Transport
+from .tls import certificate_names, matches_name
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,65 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             self.transport.sendto(data, (host, port))
 
 
+class TlsLayer:
+    """TLS over a connection's bytes with memory BIOs (ssl.SSLObject): the connection stays
+    one asyncio.Protocol from accept to close, so admission limits apply before any
+    handshake work, the handshake is bounded by our own timer, and its failures are
+    counted. (asyncio's start_tls loses a ClientHello that arrives with the accept under
+    uvloop.)"""
+
+    __slots__ = ("established", "incoming", "obj", "outgoing")
+
+    def __init__(self, ctx: ssl.SSLContext, *, server_side: bool) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
+        self.established = False
+
+    def handshake(self) -> bytes:
+        """Advance the handshake; returns the bytes to send. Raises ssl.SSLError."""
+        try:
+            self.obj.do_handshake()
+            self.established = True
+        except ssl.SSLWantReadError:
+            pass
+        return self.outgoing.read()
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes, bool]:
+        """Received bytes in: (plaintext, bytes to send, the peer closed TLS)."""
+        self.incoming.write(data)
+        out = b""
+        if not self.established:
+            out = self.handshake()
+            if not self.established:
+                return b"", out, False
+        chunks = []
+        closed = False
+        while True:
+            try:
+                chunk = self.obj.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                closed = True
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), out + self.outgoing.read(), closed
+
+    def encrypt(self, data: bytes) -> bytes:
+        self.obj.write(data)
+        return self.outgoing.read()
+
+    def peer_der(self) -> bytes | None:
+        return self.obj.getpeercert(binary_form=True) or None
+
+
 class TcpConnection(asyncio.Protocol):
-    """One SIP-over-TCP connection, inbound or outbound."""
+    """One SIP-over-TCP (or TLS) connection, inbound or outbound. A TLS connection is
+    admitted as TCP first (the per-source limits apply before any handshake work); its
+    handshake must complete within the handshake timeout."""
 
     def __init__(self, manager: TcpManager, side: Side, *, outbound_key: tuple[str, int] | None
                  = None) -> None:
@@ -55,18 +115,102 @@ class TcpConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.opened = 0.0
         self.messages = 0  # complete SIP messages received
+        self.tls: TlsLayer | None = None
+        self._early: list[bytes] = []  # written before the handshake completed
+        self.ready = False  # TLS: handshake done and the peer's certificate accepted
+        self._handshake_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
-        self.peer = Peer(self.side, Transport.TCP, host, port)
-        self.last_activity = self.opened = asyncio.get_running_loop().time()
-        if not self.manager.register(self):
+        manager = self.manager
+        self.peer = Peer(self.side, manager.transport, host, port)
+        loop = asyncio.get_running_loop()
+        self.last_activity = self.opened = loop.time()
+        if not manager.register(self):
             self.transport.abort()
+            return
+        ctx = manager.client_ssl if self.outbound_key is not None else manager.server_ssl
+        if ctx is not None:
+            self.tls = TlsLayer(ctx, server_side=self.outbound_key is None)
+            self._handshake_timer = loop.call_later(manager.handshake_timeout,
+                                                    self._handshake_expired)
+            if self.outbound_key is not None:
+                self._tls_step(self.tls.handshake)
+
+    def _handshake_expired(self) -> None:
+        if self.tls is not None and not self.tls.established and self.transport is not None:
+            self.manager.counters["tls_handshake_timeouts"] += 1
+            log.debug("TLS handshake with %s did not complete in time", self.peer)
+            self.transport.abort()
+
+    def _tls_step(self, step: Callable[[], bytes]) -> bool:
+        """Run a handshake step, send what it produced; False when the connection failed."""
+        assert self.transport is not None and self.tls is not None
+        try:
+            out = step()
+        except ssl.SSLCertVerificationError as exc:
+            self.manager.counters["tls_verify_failures"] += 1
+            # Our next hop's certificate is the operator's concern; a client's is counted
+            # (anyone can open a connection: no log line per attempt).
+            log.log(logging.WARNING if self.outbound_key is not None else logging.DEBUG,
+                    "TLS with %s refused: %s", _where(self.peer), exc.verify_message)
+            self.transport.abort()
+            return False
+        except ssl.SSLError as exc:
+            self.manager.counters["tls_handshake_failures"] += 1
+            log.debug("TLS handshake with %s failed: %s", _where(self.peer), exc)
+            self.transport.abort()
+            return False
+        if out:
+            self.transport.write(out)
+        if self.tls.established and self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+            return self._established()
+        return True
+
+    def _established(self) -> bool:
+        """The handshake completed: the next hop's certificate must name it (RFC 5922
+        §7.3); a verified client certificate names the peer (an account may own it)."""
+        assert self.tls is not None and self.transport is not None and self.peer is not None
+        der = self.tls.peer_der()
+        if self.outbound_key is not None:
+            name = self.manager.tls_names.get(self.outbound_key, self.outbound_key[0])
+            if der is None or not matches_name(der, name):
+                self.manager.counters["tls_name_mismatch"] += 1
+                log.warning("TLS peer %s does not present a certificate for %s; connection "
+                            "refused", _where(self.peer), name)
+                self.transport.abort()
+                return False
+        elif der is not None:
+            self.peer = self.peer._replace(names=certificate_names(der))
+        self.ready = True
+        early, self._early = self._early, []
+        for data in early:
+            self.write(data)
+        return True
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None and self.peer is not None
         self.last_activity = asyncio.get_running_loop().time()
+        tls = self.tls
+        if tls is not None:
+            plain = b""
+            closed = False
+
+            def step() -> bytes:
+                nonlocal plain, closed
+                plain, out, closed = tls.feed(data)
+                return out
+
+            if not self._tls_step(step):
+                return
+            if closed:
+                self.transport.close()
+            if not plain:
+                return
+            data = plain
         try:
             items = self.framer.feed(data)
         except SipError as exc:
@@ -76,13 +220,17 @@ class TcpConnection(asyncio.Protocol):
             return
         for item in items:
             if item is PING or item == PING:
-                self.transport.write(PONG)
+                self.write(PONG)
             else:
                 self.messages += 1
                 self.manager.sink(item, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
         self.manager.unregister(self)
+        if self.outbound_key is not None and self.tls is not None and not self.ready:
+            self.manager.failed(*self.outbound_key)  # certificate, name or handshake
 
     def write(self, data: bytes) -> bool:
         t = self.transport
@@ -91,19 +239,45 @@ class TcpConnection(asyncio.Protocol):
         if t.get_write_buffer_size() > self.manager.max_pending_bytes:
             self.manager.counters["tcp_overflow_drops"] += 1
             return False
+        tls = self.tls
+        if tls is not None:
+            if not tls.established:
+                if sum(map(len, self._early)) + len(data) > self.manager.max_pending_bytes:
+                    self.manager.counters["tcp_overflow_drops"] += 1
+                    return False
+                self._early.append(data)
+                return True
+            data = tls.encrypt(data)
         t.write(data)
         return True
 
 
+def _where(peer: Peer | None) -> str:
+    return f"{peer.host}:{peer.port}" if peer is not None else "?"
+
+
 class TcpManager:
-    """Connections of one side by peer address; opens outbound connections on demand."""
+    """Connections of one side and one stream transport (TCP or TLS) by peer address; opens
+    outbound connections on demand."""
 
     def __init__(self, side: Side, sink: Sink, counters: Counter[str], *,
                  max_message_size: int, max_connections: int, max_pending_bytes: int,
                  connect_timeout: float, local_host: str, max_per_source: int = 32,
                  reserved_for_trusted: int = 0,
-                 trusted: Callable[[str], bool] | None = None) -> None:
+                 trusted: Callable[[str], bool] | None = None,
+                 transport: Transport = Transport.TCP,
+                 server_ssl: ssl.SSLContext | None = None,
+                 client_ssl: ssl.SSLContext | None = None,
+                 tls_names: dict[tuple[str, int], str] | None = None,
+                 handshake_timeout: float = 5.0,
+                 on_failure: Callable[[str, int], None] | None = None) -> None:
         self.side = side
+        self.on_failure = on_failure  # an outbound connection failed (host, port)
+        self.transport = transport
+        self.server_ssl = server_ssl  # inbound TLS (a listener)
+        self.client_ssl = client_ssl  # outbound TLS (toward a next hop)
+        self.tls_names = tls_names or {}  # next hop -> the name its certificate must carry
+        self.handshake_timeout = handshake_timeout
         self.sink = sink
         self.counters = counters
         self.max_message_size = max_message_size
@@ -142,6 +316,10 @@ class TcpManager:
         self.connections[key] = conn
         return True
 
+    def failed(self, host: str, port: int) -> None:
+        if self.on_failure is not None:
+            self.on_failure(host, port)
+
     def unregister(self, conn: TcpConnection) -> None:
         for key, value in list(self.connections.items()):
             if value is conn:
@@ -175,9 +353,11 @@ class TcpManager:
                     lambda: TcpConnection(self, self.side, outbound_key=(host, port)),
                     host, port, local_addr=(self.local_host, 0))
         except (OSError, TimeoutError) as exc:
-            self.counters["tcp_connect_failures"] += 1
-            log.warning("TCP connect to %s:%d failed: %s", host, port, exc)
+            self.counters[f"{self.transport}_connect_failures"] += 1
+            log.warning("%s connect to %s:%d failed: %s", self.transport.upper(), host, port,
+                        exc)
             self._connecting.pop((host, port), None)
+            self.failed(host, port)
             return
         for data in self._connecting.pop((host, port), []):
             conn.write(data)
@@ -207,3 +387,4 @@ class TcpManager:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.wait_closed()
+

@@ -41,9 +41,11 @@ STATS_REPLY = b"R"
 READY = b"Y"  # a worker is listening (worker 0 is ready when all are)
 BATCH = b"B"  # several of the above, each preceded by its length (4 octets)
 
-_HEAD = struct.Struct("!cBBBHB")  # kind, origin worker, side, transport, port, host length
+# kind, origin worker, side, transport, port, length of the host (and, for a TLS peer, the
+# names of its client certificate, each after a line feed)
+_HEAD = struct.Struct("!cBBBHH")
 _SIDES = (Side.DIALER, Side.CARRIER, Side.REDIRECT)
-_TRANSPORTS = (Transport.UDP, Transport.TCP)
+_TRANSPORTS = (Transport.UDP, Transport.TCP, Transport.TLS)
 _BUFFER = 4 << 20
 _MAX_QUEUED = 20_000  # datagrams waiting for a full link to drain, past this they are dropped
 _MAX_BATCH = 64 * 1024  # octets of messages gathered into one datagram
@@ -58,6 +60,8 @@ def owner_of(call_id: bytes, count: int) -> int:
 
 def encode_peer(kind: bytes, origin: int, peer: Peer, data: bytes) -> bytes:
     host = peer.host.encode("ascii")
+    if peer.names:
+        host += b"".join(b"\n" + name.encode() for name in peer.names)
     return _HEAD.pack(kind, origin, _SIDES.index(peer.side), _TRANSPORTS.index(peer.transport),
                       peer.port, len(host)) + host + data
 
@@ -65,8 +69,9 @@ def encode_peer(kind: bytes, origin: int, peer: Peer, data: bytes) -> bytes:
 def decode_peer(datagram: bytes) -> tuple[Peer, bytes]:
     _, _, side, transport, port, length = _HEAD.unpack_from(datagram)
     start = _HEAD.size
-    host = datagram[start:start + length].decode("ascii")
-    return Peer(_SIDES[side], _TRANSPORTS[transport], host, port), datagram[start + length:]
+    host, *names = datagram[start:start + length].decode().split("\n")
+    return (Peer(_SIDES[side], _TRANSPORTS[transport], host, port, tuple(names)),
+            datagram[start + length:])
 
 
 class WorkerLink:

@@ -1,4 +1,5 @@
-"""Accounts (tenants) and gateways, recognised by the source address of their traffic."""
+"""Accounts (tenants) and gateways, recognised by the source address of their traffic or by
+the name in the client certificate of their TLS connection."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Account:
     gateway: bool = False  # traffic from a gateway: signed C (ATIS-1000074 §5.2.3)
     local_presence: LocalPresence = LocalPresence.OFF
     max_calls_per_hour: int | None = None  # this account's velocity limit per number
+    tls_names: tuple[str, ...] = ()  # client certificate names (lower case) that identify it
 
     def __post_init__(self) -> None:
         uuid.UUID(self.origid)
@@ -35,7 +37,7 @@ class Account:
 class AccountDirectory:
     """Source address -> account. Most specific CIDR wins; verdicts are cached (bounded)."""
 
-    __slots__ = ("_cache", "_networks", "accounts")
+    __slots__ = ("_cache", "_networks", "_tls_names", "accounts")
 
     def __init__(self, accounts: list[Account]) -> None:
         self.accounts = {a.name: a for a in accounts}
@@ -46,6 +48,22 @@ class AccountDirectory:
         nets.sort(key=lambda item: item[0].prefixlen, reverse=True)
         self._networks = nets
         self._cache: dict[str, Account | None] = {}
+        self._tls_names = {name: a for a in accounts for name in a.tls_names}
+
+    def by_certificate(self, names: tuple[str, ...]) -> Account | None:
+        """The account one of a verified client certificate's names identifies."""
+        for name in names:
+            account = self._tls_names.get(name)
+            if account is not None:
+                return account
+        return None
+
+    def by_peer(self, host: str, names: tuple[str, ...]) -> Account | None:
+        """By source address first (a trunk), then by client certificate."""
+        account = self.by_source(host)
+        if account is None and names:
+            account = self.by_certificate(names)
+        return account
 
     def by_source(self, host: str) -> Account | None:
         try:

@@ -13,6 +13,7 @@ REASON_PHRASES: dict[int, str] = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
     408: "Request Timeout",
     413: "Request Entity Too Large",
     416: "Unsupported URI Scheme",

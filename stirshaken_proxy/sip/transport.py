@@ -18,6 +18,7 @@ class Side(enum.StrEnum):
 class Transport(enum.StrEnum):
     UDP = "udp"
     TCP = "tcp"
+    TLS = "tls"  # SIP over TLS over TCP (RFC 3261 §26.2, RFC 5630)
 
 
 _UDP = Transport.UDP  # a member through its class costs ~70 ns: reliable is asked per message
@@ -31,6 +32,9 @@ class Peer(NamedTuple):
     transport: Transport
     host: str
     port: int
+    # TLS: the identities of the client certificate the peer presented and we verified
+    # (SubjectAltName URI and DNS names, else the CN); empty otherwise.
+    names: tuple[str, ...] = ()
 
     @property
     def reliable(self) -> bool:

@@ -4,6 +4,7 @@ bytes in and out, ``now`` comes in; io.keys reads and writes the files)."""
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -103,8 +104,11 @@ def issue_certificate(*, subject_cn: str, key: ec.EllipticCurvePrivateKey,
                       issuer_cert: x509.Certificate | None,
                       issuer_key: ec.EllipticCurvePrivateKey, ca: bool, spc: str | None,
                       not_before: dt.datetime, not_after: dt.datetime,
-                      crl_url: str | None = None) -> x509.Certificate:
-    """A certificate for tests and development (an STI-CA root, or an end-entity cert)."""
+                      crl_url: str | None = None, san: tuple[str, ...] = (),
+                      usages: tuple[x509.ObjectIdentifier, ...] = ()) -> x509.Certificate:
+    """A certificate for tests and development (an STI-CA root, or an end-entity cert).
+    ``san``: SubjectAltNames (an IP address, a `sip:` URI, else a DNS name); ``usages``:
+    extended key usages (TLS server and client certificates)."""
     issuer = issuer_cert.subject if issuer_cert is not None else _name(subject_cn)
     builder = (x509.CertificateBuilder()
                .subject_name(_name(subject_cn)).issuer_name(issuer)
@@ -132,11 +136,26 @@ def issue_certificate(*, subject_cn: str, key: ec.EllipticCurvePrivateKey,
         builder = builder.add_extension(
             x509.UnrecognizedExtension(TN_AUTH_LIST_OID, encode_tn_auth_list_spc(spc)),
             critical=False)
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_general_name(n) for n in san]), critical=False)
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
     if crl_url is not None:
         builder = builder.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
             full_name=[x509.UniformResourceIdentifier(crl_url)], relative_name=None,
             reasons=None, crl_issuer=None)]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if name.lower().startswith(("sip:", "sips:")):
+        return x509.UniformResourceIdentifier(name)
+    return x509.DNSName(name)
 
 
 def pem_private_key(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -18,13 +18,14 @@ from typing import Any
 
 import psycopg
 
+from ..policy.digest import Credential
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
 from .base import StoreError, redact_url, refuse_overlaps, removal
 
 log = logging.getLogger(__name__)
 CHANNEL = "stirshaken_inventory"
 _LOCK = 0x5715_4A4E  # pg_advisory_xact_lock key of our migrations
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE numbers (
@@ -48,6 +49,17 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             version bigint NOT NULL,
             data bytea NOT NULL
         )""",
+    ),
+    2: (
+        """CREATE TABLE credentials (
+            username text PRIMARY KEY,
+            account text NOT NULL,
+            realm text NOT NULL,
+            ha1_sha256 text NOT NULL,
+            ha1_md5 text NOT NULL,
+            updated double precision NOT NULL
+        )""",
+        "INSERT INTO meta(key, value) VALUES ('credentials_version', 0)",
     ),
 }
 _KEYED_ROWS = (f"SELECT length(first) * {KEY_SPAN}::bigint + first::bigint AS k, "
@@ -175,6 +187,38 @@ class PgStore:
 
     def health(self) -> PgHealthRows:
         return PgHealthRows(self)
+
+    # -- digest credentials -----------------------------------------------------------------
+    def credentials_version(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'credentials_version'")
+        return int(row.fetchone()[0])  # type: ignore[index]
+
+    def credentials(self) -> list[Credential]:
+        return [Credential(username=u, account=a, realm=r, ha1_sha256=h2, ha1_md5=h1)
+                for u, a, r, h2, h1 in self.db.execute(
+                    "SELECT username, account, realm, ha1_sha256, ha1_md5 FROM credentials "
+                    "ORDER BY username")]
+
+    def set_credential(self, cred: Credential) -> None:
+        self._credentials_write(
+            "INSERT INTO credentials(username, account, realm, ha1_sha256, ha1_md5, updated) "
+            "VALUES (%s, %s, %s, %s, %s, extract(epoch FROM now())) ON CONFLICT (username) "
+            "DO UPDATE SET account = excluded.account, realm = excluded.realm, "
+            "ha1_sha256 = excluded.ha1_sha256, ha1_md5 = excluded.ha1_md5, "
+            "updated = excluded.updated",
+            (cred.username, cred.account, cred.realm, cred.ha1_sha256, cred.ha1_md5))
+
+    def remove_credential(self, username: str) -> bool:
+        return self._credentials_write("DELETE FROM credentials WHERE username = %s",
+                                       (username,)) > 0
+
+    def _credentials_write(self, sql: str, args: tuple[object, ...]) -> int:
+        db = self.db
+        with db.transaction():
+            changed = db.execute(sql, args).rowcount
+            db.execute("UPDATE meta SET value = value + 1 WHERE key = 'credentials_version'")
+            db.execute(f"NOTIFY {CHANNEL}")
+        return int(changed)
 
 
 class PgHealthRows:

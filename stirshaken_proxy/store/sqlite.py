@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..policy.digest import Credential
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
 from .base import (
     ImportError_,
@@ -22,7 +23,7 @@ from .base import (
     removal,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE numbers (
@@ -50,6 +51,18 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             version INTEGER NOT NULL,
             data BLOB NOT NULL
         )""",
+    ),
+    # Dialers' digest credentials: HA1 digests only, never a password.
+    4: (
+        """CREATE TABLE credentials (
+            username TEXT NOT NULL PRIMARY KEY,
+            account TEXT NOT NULL,
+            realm TEXT NOT NULL,
+            ha1_sha256 TEXT NOT NULL,
+            ha1_md5 TEXT NOT NULL,
+            updated REAL NOT NULL
+        )""",
+        "INSERT INTO meta(key, value) VALUES ('credentials_version', 0)",
     ),
 }
 # Rows in first-key order, the keys computed by SQLite (policy.inventory.number_key).
@@ -182,6 +195,44 @@ class NumberStore:
 
     def health(self) -> HealthRows:
         return HealthRows(self)
+
+    # -- digest credentials -----------------------------------------------------------------
+    def credentials_version(self) -> int:
+        row = self.db.execute(
+            "SELECT value FROM meta WHERE key='credentials_version'").fetchone()
+        return int(row[0])
+
+    def credentials(self) -> list[Credential]:
+        return [Credential(username=u, account=a, realm=r, ha1_sha256=h2, ha1_md5=h1)
+                for u, a, r, h2, h1 in self.db.execute(
+                    "SELECT username, account, realm, ha1_sha256, ha1_md5 FROM credentials "
+                    "ORDER BY username")]
+
+    def set_credential(self, cred: Credential) -> None:
+        self._credentials_write(
+            "INSERT INTO credentials(username, account, realm, ha1_sha256, ha1_md5, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(username) DO UPDATE SET "
+            "account = excluded.account, realm = excluded.realm, "
+            "ha1_sha256 = excluded.ha1_sha256, ha1_md5 = excluded.ha1_md5, "
+            "updated = excluded.updated",
+            (cred.username, cred.account, cred.realm, cred.ha1_sha256, cred.ha1_md5,
+             time.time()))
+
+    def remove_credential(self, username: str) -> bool:
+        return self._credentials_write("DELETE FROM credentials WHERE username = ?",
+                                       (username,)) > 0
+
+    def _credentials_write(self, sql: str, args: tuple[object, ...]) -> int:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            changed = self.db.execute(sql, args).rowcount
+            self.db.execute(
+                "UPDATE meta SET value = value + 1 WHERE key = 'credentials_version'")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return int(changed)
 
 
 class HealthRows:

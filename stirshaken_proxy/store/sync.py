@@ -1,5 +1,6 @@
-"""The store behind the in-memory state: the inventory reloaded when its version changes
-(never a query per call), number health written behind in batches."""
+"""The store behind the in-memory state: the inventory (and the dialers' digest credentials)
+reloaded when its version changes (never a query per call), number health written behind in
+batches."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from ..policy.digest import Credential
 from ..policy.health import NumberHealth
 from ..policy.inventory import Inventory, NumberBlock
 from .base import HealthStore, Store
@@ -19,8 +21,12 @@ class InventorySync:
     """Polls the store's inventory version and hands a new inventory to ``apply``."""
 
     def __init__(self, store: Store, *, extra: Iterable[NumberBlock], version: int,
-                 apply: Callable[[Inventory], None], interval: float) -> None:
+                 apply: Callable[[Inventory], None], interval: float,
+                 credentials: Callable[[list[Credential]], None] | None = None,
+                 credentials_version: int = -1) -> None:
         self.store = store
+        self.credentials = credentials  # where reloaded credentials go (digest is on)
+        self.credentials_version = credentials_version
         self.extra = tuple(extra)  # numbers written in the config
         self.version = version
         self.apply = apply
@@ -52,6 +58,14 @@ class InventorySync:
                 self.apply(inventory)
                 log.info("inventory reloaded: %d blocks (version %d)", len(inventory),
                          inventory.version)
+            if self.credentials is not None:
+                version = await asyncio.to_thread(self.store.credentials_version)
+                if version != self.credentials_version:
+                    creds = await asyncio.to_thread(self.store.credentials)
+                    self.credentials_version = version
+                    self.credentials(creds)
+                    log.info("digest credentials reloaded: %d (version %d)", len(creds),
+                             version)
             self.ok = True
         except Exception as exc:  # noqa: BLE001 - keep serving from memory
             if self.ok:

@@ -22,7 +22,9 @@ from stirshaken_proxy.sip.transport import Peer, Side, Transport
 def test_peer_and_bytes_round_trip() -> None:
     for peer in (Peer(Side.DIALER, Transport.UDP, "127.0.0.1", 5060),
                  Peer(Side.CARRIER, Transport.TCP, "::1", 65535),
-                 Peer(Side.CARRIER, Transport.UDP, "2001:db8::1:2:3:4", 1)):
+                 Peer(Side.CARRIER, Transport.UDP, "2001:db8::1:2:3:4", 1),
+                 Peer(Side.DIALER, Transport.TLS, "127.0.0.1", 5061,
+                      ("dialer.test", "dialer-2.test"))):
         data = b"INVITE sip:x SIP/2.0\r\n\r\n" + bytes(range(256))
         datagram = encode_peer(MESSAGE, 3, peer, data)
         assert datagram[:1] == MESSAGE and datagram[1] == 3

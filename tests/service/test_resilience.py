@@ -159,17 +159,17 @@ tcp_first_message_timeout = 12
             while open_now < admitted and time.monotonic() < deadline:
                 time.sleep(0.5)
                 metrics = scrape(ports.admin)
-                open_now = _gauge(metrics, 'stirshaken_tcp_connections{side="dialer"}')
+                open_now = _gauge(metrics, 'stirshaken_tcp_connections{side="dialer",transport="tcp"}')
             time.sleep(1.0)
             metrics = scrape(ports.admin)
-            open_now = _gauge(metrics, 'stirshaken_tcp_connections{side="dialer"}')
+            open_now = _gauge(metrics, 'stirshaken_tcp_connections{side="dialer",transport="tcp"}')
             with SippUas("uas.xml", ports.carrier_next_hop, tmp_path, transport="t1"):
                 ok = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=50,
                              rate=50, transport="t1")
             deadline = time.monotonic() + 20  # past tcp_first_message_timeout
             while time.monotonic() < deadline:
                 later = scrape(ports.admin)
-                if _gauge(later, 'stirshaken_tcp_connections{side="dialer"}') == 0:
+                if _gauge(later, 'stirshaken_tcp_connections{side="dialer",transport="tcp"}') == 0:
                     break
                 time.sleep(0.5)
         finally:

@@ -140,3 +140,21 @@ async def test_lost_while_running_serves_the_last_inventory_and_recovers() -> No
         other.add([NumberBlock(first="12025550101", last="12025550101", account="a")])
         await sync.poll()
         assert sync.ok and applied[-1].owner("12025550101") == "a"
+
+
+def test_digest_credentials_versioned_and_announced(url: str) -> None:
+    from stirshaken_proxy.policy.digest import Credential
+    from stirshaken_proxy.store.postgres import PgStore
+
+    store = PgStore(url, instance="a")
+    assert store.credentials_version() == 0 and store.credentials() == []
+    cred = Credential.from_password(username="d1", account="acme", realm="r", password="pw-12345")
+    store.set_credential(cred)
+    store.set_credential(Credential.from_password(username="d1", account="beta", realm="r",
+                                                  password="pw-67890"))
+    assert store.credentials_version() == 2
+    assert [(c.username, c.account) for c in store.credentials()] == [("d1", "beta")]
+    assert store.version() == 0  # the inventory is not reloaded for a credential change
+    assert store.remove_credential("d1") and not store.remove_credential("d1")
+    assert store.credentials() == [] and store.credentials_version() == 4
+    store.close()

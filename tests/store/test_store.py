@@ -133,3 +133,17 @@ def test_a_field_over_the_csv_limit_is_a_problem_not_a_traceback() -> None:
     long_label = "tn,account,label\n+12025550100,acme," + "y" * 300 + "\n"
     with pytest.raises(ImportError_, match=r"n.csv:2: label: over 200 characters \(300\)"):
         parse_numbers_csv("n.csv", long_label, accounts=ACCOUNTS)
+
+
+def test_digest_credentials_versioned_apart_from_the_inventory(tmp_path: Path) -> None:
+    from stirshaken_proxy.policy.digest import Credential
+
+    store = NumberStore(tmp_path / "s.db")
+    assert store.credentials_version() == 0 and store.credentials() == []
+    store.set_credential(Credential.from_password(username="d1", account="acme", realm="r",
+                                                  password="pw-12345"))
+    assert store.credentials_version() == 1 and store.version() == 0
+    assert [(c.username, c.account, c.realm) for c in store.credentials()] == [("d1", "acme", "r")]
+    assert store.remove_credential("d1") and not store.remove_credential("d1")
+    assert store.credentials_version() == 3
+    store.close()
