@@ -77,6 +77,16 @@ def removal(blocks: list[NumberBlock], first: str,
     return hits, rest
 
 
+CREDENTIAL_ROWS = ("SELECT username, account, realm, ha1_sha256, ha1_md5 FROM credentials "
+                   "ORDER BY username")
+
+
+def credentials_of(rows: Iterable[tuple[str, str, str, str, str]]) -> list[Credential]:
+    """The rows of CREDENTIAL_ROWS (either backend) as credentials."""
+    return [Credential(username=u, account=a, realm=r, ha1_sha256=h2, ha1_md5=h1)
+            for u, a, r, h2, h1 in rows]
+
+
 class HealthStore(Protocol):
     """Number-health statistics written behind by the service (JSON per number)."""
 

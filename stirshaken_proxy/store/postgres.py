@@ -20,7 +20,14 @@ import psycopg
 
 from ..policy.digest import Credential
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
-from .base import StoreError, redact_url, refuse_overlaps, removal
+from .base import (
+    CREDENTIAL_ROWS,
+    StoreError,
+    credentials_of,
+    redact_url,
+    refuse_overlaps,
+    removal,
+)
 
 log = logging.getLogger(__name__)
 CHANNEL = "stirshaken_inventory"
@@ -194,10 +201,7 @@ class PgStore:
         return int(row.fetchone()[0])  # type: ignore[index]
 
     def credentials(self) -> list[Credential]:
-        return [Credential(username=u, account=a, realm=r, ha1_sha256=h2, ha1_md5=h1)
-                for u, a, r, h2, h1 in self.db.execute(
-                    "SELECT username, account, realm, ha1_sha256, ha1_md5 FROM credentials "
-                    "ORDER BY username")]
+        return credentials_of(self.db.execute(CREDENTIAL_ROWS))
 
     def set_credential(self, cred: Credential) -> None:
         self._credentials_write(

@@ -15,9 +15,11 @@ from pathlib import Path
 from ..policy.digest import Credential
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
 from .base import (
+    CREDENTIAL_ROWS,
     ImportError_,
     ImportProblem,
     StoreError,
+    credentials_of,
     parse_numbers_csv,
     refuse_overlaps,
     removal,
@@ -203,10 +205,7 @@ class NumberStore:
         return int(row[0])
 
     def credentials(self) -> list[Credential]:
-        return [Credential(username=u, account=a, realm=r, ha1_sha256=h2, ha1_md5=h1)
-                for u, a, r, h2, h1 in self.db.execute(
-                    "SELECT username, account, realm, ha1_sha256, ha1_md5 FROM credentials "
-                    "ORDER BY username")]
+        return credentials_of(self.db.execute(CREDENTIAL_ROWS))
 
     def set_credential(self, cred: Credential) -> None:
         self._credentials_write(
