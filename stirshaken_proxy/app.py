@@ -45,6 +45,7 @@ from .sip.transport import Side, Transport
 from .stats import Stats
 from .stir.credentials import TrustStore
 from .stir.passport import Signer, SigningIdentity
+from .stir.rcd import Brand
 from .stir.signing import Authenticator
 from .stir.verification import (
     VerificationService,
@@ -53,7 +54,7 @@ from .stir.verification import (
 from .stir.verify import Checks
 from .store import open_store
 from .store.base import Store
-from .store.sync import HealthWriter, InventorySync
+from .store.sync import HealthWriter, InventorySync, Watch
 
 log = logging.getLogger(__name__)
 
@@ -171,19 +172,31 @@ async def build_parts(config: Config, *, health: NumberHealth | None, regions: R
             inventory=inventory, policy=ac.policy, health=health,
             state_of=regions.state_of_npa, stats=stats, clock=time.perf_counter)
         authenticator.shared_picks = bool(ac.health_redis)
+        watches = []
         if config.digest is not None:
-            creds = await asyncio.to_thread(store.credentials)
             creds_version = await asyncio.to_thread(store.credentials_version)
+            creds = await asyncio.to_thread(store.credentials)
             if digest is None:
                 digest = DigestAuth(config.digest, secret=os.urandom(32))
             digest.config = config.digest
-            digest.credentials = {c.username: c for c in creds}
+            digest.set_credentials(creds)
             parts.digest = digest
+            watches.append(Watch("digest credentials", store.credentials_version,
+                                 store.credentials, digest.set_credentials, creds_version))
+        # Brands: the accounts' names from the config, those set with the CLI over them.
+        configured = {f"account:{a.name}": Brand(name=a.brand) for a in ac.accounts if a.brand}
+        auth_ = authenticator
+
+        def set_brands(stored: dict[str, Brand]) -> None:
+            auth_.brands = {**configured, **stored}
+
+        brands_version = await asyncio.to_thread(store.brands_version)
+        set_brands(await asyncio.to_thread(store.brands))
+        watches.append(Watch("brands", store.brands_version, store.brands, set_brands,
+                             brands_version))
         parts.inventory = InventorySync(
             store, extra=ac.numbers, version=inventory.version,
-            apply=authenticator.set_inventory, interval=ac.refresh_interval,
-            credentials=parts.digest.set_credentials if parts.digest is not None else None,
-            credentials_version=creds_version if parts.digest is not None else -1)
+            apply=authenticator.set_inventory, interval=ac.refresh_interval, watches=watches)
         if ac.store_url.startswith(("postgresql://", "postgres://")):
             from .store.postgres import InventoryListener
 

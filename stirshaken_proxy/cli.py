@@ -80,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     crm = creds_sub.add_parser("remove", help="remove a username")
     crm.add_argument("--config", required=True)
     crm.add_argument("--username", required=True)
+    brands = sub.add_parser("brands", help="Rich Call Data: the name and logo an account's or "
+                            "a number's A-attested calls present")
+    brands_sub = brands.add_subparsers(dest="brands_command", required=True)
+    for name, text in (("set", "set a brand (a logo is fetched now and its digest kept)"),
+                       ("remove", "remove a brand"), ("list", "every brand")):
+        b = brands_sub.add_parser(name, help=text)
+        b.add_argument("--config", required=True)
+        if name != "list":
+            scope = b.add_mutually_exclusive_group(required=True)
+            scope.add_argument("--account", help="the account's brand")
+            scope.add_argument("--number", help="one number's own brand (over its account's)")
+        if name == "set":
+            b.add_argument("--name", required=True, help="the caller name (at most 64)")
+            b.add_argument("--logo", help="an https URL of the logo image")
     call = sub.add_parser("call", help="place one test call (UDP, TCP or TLS) and print the "
                           "answers")
     call.add_argument("--target", required=True, help="host:port of the service's listener")
@@ -332,6 +346,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
             for check in result.checks:
                 mark = "ok  " if check.ok else "FAIL"
                 sys.stdout.write(f"  {mark}  {check.name:<11s} {check.detail}\n")
+            if result.rcd is not None or result.rcd_problem:
+                rcd = result.rcd_verified
+                if rcd is not None:
+                    shown = f"name {rcd.name!r}" + (f", logo {rcd.logo}" if rcd.logo else "") \
+                        + (f", reason {rcd.reason!r}" if rcd.reason else "")
+                    sys.stdout.write(f"  ok    {'rcd':<11s} {shown}\n")
+                else:
+                    sys.stdout.write(f"  FAIL  {'rcd':<11s} "
+                                     f"{result.rcd_problem or 'not verified'}\n")
         outcome = verdict.verstat.value
         if verdict.code is not None:
             outcome += f" ({verdict.code} {verdict.phrase}: {verdict.reason})"
@@ -491,6 +514,110 @@ def _read_password(path: str | None) -> str | None:
     return password
 
 
+def cmd_brands(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .policy.numbers import NumberFormatError, parse_block_text
+    from .stir.rcd import Brand, RcdError, check_logo_url, check_name, integrity
+    from .store.base import StoreError
+
+    config = load_config(args.config)
+    try:
+        store, auth = _store(config)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_DATA
+    try:
+        if args.brands_command == "list":
+            configured = {f"account:{a.name}": a.brand for a in auth.accounts if a.brand}
+            stored = store.brands()
+            for scope in sorted(set(configured) | set(stored)):
+                b = stored.get(scope)
+                origin = "store" if b is not None else "config"
+                name = b.name if b is not None else configured[scope]
+                logo = f"\t{b.logo}" if b is not None and b.logo else ""
+                sys.stdout.write(f"{scope}\t{name}\t({origin}){logo}\n")
+            return EXIT_OK
+        if args.account is not None:
+            if args.account not in {a.name for a in auth.accounts}:
+                _err(f"--account {args.account!r}: no such account in {config.path}")
+                return EXIT_DATA
+            scope = f"account:{args.account}"
+        else:
+            try:
+                first, last = parse_block_text(args.number,
+                                               country_code=auth.policy.country_code)
+            except NumberFormatError as exc:
+                _err(str(exc))
+                return EXIT_DATA
+            if first != last:
+                _err(f"--number {args.number!r}: one number, not a range")
+                return EXIT_DATA
+            scope = f"tn:{first}"
+        if args.brands_command == "remove":
+            if not store.remove_brand(scope):
+                _err(f"no brand for {scope}")
+                return EXIT_DATA
+            sys.stdout.write(f"removed the brand of {scope}\n")
+            return EXIT_OK
+        try:
+            name = check_name(args.name)
+            logo, digest = "", ""
+            if args.logo:
+                logo = check_logo_url(args.logo)
+                body = asyncio.run(_fetch_logo(config, logo))
+                digest = integrity(body)
+        except RcdError as exc:
+            _err(str(exc))
+            return EXIT_DATA
+        store.set_brand(scope, Brand(name=name, logo=logo, logo_digest=digest))
+        sys.stdout.write(f"set the brand of {scope}: {name}"
+                         + (f", logo {logo} ({digest})" if logo else "") + "\n")
+        return EXIT_OK
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_DATA
+    finally:
+        store.close()
+
+
+async def _fetch_logo(config: Config, url: str) -> bytes:
+    """The logo's bytes, fetched as the verifier fetches x5u: the [verify] URL rules and SSRF
+    guard, its size and time limits; raises RcdError saying why not."""
+    import ssl
+    from collections import Counter
+
+    import aiohttp
+
+    from .io.fetcher import Fetcher, GuardError
+    from .stir.rcd import RcdError
+    from .stir.x5u import FetchLimits, UrlPolicy
+
+    vc = config.verify
+    policy = vc.url_policy if vc is not None else UrlPolicy()
+    limits = vc.fetch if vc is not None else FetchLimits()
+    ctx = ssl.create_default_context()
+    if vc is not None and vc.tls_ca_file is not None:
+        ctx.load_verify_locations(cafile=str(vc.tls_ca_file))
+    fetcher = Fetcher(policy=policy, crl_policy=policy, limits=limits, ssl_context=ctx,
+                      on_done=lambda *_: None, counters=Counter())
+    try:
+        body, headers = await fetcher.get(url)
+    except GuardError as exc:
+        raise RcdError(f"logo {url}: {exc}") from None
+    except TimeoutError:
+        raise RcdError(f"logo {url}: no answer within {limits.timeout:g} s") from None
+    except (aiohttp.ClientError, OSError) as exc:  # ssl.SSLError is an OSError
+        raise RcdError(f"logo {url}: cannot be fetched: {exc}") from None
+    finally:
+        await fetcher.close()
+    kind = headers.get("Content-Type", "")
+    if not body or (kind and not kind.lower().startswith("image/")):
+        raise RcdError(f"logo {url}: not an image (Content-Type {kind or 'none'}, "
+                       f"{len(body)} bytes)")
+    return body
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     from .io.testcall import CallError, CallPlan, parse_target, place_call
 
@@ -528,7 +655,7 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "keys": cmd_keys,
             "numbers": cmd_numbers, "verify": cmd_verify, "api-key": cmd_api_key,
-            "credentials": cmd_credentials, "call": cmd_call,
+            "credentials": cmd_credentials, "call": cmd_call, "brands": cmd_brands,
             "certs": cmd_certs}
 
 

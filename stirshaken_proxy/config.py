@@ -34,6 +34,7 @@ from .policy.numbers import NumberFormatError, block_text, overlapping, parse_bl
 from .sip.transport import Side, Transport
 from .sip.uri import ascii_digits
 from .stir.credentials import CachePolicy, SigningCertificate, SigningCertificateError, check_signing_chain
+from .stir.rcd import RcdError, check_name
 from .stir.signing import AuthPolicy, NeighbourSpoofing, UnsignedCalls
 from .stir.verification import OnFailure, VerifyPolicy
 from .stir.x5u import FetchLimits, UrlPolicy
@@ -310,6 +311,7 @@ _ACCOUNT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "max_calls_per_hour": ((int,), 0),  # 0: the [health] limit
     "api_keys": ((list,), []),  # "sha256:<hex>" of each REST API key (stirshaken-proxy api-key)
     "tls_names": ((list,), []),  # client certificate names that identify it (mutual TLS)
+    "brand": ((str,), ""),  # the caller name its A calls carry (rcd nam; logos: CLI)
 }
 _AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "unsigned_calls": ((str,), "forward"),
@@ -317,6 +319,7 @@ _AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "country_code": ((str,), "1"),
     "neighbour_spoofing": ((str,), "sign_b"),
     "local_presence_header": ((str,), "X-Local-Presence"),
+    "call_reason_header": ((str,), "X-Call-Reason"),  # the dialer's call reason (rcd crn)
 }
 _VERIFY_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "enabled": ((bool,), True),
@@ -938,6 +941,12 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                 raise src.error("accounts", "api_keys", "the same key is given to two "
                                 "accounts", i)
             api_keys[value] = v["name"]
+        brand = ""
+        if v["brand"]:
+            try:
+                brand = check_name(v["brand"])
+            except RcdError as exc:
+                raise src.error("accounts", "brand", str(exc), i) from None
         tls_names = []
         for value in v["tls_names"]:
             if not isinstance(value, str) or not value or any(c in value for c in " \n*"):
@@ -953,7 +962,7 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                                 signing=v["signing"], gateway=v["gateway"],
                                 local_presence=presence,
                                 max_calls_per_hour=v["max_calls_per_hour"] or None,
-                                tls_names=tuple(tls_names)))
+                                tls_names=tuple(tls_names), brand=brand))
     clash = overlapping(numbers)
     if clash is not None:
         entry = next(i for i, a in enumerate(accounts) if a.name == clash[1].account)
@@ -969,7 +978,8 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                           max_date_skew=policy["max_date_skew"],
                           country_code=policy["country_code"],
                           neighbour_spoofing=neighbour,
-                          local_presence_header=policy["local_presence_header"]),
+                          local_presence_header=policy["local_presence_header"],
+                          call_reason_header=policy["call_reason_header"]),
         health=health, health_flush_interval=float(hv["flush_interval"]), api_keys=api_keys,
         health_redis=hv["redis"] if hv["enabled"] else "",
         health_redis_timeout=float(hv["redis_timeout"]),

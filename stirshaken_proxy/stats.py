@@ -24,6 +24,12 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...]]] = {
     "sip_transaction_timeouts": ("Transactions that timed out", ()),
     "sip_timer_c": ("Timer C expiries (INVITEs ringing too long)", ()),
     "calls_signed": ("INVITEs signed, by attestation and reason", ("account", "attest", "reason")),
+    "calls_branded": ("Signed INVITEs carrying the caller's Rich Call Data (name, logo)",
+                      ("account",)),
+    "calls_diverted_signed": ("Diverted INVITEs signed with a div PASSporT besides",
+                              ("account",)),
+    "rcd_verifications": ("Rich Call Data of inbound calls: passed (name and logo passed on) "
+                          "or failed", ("result",)),
     "caller_id_substituted": ("Calls presented with another of the account's numbers, by how "
                               "near it is to the callee", ("account", "match")),
     "calls_unsigned": ("INVITEs from the dialer side forwarded unsigned", ("reason",)),

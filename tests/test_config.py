@@ -114,6 +114,8 @@ ERRORS += [
      ":10: [digest] nonce_lifetime: must be greater than 0"),
     (BASE + _ACCOUNT + 'tls_names = ["*.dialer.test"]\n',
      "[[accounts]] #1 tls_names: '*.dialer.test' is not a certificate name"),
+    (BASE + _ACCOUNT + 'brand = "Acme\\u0007"\n',
+     "[[accounts]] #1 brand: brand name contains control characters (U+0007)"),
 ]
 
 

@@ -38,6 +38,7 @@ from .flood import FloodConfig, FloodGuard
 from .services import Services
 from .sip_sti import (
     BadDate,
+    BadReason,
     DateLines,
     call_facts,
     identity_line,
@@ -257,6 +258,10 @@ class RedirectEngine:
             self.stats[("sign_refused", "bad_date")] += 1
             self._answer(msg, source, key, 400, "Bad Request (Date)", (), now, out)
             return
+        if isinstance(facts, BadReason):
+            self.stats[("sign_refused", "bad_call_reason")] += 1
+            self._answer(msg, source, key, 400, "Bad Call Reason", (), now, out)
+            return
         outcome = auth.sign(facts, now)
         if isinstance(outcome, Refusal):
             self._answer(msg, source, key, outcome.status, outcome.phrase,
@@ -265,6 +270,7 @@ class RedirectEngine:
         headers = [contact]
         if isinstance(outcome, Signed):
             headers.append(identity_line(outcome))
+            headers.extend(b"Identity: " + v.encode() + b"\r\n" for v in outcome.more)
             if facts.date is None:
                 headers.append(self._dates.line(outcome.iat))
             if outcome.substitution is not None:

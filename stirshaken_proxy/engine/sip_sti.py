@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from ..policy.accounts import Account
 from ..sip.message import SipMessage
-from ..sip.numbers import called_tn, calling_tn
+from ..sip.numbers import called_tn, calling_tn, diverted_from_tn
 from ..stats import Stats
+from ..stir.rcd import RcdError, check_reason
 from ..stir.signing import AuthPolicy, CallFacts, Refusal, Signed
 from ..stir.verification import NeedsCredentials, VerificationService, VerifyPolicy
 from ..stir.verify import Verdict, Verstat
@@ -55,6 +56,13 @@ class BadDate:
     text: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BadReason:
+    """The dialer's call reason cannot be signed (control characters, too long): 400."""
+
+    problem: str
+
+
 def strip_untrusted(msg: SipMessage, account: Account | None, stats: Stats) -> None:
     """What a dialer-side request may not carry past us: its own Identity headers (a customer
     never places its own PASSporT on our trunk), the legacy Identity-Info of RFC 4474, and an
@@ -74,9 +82,10 @@ def is_initial_invite(msg: SipMessage) -> bool:
     return msg.method == "INVITE" and "tag=" not in (msg.get("to") or "")
 
 
-def call_facts(msg: SipMessage, account: Account | None, policy: AuthPolicy) -> CallFacts | BadDate:
+def call_facts(msg: SipMessage, account: Account | None,
+               policy: AuthPolicy) -> CallFacts | BadDate | BadReason:
     """The facts of a dialer-side INVITE for the authentication service. The dialer's local
-    presence request header stops here."""
+    presence request and call reason headers stop here."""
     cc = policy.country_code
     date_text = msg.get("date")
     date = None
@@ -89,13 +98,28 @@ def call_facts(msg: SipMessage, account: Account | None, policy: AuthPolicy) -> 
     if msg.has(name):
         asked = (msg.get(name) or "").strip().lower() in _TRUE
         msg.remove_all(name)
+    orig = calling_tn(msg.values("p-asserted-identity"), msg.get("from"), country_code=cc)
+    dest = called_tn(msg.uri, msg.get("to"), country_code=cc)
+    index = msg.index
+    key = policy.reason_header_key
+    if key in index or "diversion" in index or "history-info" in index:
+        reason = None
+        if key in index:
+            raw = msg.headers[index[key][0]].value
+            msg.remove_all(key)
+            try:  # header values are kept as latin-1 text; SIP's TEXT is UTF-8 (§25.1)
+                reason = check_reason(raw.encode("latin-1").decode("utf-8"))
+            except UnicodeError:
+                return BadReason(problem="call reason is not UTF-8")
+            except RcdError as exc:
+                return BadReason(problem=str(exc))
+        diverted = diverted_from_tn(msg.values("diversion"), msg.values("history-info"),
+                                    country_code=cc)
+        return CallFacts(account, orig, dest, date, asked, reason=reason,
+                         diverted_from=diverted if diverted != dest else None)
     # Positional, in field order (account, orig, dest, date, presence_requested): once per
     # call, where keywords cost twice as much.
-    return CallFacts(
-        account,
-        calling_tn(msg.values("p-asserted-identity"), msg.get("from"), country_code=cc),
-        called_tn(msg.uri, msg.get("to"), country_code=cc),
-        date, asked)
+    return CallFacts(account, orig, dest, date, asked)
 
 
 class DateLines:
@@ -180,12 +204,32 @@ def mark_verdict(msg: SipMessage, verdict: Verdict, *, attestation_header: bool)
         if msg.has("p-asserted-identity") else ("from", b"From")
     i = msg.index[name][0]
     marked = with_verstat(msg.headers[i].value, verdict.verstat.value)
-    msg.replace_header(i, label + b": " + marked.encode("latin-1") + b"\r\n")
+    value = marked.encode("latin-1")
+    # Only a verified logo reaches the callee: an icon the call arrived with is removed.
+    for j in reversed(msg.index.get("call-info", [])):
+        if "purpose=icon" in msg.headers[j].value.lower().replace(" ", ""):
+            msg.remove_header(j)
+    rcd = verdict.rcd
+    if rcd is not None:
+        # The verified caller's name (RFC 9795 nam) is what the callee's phone shows; its
+        # logo goes as Call-Info purpose=icon.
+        value = with_display_name(value, rcd.name)
+        if rcd.logo:
+            msg.append_header(b"Call-Info: <" + rcd.logo.encode("latin-1")
+                              + b">;purpose=icon\r\n")
+    msg.replace_header(i, label + b": " + value + b"\r\n")
     lines = verdict_lines(verdict, attestation_header=attestation_header)
     if lines and verdict.verstat is Verstat.PASSED:
         msg.remove_all("p-attestation-indicator")  # a previous hop's says nothing
     for line in lines:
         msg.append_header(line)
+
+
+def with_display_name(value: bytes, name: str) -> bytes:
+    """A name-addr value with ``name`` as its quoted display name (UTF-8, RFC 3261 §25.1)."""
+    lt = value.find(b"<")
+    quoted = ('"' + name.replace("\\", "\\\\").replace('"', '\\"') + '" ').encode()
+    return quoted + (value[lt:] if lt >= 0 else b"<" + value + b">")
 
 
 def with_verstat(value: str, verstat: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..sip.message import SipMessage
 from ..sip.transport import Peer, Side
 from ..stats import Stats
-from ..stir.signing import NeedsNumber, Picked, Refusal, Signed
+from ..stir.signing import CallFacts, NeedsNumber, Picked, Refusal, Signed
 from ..stir.verification import NeedsCredentials
 from .actions import Action, Fetch, PickNumber
 from .calls import CallTable, TrackedCall, identity_map, map_identities
@@ -85,9 +85,12 @@ class StiLeg:
         if msg.method != "INVITE" or "tag=" in (msg.get("to") or ""):
             return None  # SHAKEN signs initial INVITEs only
         facts = call_facts(msg, account, auth.policy)
-        if isinstance(facts, BadDate):
-            self.stats[("sign_refused", "bad_date")] += 1
-            return Rejection(status=400, reason="Bad Request (Date)")
+        if type(facts) is not CallFacts:
+            if isinstance(facts, BadDate):
+                self.stats[("sign_refused", "bad_date")] += 1
+                return Rejection(status=400, reason="Bad Request (Date)")
+            self.stats[("sign_refused", "bad_call_reason")] += 1
+            return Rejection(status=400, reason="Bad Call Reason")
         picked, self.picked = self.picked, None
         outcome = auth.sign(facts, now, picked=picked, defer=True)
         if type(outcome) is NeedsNumber:
@@ -103,6 +106,8 @@ class StiLeg:
                               facts.orig, outcome.orig, extra={
                                   "call_id": msg.call_id, "account": outcome.account})
             msg.append_header(b"Identity: " + outcome.identity.encode() + b"\r\n")
+            for value in outcome.more:  # a div PASSporT beside the shaken one
+                msg.append_header(b"Identity: " + value.encode() + b"\r\n")
             if facts.date is None:
                 msg.append_header(self._dates.line(outcome.iat))
             if outcome.events or identities is not None:

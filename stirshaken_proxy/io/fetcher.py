@@ -164,7 +164,7 @@ class Fetcher:
 
     async def _run(self, request: FetchRequest, host: str) -> None:
         crl = request.kind is FetchKind.CRL
-        name = "crl" if crl else "x5u"
+        name = request.kind.value  # x5u, crl, content
         started = time.monotonic()
         result: FetchResponse | FetchError
         try:
@@ -186,7 +186,7 @@ class Fetcher:
         else:
             self.counters[f"{name}_fetches"] += 1
             self._failed.pop(host, None)
-            if not crl:
+            if request.kind is FetchKind.X5U:
                 self.latency.observe(time.monotonic() - started)
             result = FetchResponse(body=body, headers={k: v for k, v in headers.items()})
         finally:
@@ -286,9 +286,10 @@ class CredentialFeed:
                      date: int | None, now: float,
                      on_fetch: Callable[[str], None] | None = None) -> Verdict:
         """A verdict, fetching what is missing (bounded by the fetcher's timeout)."""
-        # Twice at most: after the fetches every URL has a cached outcome (a chain or a
-        # failure); a third pass can only happen if the cache dropped one meanwhile.
-        for _ in range(3):
+        # Three passes at most: the chains (and their CRLs), then what a verified PASSporT's
+        # rcd claims point to (a logo), then the verdict; a fourth only if the cache dropped
+        # an outcome meanwhile.
+        for _ in range(4):
             result = self.service.verify(identities, orig=orig, dest=dest, date=date, now=now)
             if isinstance(result, Verdict):
                 return result

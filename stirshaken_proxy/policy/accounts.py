@@ -29,6 +29,7 @@ class Account:
     local_presence: LocalPresence = LocalPresence.OFF
     max_calls_per_hour: int | None = None  # this account's velocity limit per number
     tls_names: tuple[str, ...] = ()  # client certificate names (lower case) that identify it
+    brand: str = ""  # the name its A-attested calls present (Rich Call Data), from the config
 
     def __post_init__(self) -> None:
         uuid.UUID(self.origid)

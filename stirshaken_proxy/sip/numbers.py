@@ -73,6 +73,18 @@ def calling_tn(pai_values: list[str], from_value: str | None, *,
     return _tn_of(from_value, country_code)
 
 
+def diverted_from_tn(diversion: list[str], history_info: list[str], *,
+                     country_code: str = "1") -> str | None:
+    """The number a diverted call was placed to before its last diversion: the top Diversion
+    value (RFC 5806: the most recent diversion first), else the History-Info entry before the
+    last one (RFC 7044: entries in order, the last is the current target)."""
+    if diversion:
+        return _tn_of(diversion[0], country_code)
+    if len(history_info) >= 2:
+        return _tn_of(history_info[-2], country_code)
+    return None
+
+
 def called_tn(request_uri: str, to_value: str | None, *, country_code: str = "1") -> str | None:
     """The called number: the Request-URI's, else To's."""
     return canonical_tn(request_uri, country_code=country_code) or _tn_of(to_value,

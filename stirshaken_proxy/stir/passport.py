@@ -75,7 +75,7 @@ class SigningIdentity:
 class Signer:
     """Signs SHAKEN PASSporTs for one signing identity."""
 
-    __slots__ = ("_header_b64", "_info", "_key", "identity")
+    __slots__ = ("_div_header_b64", "_header_b64", "_info", "_key", "identity")
 
     def __init__(self, identity: SigningIdentity) -> None:
         if not isinstance(identity.key.curve, ec.SECP256R1):
@@ -85,6 +85,8 @@ class Signer:
         header = canonical_json({"alg": "ES256", "ppt": "shaken", "typ": "passport",
                                  "x5u": identity.x5u})
         self._header_b64 = b64url(header.encode())
+        self._div_header_b64 = b64url(canonical_json(
+            {"alg": "ES256", "ppt": "div", "typ": "passport", "x5u": identity.x5u}).encode())
         self._info = f";info=<{identity.x5u}>;alg=ES256;ppt=shaken"
 
     def claims(self, *, attest: Attestation, orig: str, dest: list[str], iat: int,
@@ -95,8 +97,8 @@ class Signer:
         return (f'{{"attest":"{attest.value}","dest":{{"tn":["{dests}"]}},"iat":{iat},'
                 f'"orig":{{"tn":"{orig}"}},"origid":"{origid}"}}')
 
-    def sign_claims(self, claims: str) -> str:
-        signing_input = self._header_b64 + "." + b64url(claims.encode())
+    def sign_claims(self, claims: str, header_b64: str | None = None) -> str:
+        signing_input = (header_b64 or self._header_b64) + "." + b64url(claims.encode())
         signature = der_to_raw(self._key.sign(signing_input.encode("ascii"), _ES256))
         return signing_input + "." + b64url(signature)
 
@@ -104,6 +106,22 @@ class Signer:
              origid: str) -> str:
         return self.sign_claims(self.claims(attest=attest, orig=orig, dest=dest, iat=iat,
                                             origid=origid))
+
+    def sign_with(self, *, attest: Attestation, orig: str, dest: list[str], iat: int,
+                  origid: str, extra: dict[str, Any]) -> str:
+        """A SHAKEN PASSporT with more claims (Rich Call Data: rcd, rcdi, crn), in
+        canonical JSON (RFC 8225 §9)."""
+        claims = {"attest": attest.value, "dest": {"tn": dest}, "iat": iat,
+                  "orig": {"tn": orig}, "origid": origid, **extra}
+        return self.sign_claims(canonical_json(claims))
+
+    def sign_div(self, *, orig: str, dest: list[str], div: str, iat: int) -> str:
+        """A div PASSporT (RFC 8946): the call from ``orig`` to ``div`` was diverted to
+        ``dest``. Returns the Identity header value (``ppt=div``)."""
+        claims = canonical_json({"dest": {"tn": dest}, "div": {"tn": div}, "iat": iat,
+                                 "orig": {"tn": orig}})
+        token = self.sign_claims(claims, self._div_header_b64)
+        return token + self._info[:-len("shaken")] + "div"
 
     def identity_value(self, token: str) -> str:
         """RFC 8224 §4: ``<full PASSporT>;info=<x5u>;alg=ES256;ppt=shaken``."""

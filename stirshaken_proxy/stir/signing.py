@@ -23,6 +23,8 @@ from ..policy.inventory import Inventory
 from ..policy.presence import Pool, Selection, choose, ranked
 from ..stats import LatencyHistogram, Stats
 from .passport import Attestation, Signer
+from .rcd import Brand
+from .rcd import claims as rcd_claims
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +48,16 @@ class AuthPolicy:
     unsigned_calls: UnsignedCalls = UnsignedCalls.FORWARD
     neighbour_spoofing: NeighbourSpoofing = NeighbourSpoofing.SIGN_B
     local_presence_header: str = "X-Local-Presence"  # the dialer's per-call request
+    call_reason_header: str = "X-Call-Reason"  # the dialer's call reason (rcd crn), per call
     max_date_skew: int = 60  # RFC 8224 §6.1 / §6.2.1: Date more than this off is refused
     country_code: str = "1"
     # The local-presence header's name as the parser indexes it (lower case), made once.
     presence_header_key: str = field(init=False, repr=False, compare=False, default="")
+    reason_header_key: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "presence_header_key", self.local_presence_header.lower())
+        object.__setattr__(self, "reason_header_key", self.call_reason_header.lower())
 
 
 class CallFacts(NamedTuple):
@@ -70,6 +75,8 @@ class CallFacts(NamedTuple):
     attest: Attestation | None = None
     more_dests: tuple[str, ...] = ()
     origid: str | None = None
+    reason: str | None = None  # the call reason the dialer chose (checked), for rcd's crn
+    diverted_from: str | None = None  # a diverted call: the number it was first placed to
 
 
 class Signed(NamedTuple):
@@ -84,6 +91,8 @@ class Signed(NamedTuple):
     iat: int
     substitution: Selection | None = None  # set when the caller ID was replaced
     events: tuple[HealthEvent, ...] = ()  # number-health events to share and store
+    more: tuple[str, ...] = ()  # further Identity header values (a div PASSporT)
+    branded: bool = False  # the PASSporT carries the caller's Rich Call Data
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -143,6 +152,8 @@ class Authenticator:
         self.clock = clock  # a performance clock for the sign-latency histogram
         self.latency = LatencyHistogram()
         self._pools: dict[str, Pool] = {}
+        # Rich Call Data: "tn:<number>" and "account:<name>" -> the brand presented
+        self.brands: dict[str, Brand] = {}
         self.shared_picks = False  # number health is shared: picks are asked (NeedsNumber)
 
     def carry_over(self, old: Authenticator) -> None:
@@ -209,8 +220,23 @@ class Authenticator:
             level = facts.attest  # a caller may always ask for less
         signer = self.signers[account.signing]
         started = self.clock() if self.clock is not None else 0.0
-        token = signer.sign(attest=level, orig=orig, dest=[dest, *facts.more_dests], iat=iat,
-                            origid=facts.origid or account.origid)
+        # A diverted call: the SHAKEN PASSporT is the call as first placed, the div PASSporT
+        # says where it went (RFC 8946).
+        first = facts.diverted_from or dest
+        dests = [first, *facts.more_dests]
+        origid = facts.origid or account.origid
+        brand = self._brand(orig, account.name) if level is Attestation.A and self.brands \
+            else None
+        if brand is not None:  # only a caller fully attested for the number is named
+            token = signer.sign_with(attest=level, orig=orig, dest=dests, iat=iat,
+                                     origid=origid, extra=rcd_claims(brand, facts.reason))
+            self.stats[("calls_branded", account.name)] += 1
+        else:
+            token = signer.sign(attest=level, orig=orig, dest=dests, iat=iat, origid=origid)
+        more: tuple[str, ...] = ()
+        if facts.diverted_from is not None and facts.diverted_from != dest:
+            more = (signer.sign_div(orig=orig, dest=[dest], div=facts.diverted_from, iat=iat),)
+            self.stats[("calls_diverted_signed", account.name)] += 1
         if self.clock is not None:
             self.latency.observe(self.clock() - started)
         if health is not None:
@@ -218,8 +244,17 @@ class Authenticator:
         self.stats[("calls_signed", account.name, level.value, decision.reason.value)] += 1
         # Positional, in field order (identity, attest, reason, account, orig, dest, iat,
         # substitution, events): keywords cost twice as much, once per call.
+        if brand is None and not more:
+            return Signed(signer.identity_value(token), level, decision.reason,
+                          account.name, orig, dest, iat, pick, tuple(events))
         return Signed(signer.identity_value(token), level, decision.reason,
-                      account.name, orig, dest, iat, pick, tuple(events))
+                      account.name, orig, dest, iat, pick, tuple(events), more,
+                      brand is not None)
+
+    def _brand(self, tn: str, account: str) -> Brand | None:
+        """The number's own brand, else its account's."""
+        brands = self.brands
+        return brands.get("tn:" + tn) or brands.get("account:" + account)
 
     def _pool(self, account: str) -> Pool:
         pool = self._pools.get(account)

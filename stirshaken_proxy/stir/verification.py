@@ -26,15 +26,18 @@ from .credentials import (
     cache_age,
     parse_crl,
 )
-from .verify import Checks, Verdict, Verstat
+from .rcd import integrity
+from .verify import Checks, HeaderResult, Verdict, Verstat
 
 _MAX_PENDING_CHAINS = 10_000  # chains waiting for their CRLs
 _MAX_CRL_URLS = 10_000  # CRL URLs remembered with their next fetch time
+_MAX_CONTENTS = 10_000  # rcd content (logos) remembered by URL, as digests
 
 
 class FetchKind(enum.Enum):
     X5U = "x5u"  # a certificate chain behind an x5u / info URL
     CRL = "crl"  # a CRL named by a certificate's CRL distribution point
+    CONTENT = "content"  # what a PASSporT's rcd claims point to (a logo), checked by rcdi
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -124,6 +127,8 @@ class VerificationService:
         self._pending: dict[str, _PendingChain] = {}  # x5u URL -> chain waiting for CRLs
         self._crl_waiters: dict[str, set[str]] = {}  # CRL URL -> x5u URLs waiting for it
         self._crl_next: dict[str, float] = {}  # CRL URL -> when to fetch it again
+        # rcd content URL -> (its digests by algorithm, or why it could not be had; until)
+        self._contents: dict[str, tuple[dict[str, str] | str, float]] = {}
 
     def carry_over(self, old: VerificationService) -> None:
         """Keep the latency counts of the one this replaces (a reload)."""
@@ -143,25 +148,53 @@ class VerificationService:
                     missing.append(result.url)
                 else:
                     self.checks.with_credential(result, cred)
-        if missing:
-            wanted = tuple(dict.fromkeys(missing))
-            fetch = tuple(FetchRequest(url=u, kind=FetchKind.X5U) for u in wanted
-                          if u not in self._in_flight)
+        contents: list[str] = []
+        for result in results:
+            if result.rcd is not None and result.rcd.logo and result.passed \
+                    and not result.rcd_problem and not self._content_check(result, now):
+                contents.append(result.rcd.logo)
+        if missing or contents:
+            wanted = tuple(dict.fromkeys(missing + contents))
+            fetch = tuple(FetchRequest(url=u, kind=FetchKind.CONTENT if u in contents
+                                       and u not in missing else FetchKind.X5U)
+                          for u in wanted if u not in self._in_flight)
             self._in_flight.update(r.url for r in fetch)
             self.stats[("verify_waits",)] += 1
             return NeedsCredentials(urls=wanted, fetch=fetch)
         verdict = Checks.verdict(results)
+        for result in results:
+            if result.rcd is not None or result.rcd_problem:
+                self.stats[("rcd_verifications", "passed" if result.rcd_verified is not None
+                            else "failed")] += 1
         if self.clock is not None:
             self.latency.observe(self.clock() - started)
         self.stats[("verifications", verdict.verstat.value,
                     str(verdict.code) if verdict.code is not None else "")] += 1
         return verdict
 
+    def _content_check(self, result: HeaderResult, now: float) -> bool:
+        """rcdi against the fetched logo (RFC 9795 integrity); False: not fetched yet."""
+        rcd = result.rcd
+        assert rcd is not None
+        entry = self._contents.get(rcd.logo)
+        if entry is None or entry[1] <= now:
+            return False
+        digests = entry[0]
+        if isinstance(digests, str):
+            result.rcd_problem = f"logo {rcd.logo}: {digests}"
+        elif digests.get(rcd.logo_digest.split("-", 1)[0]) != rcd.logo_digest:
+            result.rcd_problem = f"logo {rcd.logo} does not match its rcdi digest"
+        else:
+            result.rcd_checked = True
+        return True
+
     # -- credentials, fed by the shell ------------------------------------------------------
     def fetched(self, request: FetchRequest, result: FetchResponse | FetchError,
                 now: float) -> FetchOutcome:
         if request.kind is FetchKind.CRL:
             return self._crl_fetched(request.url, result, now)
+        if request.kind is FetchKind.CONTENT:
+            return self._content_fetched(request.url, result, now)
         url = request.url
         self._in_flight.discard(url)
         policy = self.cache_policy
@@ -220,6 +253,23 @@ class VerificationService:
             self.cache.put(url, credential, expires)
             ready.append(url)
         return FetchOutcome(ready=tuple(sorted(ready)))
+
+    def _content_fetched(self, url: str, result: FetchResponse | FetchError,
+                         now: float) -> FetchOutcome:
+        self._in_flight.discard(url)
+        policy = self.cache_policy
+        if len(self._contents) >= _MAX_CONTENTS:
+            self._contents = {u: e for u, e in self._contents.items() if e[1] > now}
+            if len(self._contents) >= _MAX_CONTENTS:
+                del self._contents[next(iter(self._contents))]
+        if isinstance(result, FetchError):
+            self._contents[url] = (f"cannot be fetched: {result.reason}", now + policy.negative_age)
+        else:
+            body = result.body
+            self._contents[url] = ({alg: integrity(body, alg)
+                                    for alg in ("sha256", "sha384", "sha512")},
+                                   now + cache_age(result.headers, now, policy))
+        return FetchOutcome(ready=(url,))
 
     @property
     def in_flight(self) -> int:

@@ -24,6 +24,7 @@ from ..sip.numbers import canonical_digits
 from ..sip.uri import split_values
 from .credentials import Credential, FetchFailure
 from .passport import PassportError, decode_passport
+from .rcd import RcdClaims, RcdError, parse_claims
 from .x5u import UrlPolicy
 
 
@@ -59,10 +60,24 @@ class HeaderResult:
     origid: str | None = None
     url: str | None = None
     _passport: Any = None
+    div_tn: str | None = None  # ppt=div: the number the call was diverted from
+    via: HeaderResult | None = None  # shaken: its dest was matched through this div header
+    rcd: RcdClaims | None = None  # the Rich Call Data claims, well formed
+    rcd_problem: str = ""  # why they are not (or why their content does not match)
+    rcd_checked: bool = False  # the content rcdi points to was fetched and matches
 
     @property
     def passed(self) -> bool:
-        return self.code is None and bool(self.checks) and all(c.ok for c in self.checks)
+        return self.code is None and bool(self.checks) and all(c.ok for c in self.checks) \
+            and (self.via is None or self.via.passed)
+
+    @property
+    def rcd_verified(self) -> RcdClaims | None:
+        """The rcd claims of a header that passed, with their referenced content checked."""
+        rcd = self.rcd
+        if rcd is None or self.rcd_problem or not self.passed:
+            return None
+        return rcd if (not rcd.logo or self.rcd_checked) else None
 
     def fail(self, name: str, code: int, detail: str) -> HeaderResult:
         self.checks.append(Check(name=name, ok=False, detail=detail))
@@ -81,6 +96,7 @@ class Verdict:
     code: int | None = None  # the response code when the request is to be rejected
     reason: str = ""
     attest: str | None = None
+    rcd: RcdClaims | None = None  # the verified caller's Rich Call Data, when there is one
 
     @property
     def phrase(self) -> str:
@@ -122,6 +138,15 @@ def parse_identity(value: str) -> IdentityHeader:
     return IdentityHeader(token=token, info=info, alg=params.get("alg"), ppt=ppt)
 
 
+def _ppt_param(value: str) -> str | None:
+    """The ppt parameter of an Identity value, without parsing the rest."""
+    for part in value.split(";")[1:]:
+        name, _, val = part.partition("=")
+        if name.strip().lower() == "ppt":
+            return val.strip().strip('"')
+    return None
+
+
 class Checks:
     """The checks of one Identity header, with the verifier's settings."""
 
@@ -138,8 +163,23 @@ class Checks:
         values: list[str] = []
         for v in identities:
             values.extend(split_values(v) if "," in v else [v])
-        return [self.precheck(value, orig=orig, dest=dest, date=date, now=now)
-                for value in values]
+        if len(values) == 1:
+            return [self.precheck(values[0], orig=orig, dest=dest, date=date, now=now)]
+        # div headers first (RFC 8946): a shaken PASSporT of a diverted call names the
+        # number first called, which a div header links to this request's.
+        results: list[HeaderResult | None] = [None] * len(values)
+        diverted: dict[str, HeaderResult] = {}
+        for i, value in enumerate(values):
+            if _ppt_param(value) == "div":
+                r = self.precheck(value, orig=orig, dest=dest, date=date, now=now)
+                results[i] = r
+                if r.code is None and r.div_tn is not None:
+                    diverted.setdefault(r.div_tn, r)
+        for i, value in enumerate(values):
+            if results[i] is None:
+                results[i] = self.precheck(value, orig=orig, dest=dest, date=date, now=now,
+                                           diverted=diverted)
+        return [r for r in results if r is not None]
 
     @staticmethod
     def verdict(results: list[HeaderResult]) -> Verdict:
@@ -147,15 +187,16 @@ class Checks:
         if not results:
             return Verdict(verstat=Verstat.NONE, results=[], code=428,
                            reason="no Identity header")
-        passed = [r for r in results if r.passed]
+        passed = [r for r in results if r.passed and r.ppt == "shaken"]
         if passed:
-            return Verdict(verstat=Verstat.PASSED, results=results, attest=passed[0].attest)
+            return Verdict(verstat=Verstat.PASSED, results=results, attest=passed[0].attest,
+                           rcd=passed[0].rcd_verified)
         first = next(r for r in results if r.code is not None)
         return Verdict(verstat=Verstat.FAILED, results=results, code=first.code,
                        reason=first.reason)
 
     def precheck(self, value: str, *, orig: str | None, dest: str | None, date: int | None,
-                 now: float) -> HeaderResult:
+                 now: float, diverted: dict[str, HeaderResult] | None = None) -> HeaderResult:
         r = HeaderResult(raw=value)
         try:
             header = parse_identity(value)
@@ -169,11 +210,11 @@ class Checks:
         ph = passport.header
         ppt = header.ppt if header.ppt is not None else ph.get("ppt")
         r.ppt = ppt if isinstance(ppt, str) else None
-        if ppt != "shaken" or ph.get("ppt") != "shaken":
-            return r.fail("ppt", 438, f"unsupported PASSporT type {ppt!r} (only shaken)")
+        if ppt not in ("shaken", "div") or ph.get("ppt") != ppt:
+            return r.fail("ppt", 438, f"unsupported PASSporT type {ppt!r} (shaken or div)")
         if ph.get("typ") != "passport":
             return r.fail("ppt", 438, f"typ is {ph.get('typ')!r}, not passport")
-        r.ok("ppt", "shaken")
+        r.ok("ppt", ppt)
         alg = header.alg if header.alg is not None else ph.get("alg")
         if alg != "ES256" or ph.get("alg") != "ES256":
             return r.fail("alg", 437, f"unsupported algorithm {ph.get('alg')!r} "
@@ -185,7 +226,13 @@ class Checks:
         orig_claim = claims.get("orig")
         dest_claim = claims.get("dest")
         iat = claims.get("iat")
-        if attest not in ("A", "B", "C") or not isinstance(origid, str) or not origid:
+        if ppt == "div":
+            div = claims.get("div")
+            div_tn = div.get("tn") if isinstance(div, dict) else None
+            if not isinstance(div_tn, str):
+                return r.fail("claims", 438, "div has no tn")
+            r.div_tn = canonical_digits(div_tn, country_code=self.country_code)
+        elif attest not in ("A", "B", "C") or not isinstance(origid, str) or not origid:
             return r.fail("claims", 438, "attest must be A, B or C and origid present")
         if not isinstance(orig_claim, dict) or not isinstance(orig_claim.get("tn"), str):
             return r.fail("claims", 438, "orig has no tn")
@@ -194,9 +241,16 @@ class Checks:
             return r.fail("claims", 438, "dest has no tn array")
         if isinstance(iat, bool) or not isinstance(iat, int):
             return r.fail("claims", 438, "iat is not an integer")
-        r.attest = attest
-        r.origid = origid
-        r.ok("claims", f"attest {attest}, origid {origid}")
+        if ppt == "div":
+            r.ok("claims", f"diverted from {r.div_tn}")
+        else:
+            r.attest = attest
+            r.origid = origid
+            r.ok("claims", f"attest {attest}, origid {origid}")
+            try:
+                r.rcd = parse_claims(claims)
+            except RcdError as exc:
+                r.rcd_problem = str(exc)
         x5u = ph.get("x5u")
         info = header.info
         if info is None:  # RFC 8224 §4.1: info is mandatory (no falling back on x5u)
@@ -217,10 +271,16 @@ class Checks:
                           f"calling number {orig!r}")
         r.ok("orig", orig)
         claimed_dest = {canonical_digits(t, country_code=cc) for t in tns}
-        if dest is None or dest not in claimed_dest:
+        link = next((d for tn, d in (diverted or {}).items() if tn in claimed_dest), None) \
+            if dest not in claimed_dest else None
+        if dest is None or (dest not in claimed_dest and link is None):
             return r.fail("dest", 438, f"dest {tns!r} does not include the called number "
                           f"{dest!r}")
-        r.ok("dest", dest)
+        if link is not None:
+            r.via = link
+            r.ok("dest", f"{dest} through the diversion from {link.div_tn}")
+        else:
+            r.ok("dest", dest)
         # RFC 8224 §6.2 step 4: iat is authoritative; Date only matters when iat is stale.
         age = now - iat
         if iat <= 0 or abs(age) > self.window:

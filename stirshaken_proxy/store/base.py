@@ -19,6 +19,7 @@ from ..policy.numbers import (
     overlaps,
     parse_block_text,
 )
+from ..stir.rcd import Brand
 
 
 class StoreError(Exception):
@@ -87,6 +88,14 @@ def credentials_of(rows: Iterable[tuple[str, str, str, str, str]]) -> list[Crede
             for u, a, r, h2, h1 in rows]
 
 
+BRAND_ROWS = "SELECT scope, name, logo, logo_digest FROM brands ORDER BY scope"
+
+
+def brands_of(rows: Iterable[tuple[str, str, str, str]]) -> dict[str, Brand]:
+    """The rows of BRAND_ROWS (either backend): scope -> brand."""
+    return {scope: Brand(name=n, logo=lg, logo_digest=d) for scope, n, lg, d in rows}
+
+
 class HealthStore(Protocol):
     """Number-health statistics written behind by the service (JSON per number)."""
 
@@ -121,6 +130,14 @@ class Store(Protocol):
     def set_credential(self, cred: Credential) -> None: ...
 
     def remove_credential(self, username: str) -> bool: ...
+
+    def brands_version(self) -> int: ...
+
+    def brands(self) -> dict[str, Brand]: ...
+
+    def set_brand(self, scope: str, brand: Brand) -> None: ...
+
+    def remove_brand(self, scope: str) -> bool: ...
 
     def close(self) -> None: ...
 

@@ -20,9 +20,12 @@ import psycopg
 
 from ..policy.digest import Credential
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
+from ..stir.rcd import Brand
 from .base import (
+    BRAND_ROWS,
     CREDENTIAL_ROWS,
     StoreError,
+    brands_of,
     credentials_of,
     redact_url,
     refuse_overlaps,
@@ -32,7 +35,7 @@ from .base import (
 log = logging.getLogger(__name__)
 CHANNEL = "stirshaken_inventory"
 _LOCK = 0x5715_4A4E  # pg_advisory_xact_lock key of our migrations
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE numbers (
@@ -67,6 +70,16 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated double precision NOT NULL
         )""",
         "INSERT INTO meta(key, value) VALUES ('credentials_version', 0)",
+    ),
+    3: (
+        """CREATE TABLE brands (
+            scope text PRIMARY KEY,
+            name text NOT NULL,
+            logo text NOT NULL DEFAULT '',
+            logo_digest text NOT NULL DEFAULT '',
+            updated double precision NOT NULL
+        )""",
+        "INSERT INTO meta(key, value) VALUES ('brands_version', 0)",
     ),
 }
 _KEYED_ROWS = (f"SELECT length(first) * {KEY_SPAN}::bigint + first::bigint AS k, "
@@ -195,16 +208,16 @@ class PgStore:
     def health(self) -> PgHealthRows:
         return PgHealthRows(self)
 
-    # -- digest credentials -----------------------------------------------------------------
+    # -- digest credentials and brands (each versioned on its own) -------------------------
     def credentials_version(self) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'credentials_version'")
-        return int(row.fetchone()[0])  # type: ignore[index]
+        return self._meta("credentials_version")
 
     def credentials(self) -> list[Credential]:
         return credentials_of(self.db.execute(CREDENTIAL_ROWS))
 
     def set_credential(self, cred: Credential) -> None:
-        self._credentials_write(
+        self._versioned_write(
+            "credentials_version",
             "INSERT INTO credentials(username, account, realm, ha1_sha256, ha1_md5, updated) "
             "VALUES (%s, %s, %s, %s, %s, extract(epoch FROM now())) ON CONFLICT (username) "
             "DO UPDATE SET account = excluded.account, realm = excluded.realm, "
@@ -213,17 +226,41 @@ class PgStore:
             (cred.username, cred.account, cred.realm, cred.ha1_sha256, cred.ha1_md5))
 
     def remove_credential(self, username: str) -> bool:
-        return self._credentials_write("DELETE FROM credentials WHERE username = %s",
-                                       (username,)) > 0
+        return self._versioned_write("credentials_version",
+                                     "DELETE FROM credentials WHERE username = %s",
+                                     (username,)) > 0
 
-    def _credentials_write(self, sql: str, args: tuple[object, ...]) -> int:
+    def brands_version(self) -> int:
+        return self._meta("brands_version")
+
+    def brands(self) -> dict[str, Brand]:
+        return brands_of(self.db.execute(BRAND_ROWS))
+
+    def set_brand(self, scope: str, brand: Brand) -> None:
+        self._versioned_write(
+            "brands_version",
+            "INSERT INTO brands(scope, name, logo, logo_digest, updated) VALUES "
+            "(%s, %s, %s, %s, extract(epoch FROM now())) ON CONFLICT (scope) DO UPDATE SET "
+            "name = excluded.name, logo = excluded.logo, logo_digest = excluded.logo_digest, "
+            "updated = excluded.updated",
+            (scope, brand.name, brand.logo, brand.logo_digest))
+
+    def remove_brand(self, scope: str) -> bool:
+        return self._versioned_write("brands_version", "DELETE FROM brands WHERE scope = %s",
+                                     (scope,)) > 0
+
+    def _meta(self, key: str) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _versioned_write(self, key: str, sql: str, args: tuple[object, ...]) -> int:
         db = self.db
         with db.transaction():
             changed = db.execute(sql, args).rowcount
-            db.execute("UPDATE meta SET value = value + 1 WHERE key = 'credentials_version'")
+            db.execute("UPDATE meta SET value = value + 1 WHERE key = %s", (key,))
             db.execute(f"NOTIFY {CHANNEL}")
         return int(changed)
-
 
 class PgHealthRows:
     def __init__(self, store: PgStore) -> None:

@@ -14,18 +14,21 @@ from pathlib import Path
 
 from ..policy.digest import Credential
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
+from ..stir.rcd import Brand
 from .base import (
+    BRAND_ROWS,
     CREDENTIAL_ROWS,
     ImportError_,
     ImportProblem,
     StoreError,
+    brands_of,
     credentials_of,
     parse_numbers_csv,
     refuse_overlaps,
     removal,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE numbers (
@@ -65,6 +68,17 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated REAL NOT NULL
         )""",
         "INSERT INTO meta(key, value) VALUES ('credentials_version', 0)",
+    ),
+    # Brands (Rich Call Data) by scope: "account:<name>" or "tn:<number>".
+    5: (
+        """CREATE TABLE brands (
+            scope TEXT NOT NULL PRIMARY KEY,
+            name TEXT NOT NULL,
+            logo TEXT NOT NULL DEFAULT '',
+            logo_digest TEXT NOT NULL DEFAULT '',
+            updated REAL NOT NULL
+        )""",
+        "INSERT INTO meta(key, value) VALUES ('brands_version', 0)",
     ),
 }
 # Rows in first-key order, the keys computed by SQLite (policy.inventory.number_key).
@@ -198,17 +212,16 @@ class NumberStore:
     def health(self) -> HealthRows:
         return HealthRows(self)
 
-    # -- digest credentials -----------------------------------------------------------------
+    # -- digest credentials and brands (each versioned on its own) -------------------------
     def credentials_version(self) -> int:
-        row = self.db.execute(
-            "SELECT value FROM meta WHERE key='credentials_version'").fetchone()
-        return int(row[0])
+        return self._meta("credentials_version")
 
     def credentials(self) -> list[Credential]:
         return credentials_of(self.db.execute(CREDENTIAL_ROWS))
 
     def set_credential(self, cred: Credential) -> None:
-        self._credentials_write(
+        self._versioned_write(
+            "credentials_version",
             "INSERT INTO credentials(username, account, realm, ha1_sha256, ha1_md5, updated) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(username) DO UPDATE SET "
             "account = excluded.account, realm = excluded.realm, "
@@ -218,21 +231,42 @@ class NumberStore:
              time.time()))
 
     def remove_credential(self, username: str) -> bool:
-        return self._credentials_write("DELETE FROM credentials WHERE username = ?",
-                                       (username,)) > 0
+        return self._versioned_write("credentials_version",
+                                     "DELETE FROM credentials WHERE username = ?",
+                                     (username,)) > 0
 
-    def _credentials_write(self, sql: str, args: tuple[object, ...]) -> int:
+    def brands_version(self) -> int:
+        return self._meta("brands_version")
+
+    def brands(self) -> dict[str, Brand]:
+        return brands_of(self.db.execute(BRAND_ROWS))
+
+    def set_brand(self, scope: str, brand: Brand) -> None:
+        self._versioned_write(
+            "brands_version",
+            "INSERT INTO brands(scope, name, logo, logo_digest, updated) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(scope) DO UPDATE SET name = excluded.name, logo = excluded.logo, "
+            "logo_digest = excluded.logo_digest, updated = excluded.updated",
+            (scope, brand.name, brand.logo, brand.logo_digest, time.time()))
+
+    def remove_brand(self, scope: str) -> bool:
+        return self._versioned_write("brands_version", "DELETE FROM brands WHERE scope = ?",
+                                     (scope,)) > 0
+
+    def _meta(self, key: str) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0])
+
+    def _versioned_write(self, key: str, sql: str, args: tuple[object, ...]) -> int:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             changed = self.db.execute(sql, args).rowcount
-            self.db.execute(
-                "UPDATE meta SET value = value + 1 WHERE key = 'credentials_version'")
+            self.db.execute("UPDATE meta SET value = value + 1 WHERE key = ?", (key,))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         return int(changed)
-
 
 class HealthRows:
     """Number-health statistics, written behind by the service (JSON per number)."""

@@ -8,8 +8,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from ..policy.digest import Credential
 from ..policy.health import NumberHealth
 from ..policy.inventory import Inventory, NumberBlock
 from .base import HealthStore, Store
@@ -17,16 +17,28 @@ from .base import HealthStore, Store
 log = logging.getLogger(__name__)
 
 
+class Watch:
+    """Another versioned table of the store reloaded beside the inventory (digest
+    credentials, brands): its version, how to load it, where it goes."""
+
+    def __init__(self, label: str, version: Callable[[], int], load: Callable[[], Any],
+                 apply: Callable[[Any], None], seen: int) -> None:
+        self.label = label
+        self.version = version
+        self.load = load
+        self.apply = apply
+        self.seen = seen
+
+
 class InventorySync:
-    """Polls the store's inventory version and hands a new inventory to ``apply``."""
+    """Polls the store's inventory version and hands a new inventory to ``apply``; the same
+    for each ``Watch``."""
 
     def __init__(self, store: Store, *, extra: Iterable[NumberBlock], version: int,
                  apply: Callable[[Inventory], None], interval: float,
-                 credentials: Callable[[list[Credential]], None] | None = None,
-                 credentials_version: int = -1) -> None:
+                 watches: Iterable[Watch] = ()) -> None:
         self.store = store
-        self.credentials = credentials  # where reloaded credentials go (digest is on)
-        self.credentials_version = credentials_version
+        self.watches = list(watches)
         self.extra = tuple(extra)  # numbers written in the config
         self.version = version
         self.apply = apply
@@ -58,14 +70,13 @@ class InventorySync:
                 self.apply(inventory)
                 log.info("inventory reloaded: %d blocks (version %d)", len(inventory),
                          inventory.version)
-            if self.credentials is not None:
-                version = await asyncio.to_thread(self.store.credentials_version)
-                if version != self.credentials_version:
-                    creds = await asyncio.to_thread(self.store.credentials)
-                    self.credentials_version = version
-                    self.credentials(creds)
-                    log.info("digest credentials reloaded: %d (version %d)", len(creds),
-                             version)
+            for watch in self.watches:
+                version = await asyncio.to_thread(watch.version)
+                if version != watch.seen:
+                    rows = await asyncio.to_thread(watch.load)
+                    watch.seen = version
+                    watch.apply(rows)
+                    log.info("%s reloaded: %d (version %d)", watch.label, len(rows), version)
             self.ok = True
         except Exception as exc:  # noqa: BLE001 - keep serving from memory
             if self.ok:

@@ -158,3 +158,17 @@ def test_digest_credentials_versioned_and_announced(url: str) -> None:
     assert store.remove_credential("d1") and not store.remove_credential("d1")
     assert store.credentials() == [] and store.credentials_version() == 4
     store.close()
+
+
+def test_brands_versioned_and_announced(url: str) -> None:
+    from stirshaken_proxy.stir.rcd import Brand
+    from stirshaken_proxy.store.postgres import PgStore
+
+    store = PgStore(url, instance="a")
+    store.set_brand("tn:12025550100", Brand(name="Acme", logo="https://x.example/a.png",
+                                            logo_digest="sha256-AAAA"))
+    assert store.brands() == {"tn:12025550100": Brand(name="Acme", logo="https://x.example/a.png",
+                                                      logo_digest="sha256-AAAA")}
+    assert store.brands_version() == 1 and store.credentials_version() == 0
+    assert store.remove_brand("tn:12025550100") and not store.remove_brand("tn:12025550100")
+    store.close()

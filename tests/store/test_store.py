@@ -147,3 +147,17 @@ def test_digest_credentials_versioned_apart_from_the_inventory(tmp_path: Path) -
     assert store.remove_credential("d1") and not store.remove_credential("d1")
     assert store.credentials_version() == 3
     store.close()
+
+
+def test_brands_versioned_apart_from_the_inventory(tmp_path: Path) -> None:
+    from stirshaken_proxy.stir.rcd import Brand
+
+    store = NumberStore(tmp_path / "s.db")
+    assert store.brands_version() == 0 and store.brands() == {}
+    store.set_brand("account:acme", Brand(name="Acme", logo="https://x.example/a.png",
+                                          logo_digest="sha256-AAAA"))
+    store.set_brand("account:acme", Brand(name="Acme Sales"))
+    assert store.brands() == {"account:acme": Brand(name="Acme Sales")}
+    assert store.brands_version() == 2 and store.version() == 0
+    assert store.remove_brand("account:acme") and store.brands() == {}
+    store.close()
