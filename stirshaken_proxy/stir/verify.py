@@ -189,9 +189,15 @@ class Checks:
                            reason="no Identity header")
         passed = [r for r in results if r.passed and r.ppt == "shaken"]
         if passed:
+            # The caller's Rich Call Data: in the SHAKEN PASSporT, else a passing rcd one.
+            rcd = passed[0].rcd_verified or next(
+                (r.rcd_verified for r in results if r.ppt == "rcd" and r.rcd_verified), None)
             return Verdict(verstat=Verstat.PASSED, results=results, attest=passed[0].attest,
-                           rcd=passed[0].rcd_verified)
-        first = next(r for r in results if r.code is not None)
+                           rcd=rcd)
+        first = next((r for r in results if r.code is not None), None)
+        if first is None:  # only div or rcd PASSporTs, valid, but no SHAKEN one
+            return Verdict(verstat=Verstat.FAILED, results=results, code=438,
+                           reason="no SHAKEN PASSporT")
         return Verdict(verstat=Verstat.FAILED, results=results, code=first.code,
                        reason=first.reason)
 
@@ -210,8 +216,9 @@ class Checks:
         ph = passport.header
         ppt = header.ppt if header.ppt is not None else ph.get("ppt")
         r.ppt = ppt if isinstance(ppt, str) else None
-        if ppt not in ("shaken", "div") or ph.get("ppt") != ppt:
-            return r.fail("ppt", 438, f"unsupported PASSporT type {ppt!r} (shaken or div)")
+        if ppt not in ("shaken", "div", "rcd") or ph.get("ppt") != ppt:
+            return r.fail("ppt", 438, f"unsupported PASSporT type {ppt!r} "
+                          "(shaken, div or rcd)")
         if ph.get("typ") != "passport":
             return r.fail("ppt", 438, f"typ is {ph.get('typ')!r}, not passport")
         r.ok("ppt", ppt)
@@ -232,6 +239,9 @@ class Checks:
             if not isinstance(div_tn, str):
                 return r.fail("claims", 438, "div has no tn")
             r.div_tn = canonical_digits(div_tn, country_code=self.country_code)
+        elif ppt == "rcd":
+            if not isinstance(claims.get("rcd"), dict):
+                return r.fail("claims", 438, "an rcd PASSporT without rcd")
         elif attest not in ("A", "B", "C") or not isinstance(origid, str) or not origid:
             return r.fail("claims", 438, "attest must be A, B or C and origid present")
         if not isinstance(orig_claim, dict) or not isinstance(orig_claim.get("tn"), str):
@@ -243,6 +253,12 @@ class Checks:
             return r.fail("claims", 438, "iat is not an integer")
         if ppt == "div":
             r.ok("claims", f"diverted from {r.div_tn}")
+        elif ppt == "rcd":  # RFC 9795: Rich Call Data signed apart from the SHAKEN PASSporT
+            try:
+                r.rcd = parse_claims(claims)
+            except RcdError as exc:
+                return r.fail("claims", 438, f"rcd: {exc}")
+            r.ok("claims", "rich call data")
         else:
             r.attest = attest
             r.origid = origid

@@ -196,3 +196,23 @@ def test_integrity_strings() -> None:
     assert digest_matches(integrity(b"abc", "sha384"), b"abc")
     assert not digest_matches(integrity(b"abc"), b"abd")
     assert not digest_matches("sha1-AAAA", b"abc")
+
+
+def test_a_separate_rcd_passport_names_the_caller_of_a_valid_shaken(pki: Pki) -> None:
+    """RFC 9795: Rich Call Data may come in a PASSporT of its own (ppt=rcd)."""
+    from tests.stir_pki import forge, header, identity
+
+    leaf = pki.leaves["good"]
+    shaken = sign(pki, CallFacts(ACME, "12025550142", "12025550199"), brands={})
+    rcd = forge(leaf, header(X5U, ppt="rcd"), {
+        "dest": {"tn": ["12025550199"]}, "iat": T, "orig": {"tn": "12025550142"},
+        "rcd": {"nam": "Acme Partner"}})
+    core = service(pki)
+    verdict = core.verify([shaken.identity, identity(rcd, X5U, ppt="rcd")],
+                          orig="12025550142", dest="12025550199", date=None, now=T)
+    assert isinstance(verdict, Verdict) and verdict.verstat is Verstat.PASSED
+    assert verdict.rcd == RcdClaims(name="Acme Partner")
+    # Alone it verifies nothing: a call needs its SHAKEN PASSporT.
+    alone = core.verify([identity(rcd, X5U, ppt="rcd")], orig="12025550142",
+                        dest="12025550199", date=None, now=T)
+    assert isinstance(alone, Verdict) and alone.verstat is Verstat.FAILED
