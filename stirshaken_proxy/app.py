@@ -9,6 +9,7 @@ the garbage collector. What the service decides is in ``engine`` and the STI cor
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -31,11 +32,13 @@ from .io.dispatch import WorkerDispatch
 from .io.fetcher import CredentialFeed, Fetcher
 from .io.gcwatch import GcWatch
 from .io.metrics import exposition, make_registry, merge, snapshot
+from .io.records import RecordWriter
 from .io.renewal import Renewer
 from .io.rest import RestApi
 from .io.shared_health import SharedHealth
 from .io.shell import EngineShell, SideTls
 from .io.supervisor import Children, run_workers
+from .io.webhooks import WebhookSender
 from .io.workers import WorkerLink
 from .policy.accounts import AccountDirectory, LocalPresence
 from .policy.digest import DigestAuth
@@ -275,6 +278,10 @@ class Application:
         self.certificates = CertificateRepository()  # the chains behind x5u (admin server)
         self.renewer: Renewer | None = None  # ACME renewal (worker 0)
         self.shared: SharedHealth | None = None  # number health shared in Redis
+        self.records: RecordWriter | None = None  # call records written behind
+        self._recording: asyncio.Task[None] | None = None
+        self.webhook: WebhookSender | None = None  # records to the CRM (worker 0)
+        self._sending: asyncio.Task[None] | None = None
         self._renewing: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()  # fetchers replaced by a reload
         self._housekeeping: asyncio.Task[None] | None = None
@@ -344,6 +351,22 @@ class Application:
         self.shell = shell = EngineShell(self.engine, counters=self.counters,
                                          timer_resolution=tc.timer_resolution,
                                          worker=self.worker)
+        ac = self.config.auth
+        rc = self.config.records
+        if rc.enabled and ac is not None:
+            self.engine.records.enabled = True
+            self.engine.records.instance = ac.store_instance
+            self.engine.records.worker = self.worker_index
+            store_of = functools.partial(open_store, path=ac.store_path, url=ac.store_url,
+                                         instance=ac.store_instance)
+            self.records = RecordWriter(rc, store_of, counters=self.counters,
+                                        worker=self.worker_index)
+            shell.record = self.records.add
+            self._recording = asyncio.get_running_loop().create_task(self.records.run())
+            if self.config.webhook is not None and self.worker_index == 0:
+                self.webhook = WebhookSender(self.config.webhook, store_of,
+                                             counters=self.counters)
+                self._sending = asyncio.get_running_loop().create_task(self.webhook.run())
         if self.worker is not None:
             self.dispatch = WorkerDispatch(self.worker, shell, snapshot=lambda: snapshot(self),
                                            counters=self.counters)
@@ -507,7 +530,8 @@ class Application:
             if engine.pending_requests:
                 log.info("stopping with %d requests still unanswered", engine.pending_requests)
             engine.shutdown()
-        for task in (self._housekeeping, self._renewing, *self._retiring):
+        for task in (self._housekeeping, self._renewing, self._recording, self._sending,
+                     *self._retiring):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -517,6 +541,12 @@ class Application:
             self.dispatch.link.drain()  # the others' last number-health events
             self.dispatch.link.flush()
             self.dispatch.link.close()
+        if self.records is not None:  # the calls still open are recorded as they stand
+            for record in engine.records.close(time.time()) if engine is not None else ():
+                self.records.add(record)
+            await self.records.close()
+        if self.webhook is not None:
+            await self.webhook.close()
         if self.parts is not None:
             await self.parts.stop()
             if self.parts.store is not None:

@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "set":
             b.add_argument("--name", required=True, help="the caller name (at most 64)")
             b.add_argument("--logo", help="an https URL of the logo image")
+    rep = sub.add_parser("report", help="the attestation audit: mix per account and number, "
+                         "numbers at risk, verification failures")
+    rep.add_argument("--config", required=True)
+    rep.add_argument("--since", default="7d", help="7d, 12h, 30m, or a Unix time (default 7d)")
+    rep.add_argument("--account")
+    rep.add_argument("--format", choices=("table", "csv", "json", "html"), default="table")
     call = sub.add_parser("call", help="place one test call (UDP, TCP or TLS) and print the "
                           "answers")
     call.add_argument("--target", required=True, help="host:port of the service's listener")
@@ -618,6 +624,50 @@ async def _fetch_logo(config: Config, url: str) -> bytes:
     return body
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from .policy.health import HealthLimits, NumberHealth
+    from .policy.report import RENDER, build, parse_since
+    from .store.base import StoreError
+
+    config = load_config(args.config)
+    now = time.time()
+    try:
+        since = parse_since(args.since, now)
+    except ValueError:
+        _err(f"--since {args.since!r}: give 7d, 12h, 30m or a Unix time")
+        return EXIT_DATA
+    try:
+        store, auth = _store(config)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_DATA
+    if args.account is not None and args.account not in {a.name for a in auth.accounts}:
+        _err(f"--account {args.account!r}: no such account in {config.path}")
+        return EXIT_DATA
+    try:
+        records = store.records(since, account=args.account)
+        limits = auth.health or HealthLimits()
+        health = NumberHealth(limits)
+        for tn, data in store.health().load().items():
+            health.restore(tn, data)
+        owned = None
+        if args.account is not None:
+            inventory = store.load(auth.numbers)
+            owned = {tn for tn in health.numbers if inventory.owner(tn) == args.account}
+        reports = {tn: health.report(tn, now) for tn in health.numbers}
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_DATA
+    finally:
+        store.close()
+    report = build(records, reports, limits=limits, since=since, until=now,
+                   account=args.account, owned=owned)
+    sys.stdout.write(RENDER[args.format](report))
+    return EXIT_OK
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     from .io.testcall import CallError, CallPlan, parse_target, place_call
 
@@ -656,6 +706,7 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "keys": cmd_keys,
             "numbers": cmd_numbers, "verify": cmd_verify, "api-key": cmd_api_key,
             "credentials": cmd_credentials, "call": cmd_call, "brands": cmd_brands,
+            "report": cmd_report,
             "certs": cmd_certs}
 
 

@@ -25,7 +25,9 @@ from .engine.flood import FloodConfig
 from .engine.proxy import CARRIER, DIALER, EngineConfig, SideConfig
 from .engine.redirect import RedirectConfig
 from .io.keys import DevPki, KeyFileError, load_private_key, write_dev_pki
+from .io.records import RecordsConfig
 from .io.tls import DevTlsFiles, TlsSettings, TlsSetupError, write_dev_tls
+from .io.webhooks import WebhookConfig
 from .policy.accounts import Account, LocalPresence
 from .policy.digest import ALGORITHMS, DigestConfig
 from .policy.health import HealthLimits
@@ -181,6 +183,8 @@ class Config:
     acme: AcmeConfig | None = None  # certificates by ACME
     tls: TlsSettings | None = None  # SIP over TLS: our certificate, the peers' CAs
     digest: DigestConfig | None = None  # dialers recognised by digest credentials
+    records: RecordsConfig = field(default_factory=RecordsConfig)  # call records
+    webhook: WebhookConfig | None = None  # call records to a CRM
     raw: dict[str, Any] = field(default_factory=dict)
     created_keys: tuple[DevPki, ...] = ()  # development keys this load created
 
@@ -206,6 +210,19 @@ _DIGEST_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "failure_window": ((int, float), 60.0),
     "ban_seconds": ((int, float), 300.0),  # ... then its requests get 403 this long
     "dialog_lifetime": ((int, float), 43_200.0),  # in-dialog requests of an admitted call
+}
+_RECORDS_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "enabled": ((bool,), True),
+    "keep_days": ((int, float), 90),
+    "flush_interval": ((int, float), 2.0),
+    "queue_max": ((int,), 100_000),  # records waiting to be written; past this, counted drops
+    "jsonl_dir": ((str,), ""),  # also write rotated JSON Lines files here
+    "webhook_url": ((str,), ""),  # POST batches of records here (CRM logging)
+    "webhook_secret_file": ((str,), ""),  # the HMAC-SHA256 key of the signature header
+    "webhook_batch": ((int,), 100),
+    "webhook_timeout": ((int, float), 5.0),
+    "webhook_max_backoff": ((int, float), 300.0),
+    "webhook_outbox_max": ((int,), 1_000_000),  # records waiting; past this, counted drops
 }
 _TLS_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "certificate": ((str,), None),
@@ -382,6 +399,7 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "sti_pa": _STI_PA_KEYS,
     "tls": _TLS_KEYS,
     "digest": _DIGEST_KEYS,
+    "records": _RECORDS_KEYS,
     "accounts": _ACCOUNT_KEYS,
     "auth": _AUTH_KEYS,
     "verify": _VERIFY_KEYS,
@@ -645,6 +663,35 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
         exempt=_cidrs(src, "flood", "exempt", flood_values["exempt"]))
     tls = _tls(src, data, sides)
     digest = _digest(src, data) if "digest" in data else None
+    rv = _section(src, data, "records", _RECORDS_KEYS)
+    _positive(src, "records", rv, "keep_days", "flush_interval", "queue_max")
+    webhook = None
+    if rv["webhook_url"]:
+        if not rv["webhook_url"].startswith(("https://", "http://")):
+            raise src.error("records", "webhook_url", "must be an http(s) URL")
+        if not rv["webhook_secret_file"]:
+            raise src.error("records", "webhook_secret_file",
+                            "is required with webhook_url (the signature's key)")
+        try:
+            secret = Path(rv["webhook_secret_file"]).read_bytes().strip()
+        except OSError as exc:
+            raise src.error("records", "webhook_secret_file",
+                            f"cannot read {rv['webhook_secret_file']}: {exc.strerror}") from None
+        if len(secret) < 16:
+            raise src.error("records", "webhook_secret_file", "needs at least 16 bytes")
+        _positive(src, "records", rv, "webhook_batch", "webhook_timeout",
+                  "webhook_max_backoff", "webhook_outbox_max")
+        webhook = WebhookConfig(url=rv["webhook_url"], secret=secret,
+                                batch=rv["webhook_batch"],
+                                timeout=float(rv["webhook_timeout"]),
+                                max_backoff=float(rv["webhook_max_backoff"]),
+                                outbox_max=rv["webhook_outbox_max"])
+    records = RecordsConfig(enabled=rv["enabled"], keep_days=float(rv["keep_days"]),
+                            flush_interval=float(rv["flush_interval"]),
+                            queue_max=rv["queue_max"],
+                            jsonl_dir=Path(rv["jsonl_dir"]) if rv["jsonl_dir"] else None,
+                            webhook=webhook is not None,
+                            outbox_max=rv["webhook_outbox_max"])
     created: list[DevPki] = []
     acme = _acme(src, data) if "acme" in data or "sti_pa" in data else None
     auth = (_auth(src, data, created, pending_ok=pending_ok)
@@ -661,7 +708,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
     rest = _rest(src, data) if "rest" in data else None
     return Config(
         path=path, engine=engine, auth=auth, verify=verify, redirect=redirect, rest=rest,
-        acme=acme, tls=tls, digest=digest,
+        acme=acme, tls=tls, digest=digest, records=records, webhook=webhook,
         transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
         admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"]),
         log=LogConfig(level=log["level"], format=log["format"]),

@@ -114,6 +114,13 @@ ERRORS += [
      ":10: [digest] nonce_lifetime: must be greater than 0"),
     (BASE + _ACCOUNT + 'tls_names = ["*.dialer.test"]\n',
      "[[accounts]] #1 tls_names: '*.dialer.test' is not a certificate name"),
+    (BASE + '[records]\nwebhook_url = "ftp://crm"\n', ":10: [records] webhook_url: must be an"),
+    (BASE + '[records]\nwebhook_url = "https://crm.example/hook"\n',
+     ":9: [records] webhook_secret_file: is required with webhook_url"),
+    (BASE + '[records]\nwebhook_url = "https://crm.example/hook"\n'
+     'webhook_secret_file = "/nonexistent/key"\n',
+     "[records] webhook_secret_file: cannot read /nonexistent/key"),
+    (BASE + '[records]\nkeep_days = 0\n', ":10: [records] keep_days: must be greater than 0"),
     (BASE + _ACCOUNT + 'brand = "Acme\\u0007"\n',
      "[[accounts]] #1 brand: brand name contains control characters (U+0007)"),
 ]

@@ -8,6 +8,7 @@ from ..policy.health import HealthEvent
 from ..policy.presence import Selection
 from ..sip.transport import Send
 from ..stir.verification import FetchRequest
+from .records import CallRecord
 
 
 class Fetch(NamedTuple):
@@ -28,7 +29,8 @@ class PickNumber(NamedTuple):
 
 
 # Send: datagrams or stream writes; Fetch: x5u chains and CRLs; HealthEvent: a change to a
-# number's health, for the other replicas; PickNumber: a caller ID from the shared state.
-Action = Send | Fetch | HealthEvent | PickNumber
+# number's health, for the other replicas; PickNumber: a caller ID from the shared state;
+# CallRecord: a call that ended, for the store and the exports.
+Action = Send | Fetch | HealthEvent | PickNumber | CallRecord
 
-__all__ = ["Action", "Fetch", "HealthEvent", "PickNumber", "Send"]
+__all__ = ["Action", "CallRecord", "Fetch", "HealthEvent", "PickNumber", "Send"]

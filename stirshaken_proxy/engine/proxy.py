@@ -38,6 +38,7 @@ from ..transaction import (
 from ..transaction.machine import ClientTransaction, Event, ServerTransaction
 from .actions import Action
 from .flood import FloodConfig, FloodGuard
+from .records import INBOUND, OUTBOUND, CallLog
 from .services import Services
 from .sip_sti import is_initial_invite
 from .sources import SourceFilter
@@ -125,6 +126,7 @@ class ContextKind(enum.Enum):
     CANCEL = "cancel"  # a CANCEL we generated (§9.1): its responses stop here
 
 
+_DIRECTION = {Side.DIALER: OUTBOUND, Side.CARRIER: INBOUND}
 _CANCEL = ContextKind.CANCEL
 _FORWARD = ContextKind.FORWARD
 
@@ -179,6 +181,7 @@ class ProxyEngine:
         self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
         self.stats: Stats = stats if stats is not None else Stats()
         self.sti = StiLeg(self.stats)  # signing, verification, the calls we signed
+        self.records = CallLog()  # every initial INVITE's call record (instance set by the app)
         self._parse_cache = ParseCache()
         self._local = {
             (host.lower(), port) for side in self.sides.values()
@@ -406,6 +409,8 @@ class ProxyEngine:
             return
         if method == "BYE":
             self.sti.call_ended(self.services, msg.call_id, now, out)
+            if self.records:
+                self.records.ended(msg.call_id, now, out)
             if services.digest is not None:
                 services.digest.call_ended(msg.call_id, now)
         cls = ServerInvite if method == "INVITE" else ServerNonInvite
@@ -438,11 +443,18 @@ class ProxyEngine:
             for url in decision.urls:
                 self._waiting.setdefault(url, []).append(parked)
             return
+        initial = msg.method == "INVITE" and "tag=" not in (msg.get("to") or "")
+        learned, self.sti.learned = self.sti.learned, None
         if decision is not None:
             self.stats[("sip_rejected", str(decision.status))] += 1
             data = self._respond(msg, decision.status, decision.reason, extra=decision.headers)
             txn.send_response(data, decision.status, now, out)
+            if initial and decision.status >= 300 and decision.status != 407:
+                self.records.answered_here(msg.call_id, _DIRECTION[source.side], learned,
+                                           decision.status, now, out)
             return
+        if initial:
+            self.records.start(msg.call_id, _DIRECTION[source.side], learned, now, out)
         self._forward_stateful(msg, source, txn, now, out)
 
     def _check(self, msg: SipMessage, source: Peer, now: float,
@@ -717,6 +729,8 @@ class ProxyEngine:
         if status >= 200 and isinstance(txn, ClientInvite) and not ctx.final_seen:
             ctx.final_seen = True
             self.sti.call_final(self.services, msg.call_id, status, now, out)
+            if self.records:  # (a re-INVITE's call has its final status already)
+                self.records.final(msg.call_id, status, now, out)
         server = ctx.server
         if server is None:
             return
@@ -737,6 +751,8 @@ class ProxyEngine:
             # transport failed as a 503 (§8.1.3.1).
             status = 503 if ctx.transport_error else 408
             server.send_response(self._respond(server.request, status), status, now, out)
+            if isinstance(txn, ClientInvite) and self.records:
+                self.records.final(server.request.call_id, status, now, out)
 
     def on_timer_c(self, txn: ClientInvite, now: float, out: list[Action]) -> None:
         """§16.8: Timer C fired. CANCEL the branch; if it still has no final answer when

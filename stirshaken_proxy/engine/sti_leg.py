@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from ..sip.message import SipMessage
 from ..sip.transport import Peer, Side
 from ..stats import Stats
-from ..stir.signing import CallFacts, NeedsNumber, Picked, Refusal, Signed
+from ..stir.signing import CallFacts, NeedsNumber, Picked, Refusal, Signed, Unsigned
 from ..stir.verification import NeedsCredentials
 from .actions import Action, Fetch, PickNumber
 from .calls import CallTable, TrackedCall, identity_map, map_identities
+from .records import RecordFacts
 from .services import Services
 from .sip_sti import (
     BadDate,
@@ -26,6 +27,7 @@ from .sip_sti import (
     refusal_headers,
     rejection,
     strip_untrusted,
+    verify_input,
     verify_message,
 )
 
@@ -67,6 +69,8 @@ class StiLeg:
         self._dates = DateLines()
         self.picked: Picked | None = None  # the shared pick a resumed request decides with
         self._tokens = 0
+        # What the last decided initial INVITE was found to be, for its call record.
+        self.learned: RecordFacts | None = None
 
     def authenticate(self, services: Services, msg: SipMessage, source: Peer, now: float,
                      out: list[Action], *, named: str | None = None
@@ -93,6 +97,17 @@ class StiLeg:
             return Rejection(status=400, reason="Bad Call Reason")
         picked, self.picked = self.picked, None
         outcome = auth.sign(facts, now, picked=picked, defer=True)
+        self.learned = learned = RecordFacts(
+            account=account.name if account is not None else None, orig=facts.orig,
+            presented=facts.orig, dest=facts.dest)
+        if type(outcome) is Signed:
+            learned.presented = outcome.orig
+            learned.attest = outcome.attest.value
+            learned.attest_reason = outcome.reason.value
+        elif type(outcome) is Refusal:
+            learned.attest_reason = outcome.cause
+        elif isinstance(outcome, Unsigned):
+            learned.attest_reason = outcome.reason  # why it went unsigned
         if type(outcome) is NeedsNumber:
             self._tokens += 1
             out.append(PickNumber(self._tokens, outcome.candidates, outcome.limit, now))
@@ -138,6 +153,10 @@ class StiLeg:
             log.debug("verification %s: %s", verdict.verstat.value, verdict.reason,
                       extra={"call_id": msg.call_id, "verdict": verdict.verstat.value,
                              "reason": verdict.reason})
+        facts = verify_input(msg, policy.country_code)
+        self.learned = RecordFacts(orig=facts.orig, presented=facts.orig, dest=facts.dest,
+                                   attest=verdict.attest, verstat=verdict.verstat.value,
+                                   verify_code=verdict.code)
         if policy.rejects(verdict):
             code, phrase, reason = rejection(verdict)
             return Rejection(status=code, reason=phrase, headers=(reason,))

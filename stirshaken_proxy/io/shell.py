@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..engine.actions import Action, Fetch, PickNumber
+from ..engine.records import CallRecord
 from ..policy.health import HealthEvent
 from ..sip.message import call_id_of
 from ..sip.transport import Peer, Send, Side, Transport
@@ -77,6 +78,7 @@ class EngineShell:
         self.publish: Callable[[HealthEvent], None] | None = None
         # Asks the shared number health for a caller ID and calls back number_picked.
         self.pick: Callable[[PickNumber, Callable[[int, Picked], None]], None] | None = None
+        self.record: Callable[[CallRecord], None] | None = None  # call records written behind
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._endpoints = 0
@@ -218,6 +220,9 @@ class EngineShell:
                     self.fetch(action.request)
                 else:  # verification turned off by a reload meanwhile: let them go on
                     self.credentials_ready((action.request.url,))
+            elif type(action) is CallRecord:
+                if self.record is not None:
+                    self.record(action)
             elif type(action) is PickNumber:
                 if self.pick is not None:
                     self.pick(action, self.number_picked)

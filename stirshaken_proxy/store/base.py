@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..policy.digest import Credential
 from ..policy.inventory import Inventory, NumberBlock, Packed
@@ -96,6 +97,12 @@ def brands_of(rows: Iterable[tuple[str, str, str, str]]) -> dict[str, Brand]:
     return {scope: Brand(name=n, logo=lg, logo_digest=d) for scope, n, lg, d in rows}
 
 
+def record_row(record: dict[str, Any]) -> tuple[str, float, str | None, str, str]:
+    """A call record (as JSON) as the call_records row of either backend."""
+    return (record["id"], record["started"], record.get("account"), record["direction"],
+            json.dumps(record, separators=(",", ":")))
+
+
 class HealthStore(Protocol):
     """Number-health statistics written behind by the service (JSON per number)."""
 
@@ -138,6 +145,22 @@ class Store(Protocol):
     def set_brand(self, scope: str, brand: Brand) -> None: ...
 
     def remove_brand(self, scope: str) -> bool: ...
+
+    def add_records(self, records: list[dict[str, Any]], *, outbox: bool = False,
+                    outbox_max: int = 0) -> int: ...
+
+    def outbox_due(self, now: float, limit: int) -> list[tuple[str, str, int]]: ...
+
+    def outbox_done(self, ids: list[str]) -> None: ...
+
+    def outbox_retry(self, ids: list[str], next_try: float) -> None: ...
+
+    def outbox_size(self) -> int: ...
+
+    def records(self, since: float, until: float = ...,
+                account: str | None = None) -> list[dict[str, Any]]: ...
+
+    def purge_records(self, before: float) -> int: ...
 
     def close(self) -> None: ...
 

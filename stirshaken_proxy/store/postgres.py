@@ -27,6 +27,7 @@ from .base import (
     StoreError,
     brands_of,
     credentials_of,
+    record_row,
     redact_url,
     refuse_overlaps,
     removal,
@@ -35,7 +36,7 @@ from .base import (
 log = logging.getLogger(__name__)
 CHANNEL = "stirshaken_inventory"
 _LOCK = 0x5715_4A4E  # pg_advisory_xact_lock key of our migrations
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE numbers (
@@ -80,6 +81,25 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated double precision NOT NULL
         )""",
         "INSERT INTO meta(key, value) VALUES ('brands_version', 0)",
+    ),
+    4: (
+        """CREATE TABLE call_records (
+            id text PRIMARY KEY,
+            started double precision NOT NULL,
+            account text,
+            direction text NOT NULL,
+            data text NOT NULL
+        )""",
+        "CREATE INDEX call_records_started ON call_records(started)",
+    ),
+    5: (
+        """CREATE TABLE webhook_outbox (
+            seq bigserial,
+            id text PRIMARY KEY,
+            data text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            next_try double precision NOT NULL DEFAULT 0
+        )""",
     ),
 }
 _KEYED_ROWS = (f"SELECT length(first) * {KEY_SPAN}::bigint + first::bigint AS k, "
@@ -248,6 +268,59 @@ class PgStore:
     def remove_brand(self, scope: str) -> bool:
         return self._versioned_write("brands_version", "DELETE FROM brands WHERE scope = %s",
                                      (scope,)) > 0
+
+    # -- call records ---------------------------------------------------------------------
+    def add_records(self, records: list[dict[str, Any]], *, outbox: bool = False,
+                    outbox_max: int = 0) -> int:
+        if not records:
+            return 0
+        rows = [record_row(r) for r in records]
+        dropped = 0
+        with self.db.transaction(), self.db.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO call_records(id, started, account, direction, data) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING", rows)
+            if outbox:
+                cur.executemany("INSERT INTO webhook_outbox(id, data) VALUES (%s, %s) "
+                                "ON CONFLICT (id) DO NOTHING", [(r[0], r[4]) for r in rows])
+                row = cur.execute("SELECT count(*) FROM webhook_outbox").fetchone()
+                waiting = int(row[0]) if row else 0
+                if waiting > outbox_max:
+                    dropped = waiting - outbox_max
+                    cur.execute("DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM "
+                                "webhook_outbox ORDER BY seq LIMIT %s)", (dropped,))
+        return dropped
+
+    def records(self, since: float, until: float = float("inf"),
+                account: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT data FROM call_records WHERE started >= %s AND started < %s"
+        args: tuple[object, ...] = (since, until)
+        if account is not None:
+            sql += " AND account = %s"
+            args += (account,)
+        return [json.loads(d) for (d,) in self.db.execute(sql + " ORDER BY started", args)]
+
+    def purge_records(self, before: float) -> int:
+        return int(self.db.execute("DELETE FROM call_records WHERE started < %s",
+                                   (before,)).rowcount)
+
+    def outbox_due(self, now: float, limit: int) -> list[tuple[str, str, int]]:
+        return [(i, d, int(a)) for i, d, a in self.db.execute(
+            "SELECT id, data, attempts FROM webhook_outbox WHERE next_try <= %s "
+            "ORDER BY seq LIMIT %s", (now, limit))]
+
+    def outbox_done(self, ids: list[str]) -> None:
+        with self.db.cursor() as cur:
+            cur.executemany("DELETE FROM webhook_outbox WHERE id = %s", [(i,) for i in ids])
+
+    def outbox_retry(self, ids: list[str], next_try: float) -> None:
+        with self.db.cursor() as cur:
+            cur.executemany("UPDATE webhook_outbox SET attempts = attempts + 1, "
+                            "next_try = %s WHERE id = %s", [(next_try, i) for i in ids])
+
+    def outbox_size(self) -> int:
+        row = self.db.execute("SELECT count(*) FROM webhook_outbox").fetchone()
+        return int(row[0]) if row else 0
 
     def _meta(self, key: str) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()

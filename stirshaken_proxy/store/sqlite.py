@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from ..policy.digest import Credential
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
@@ -24,11 +25,12 @@ from .base import (
     brands_of,
     credentials_of,
     parse_numbers_csv,
+    record_row,
     refuse_overlaps,
     removal,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE numbers (
@@ -79,6 +81,26 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated REAL NOT NULL
         )""",
         "INSERT INTO meta(key, value) VALUES ('brands_version', 0)",
+    ),
+    # Call records (engine.records.CallRecord as JSON), kept for [records] keep_days.
+    6: (
+        """CREATE TABLE call_records (
+            id TEXT NOT NULL PRIMARY KEY,
+            started REAL NOT NULL,
+            account TEXT,
+            direction TEXT NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX call_records_started ON call_records(started)",
+    ),
+    # Records waiting for the CRM webhook (at least once, across restarts).
+    7: (
+        """CREATE TABLE webhook_outbox (
+            id TEXT NOT NULL PRIMARY KEY,
+            data TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try REAL NOT NULL DEFAULT 0
+        )""",
     ),
 }
 # Rows in first-key order, the keys computed by SQLite (policy.inventory.number_key).
@@ -252,6 +274,64 @@ class NumberStore:
     def remove_brand(self, scope: str) -> bool:
         return self._versioned_write("brands_version", "DELETE FROM brands WHERE scope = ?",
                                      (scope,)) > 0
+
+    # -- call records ---------------------------------------------------------------------
+    def add_records(self, records: list[dict[str, Any]], *, outbox: bool = False,
+                    outbox_max: int = 0) -> int:
+        """Write records (an id seen before is kept as it was: written at least once), and
+        queue them for the webhook in the same transaction; past ``outbox_max`` waiting,
+        the oldest are dropped (returned: how many)."""
+        if not records:
+            return 0
+        rows = [record_row(r) for r in records]
+        dropped = 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO call_records(id, started, account, direction, data) "
+                "VALUES (?, ?, ?, ?, ?)", rows)
+            if outbox:
+                self.db.executemany("INSERT OR IGNORE INTO webhook_outbox(id, data) "
+                                    "VALUES (?, ?)", [(r[0], r[4]) for r in rows])
+                waiting = self.db.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0]
+                if waiting > outbox_max:
+                    dropped = waiting - outbox_max
+                    self.db.execute("DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM "
+                                    "webhook_outbox ORDER BY rowid LIMIT ?)", (dropped,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return dropped
+
+    def records(self, since: float, until: float = float("inf"),
+                account: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT data FROM call_records WHERE started >= ? AND started < ?"
+        args: tuple[object, ...] = (since, until)
+        if account is not None:
+            sql += " AND account = ?"
+            args += (account,)
+        return [json.loads(d) for (d,) in self.db.execute(sql + " ORDER BY started", args)]
+
+    def purge_records(self, before: float) -> int:
+        cur = self.db.execute("DELETE FROM call_records WHERE started < ?", (before,))
+        return int(cur.rowcount)
+
+    def outbox_due(self, now: float, limit: int) -> list[tuple[str, str, int]]:
+        """Records the webhook may send now: (id, JSON, attempts so far)."""
+        return [(i, d, int(a)) for i, d, a in self.db.execute(
+            "SELECT id, data, attempts FROM webhook_outbox WHERE next_try <= ? "
+            "ORDER BY rowid LIMIT ?", (now, limit))]
+
+    def outbox_done(self, ids: list[str]) -> None:
+        self.db.executemany("DELETE FROM webhook_outbox WHERE id = ?", [(i,) for i in ids])
+
+    def outbox_retry(self, ids: list[str], next_try: float) -> None:
+        self.db.executemany("UPDATE webhook_outbox SET attempts = attempts + 1, next_try = ? "
+                            "WHERE id = ?", [(next_try, i) for i in ids])
+
+    def outbox_size(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0])
 
     def _meta(self, key: str) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -1,0 +1,146 @@
+"""Call records (pure): one per initial INVITE the proxy handled, made when the call ends (its
+final failure, its BYE, or when it is answered locally) and handed out as an action.
+
+The record says what a sales team audits: who called whom (the number dialed and the number
+presented), the attestation given and why, or the verification verdict of an inbound call,
+the final response, answer and end times.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+OUTBOUND = "outbound"  # from the dialer side: signed toward the carrier
+INBOUND = "inbound"  # from the carrier side: verified toward the PBX
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CallRecord:
+    """One call (an action: the shell writes it behind to the store and the exports).
+    The JSON schema of ``as_json`` is README's "Call records"."""
+
+    id: str  # unique across instances and workers: the webhook's idempotency key
+    call_id: str
+    direction: str  # "outbound" or "inbound"
+    account: str | None
+    orig: str | None  # the calling number as the dialer sent it (canonical)
+    presented: str | None  # the number presented (local presence may replace it)
+    dest: str | None
+    attest: str | None  # A, B, C (outbound: what we signed; inbound: what was verified)
+    attest_reason: str | None  # outbound: why that level (or why it was not signed)
+    verstat: str | None  # inbound: TN-Validation-Passed / -Failed / No-TN-Validation
+    verify_code: int | None  # inbound: the RFC 8224 code of a failure
+    status: int  # the final response to the INVITE
+    started: float
+    answered: float | None
+    ended: float
+    duration: float  # seconds from answer to BYE (0 when not answered)
+    instance: str
+    worker: int
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Open:
+    call_id: str
+    direction: str
+    account: str | None
+    orig: str | None
+    presented: str | None
+    dest: str | None
+    attest: str | None
+    attest_reason: str | None
+    verstat: str | None
+    verify_code: int | None
+    started: float
+    status: int = 0
+    answered: float | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RecordFacts:
+    """What the STI leg learned of a call while deciding it (set per request)."""
+
+    account: str | None = None
+    orig: str | None = None
+    presented: str | None = None
+    dest: str | None = None
+    attest: str | None = None
+    attest_reason: str | None = None
+    verstat: str | None = None
+    verify_code: int | None = None
+
+
+class CallLog:
+    """Calls in progress by Call-ID (bounded: past ``max_calls`` the oldest is recorded as it
+    stands), their records emitted when they end."""
+
+    def __init__(self, *, instance: str = "", worker: int = 0, max_calls: int = 200_000,
+                 enabled: bool = False) -> None:
+        self.enabled = enabled  # the application turns it on ([records])
+        self.instance = instance
+        self.worker = worker
+        self.max_calls = max_calls
+        self._open: dict[str, _Open] = {}
+        self._seq = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def start(self, call_id: str, direction: str, facts: RecordFacts | None, now: float,
+              out: list[Any]) -> None:
+        if not self.enabled:
+            return
+        f = facts or RecordFacts()
+        self._open[call_id] = _Open(
+            call_id=call_id, direction=direction, account=f.account, orig=f.orig,
+            presented=f.presented, dest=f.dest, attest=f.attest, attest_reason=f.attest_reason,
+            verstat=f.verstat, verify_code=f.verify_code, started=now)
+        if len(self._open) > self.max_calls:
+            oldest = next(iter(self._open))
+            out.append(self._record(self._open.pop(oldest), now))
+
+    def answered_here(self, call_id: str, direction: str, facts: RecordFacts | None, status: int,
+                      now: float, out: list[Any]) -> None:
+        """An initial INVITE we answered ourselves with a final failure (refused, rejected)."""
+        self.start(call_id, direction, facts, now, out)
+        self.final(call_id, status, now, out)
+
+    def final(self, call_id: str, status: int, now: float, out: list[Any]) -> None:
+        call = self._open.get(call_id)
+        if call is None or call.status:
+            return
+        call.status = status
+        if 200 <= status < 300:
+            call.answered = now
+        else:
+            out.append(self._record(self._open.pop(call_id), now))
+
+    def ended(self, call_id: str, now: float, out: list[Any]) -> None:
+        call = self._open.pop(call_id, None)
+        if call is not None:
+            out.append(self._record(call, now))
+
+    def close(self, now: float) -> list[CallRecord]:
+        """At shutdown: every call still open, recorded as it stands (status 0: none yet)."""
+        calls, self._open = self._open, {}
+        return [self._record(call, now) for call in calls.values()]
+
+    def _record(self, call: _Open, now: float) -> CallRecord:
+        answered = call.answered
+        return CallRecord(
+            id=f"{self.instance}-{self.worker}-{int(call.started * 1000):x}-{next(self._seq)}",
+            call_id=call.call_id, direction=call.direction, account=call.account,
+            orig=call.orig, presented=call.presented, dest=call.dest, attest=call.attest,
+            attest_reason=call.attest_reason, verstat=call.verstat,
+            verify_code=call.verify_code, status=call.status or 0, started=call.started,
+            answered=answered, ended=now,
+            duration=round(now - answered, 3) if answered is not None else 0.0,
+            instance=self.instance, worker=self.worker)
+
+
+__all__ = ["INBOUND", "OUTBOUND", "CallLog", "CallRecord", "RecordFacts"]

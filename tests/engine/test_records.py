@@ -1,0 +1,58 @@
+"""Call records from the pure engine: one per initial INVITE, emitted when the call ends."""
+
+from __future__ import annotations
+
+from stirshaken_proxy.engine.records import CallRecord
+from stirshaken_proxy.sip.transport import Send
+from tests.engine.test_proxy import UAC, answer, carrier_peer, engine, invite
+
+
+def records(out: list[object]) -> list[CallRecord]:
+    return [a for a in out if isinstance(a, CallRecord)]
+
+
+def forwarded(out: list[object]) -> bytes:
+    return next(a.data for a in out if isinstance(a, Send) and a.peer.side.value == "carrier")
+
+
+def bye(branch: str) -> bytes:
+    return (b"BYE sip:uas@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch="
+            + branch.encode() + b"\r\nFrom: <sip:12025550100@127.0.0.1>;tag=uac\r\n"
+            b"To: <sip:12025550199@127.0.0.1>;tag=uas\r\nCall-ID: call-1\r\nCSeq: 2 BYE\r\n"
+            b"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_an_answered_call_is_recorded_at_its_bye_with_its_duration() -> None:
+    e = engine()
+    e.records.enabled = True
+    e.records.instance = "a"
+    out = e.receive(invite(), UAC, 100.0)
+    assert records(out) == [] and len(e.records) == 1
+    assert records(e.receive(answer(forwarded(out), 200), carrier_peer(), 101.5)) == []
+    got = records(e.receive(bye("z9hG4bKbye1"), UAC, 161.5))
+    assert len(got) == 1
+    r = got[0]
+    assert (r.call_id, r.direction, r.status, r.started, r.answered, r.ended, r.duration) == (
+        "call-1", "outbound", 200, 100.0, 101.5, 161.5, 60.0)
+    assert r.id.startswith("a-0-") and len(e.records) == 0
+
+
+def test_a_failed_call_is_recorded_at_its_final_response() -> None:
+    e = engine()
+    e.records.enabled = True
+    out = e.receive(invite(), UAC, 100.0)
+    got = records(e.receive(answer(forwarded(out), 486), carrier_peer(), 102.0))
+    assert [(r.status, r.answered, r.duration, r.ended) for r in got] == [(486, None, 0.0, 102.0)]
+
+
+def test_a_call_answered_here_is_recorded_at_once() -> None:
+    e = engine()
+    e.records.enabled = True
+    got = records(e.receive(invite(mf=b"0"), UAC, 100.0))  # 483 Too Many Hops
+    assert [(r.status, r.direction) for r in got] == [(483, "outbound")]
+
+
+def test_records_are_off_unless_enabled() -> None:
+    e = engine()
+    out = e.receive(invite(), UAC, 100.0)
+    assert records(out) == [] and len(e.records) == 0

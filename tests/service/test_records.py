@@ -1,0 +1,67 @@
+"""Call records through the running service: every call recorded in the store and the JSON
+Lines export, none lost at a stop, and `report` counting the calls just placed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.service.conftest import requires_sipp
+from tests.support import (
+    Ports,
+    Service,
+    SippUas,
+    free_port,
+    run_uac,
+    signing_config,
+    write_config,
+)
+
+pytestmark = [requires_sipp, pytest.mark.sipp]
+
+
+def report(cfg: Path, fmt: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "stirshaken_proxy.cli", "report", "--config",
+                           str(cfg), "--since", "1h", "--format", fmt],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_calls_are_recorded_exported_and_reported(tmp_path: Path) -> None:
+    ports = Ports.pick()
+    extra = signing_config(tmp_path, ports) + f"""
+[records]
+flush_interval = 0.2
+jsonl_dir = "{tmp_path / 'records'}"
+"""
+    cfg = write_config(tmp_path / "proxy.toml", ports, extra=extra)
+    svc = Service(cfg, ports.admin, tmp_path / "proxy.log")
+    svc.start()
+    try:
+        with SippUas("uas.xml", ports.carrier_next_hop, tmp_path):
+            owned = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=10, rate=10,
+                            caller="+12025550142")
+            unowned = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=5, rate=5,
+                              caller="+13035550142")
+    finally:
+        assert svc.stop() == 0
+    assert owned.successful == 10 and unowned.successful == 5
+    lines = [json.loads(line) for f in sorted((tmp_path / "records").glob("*.jsonl"))
+             for line in f.read_text().splitlines()]
+    assert len(lines) == 15 and len({r["id"] for r in lines}) == 15
+    by_orig = {(r["orig"], r["attest"], r["status"]) for r in lines}
+    assert by_orig == {("12025550142", "A", 200), ("13035550142", "B", 200)}
+    assert all(r["duration"] > 0 and r["account"] == "demo" for r in lines)
+    got = json.loads(report(cfg, "json"))
+    demo = got["accounts"]["demo"]
+    assert (demo["calls"], demo["A"], demo["B"], demo["answered"]) == (15, 10, 5, 15)
+    b_reasons = {r["attest_reason"] for r in lines if r["attest"] == "B"}
+    assert len(b_reasons) == 1 and got["not_a_reasons"] == {b_reasons.pop(): 5}
+    assert "total: 15 calls, 67% A" in report(cfg, "table")
+    assert "<svg" in report(cfg, "html")
+    assert report(cfg, "csv").startswith("kind,key,calls,A,B,C")
