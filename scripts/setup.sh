@@ -19,6 +19,8 @@ if [ "${1:-}" = "test" ]; then
   ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || need+=(kamailio-tls-modules)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # The Trust Center's browser tests drive Debian's Chromium with Playwright.
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

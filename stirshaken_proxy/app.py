@@ -38,11 +38,12 @@ from .io.rest import RestApi
 from .io.shared_health import SharedHealth
 from .io.shell import EngineShell, SideTls
 from .io.supervisor import Children, run_workers
+from .io.trust_center import AdminAuth, AdminCredential, PageData, TrustCenter
 from .io.webhooks import WebhookSender
 from .io.workers import WorkerLink
 from .policy.accounts import AccountDirectory, LocalPresence
 from .policy.digest import DigestAuth
-from .policy.health import HealthEvent, NumberHealth
+from .policy.health import HealthEvent, HealthLimits, NumberHealth
 from .policy.regions import Regions
 from .sip.transport import Side, Transport
 from .stats import Stats
@@ -422,10 +423,48 @@ class Application:
         self.certificates.add_to(admin, [s.serve_template for s in (ac.signing if ac else ())
                                          if s.serve_template])
         admin.add_get("/metrics", self._metrics)
-        HealthApi(lambda: self.health,
-                  self._publish(),
-                  owned=self._owned,
-                  country_code=ac.policy.country_code if ac is not None else "1").add_to(admin)
+        cfg = self.config.admin
+        auth = AdminAuth(AdminCredential.from_file(cfg.user, cfg.password_file)
+                         if cfg.password_file is not None else None)
+        api = HealthApi(lambda: self.health, self._publish(), owned=self._owned,
+                        country_code=ac.policy.country_code if ac is not None else "1")
+        api.add_to(admin, auth.guard)
+
+        def numbers() -> list[dict[str, Any]]:
+            health, services = self.health, self._services()
+            auth_ = services.authenticator if services is not None else None
+            if health is None:
+                return []
+            now = time.time()
+            owner = auth_.inventory.owner if auth_ is not None else (lambda tn: None)
+            return [{**health.report(tn, now), "account": account}
+                    for tn in sorted(health.numbers) if (account := owner(tn)) is not None]
+
+        def records(since: float) -> list[dict[str, Any]]:
+            a = self.config.auth
+            if a is None:
+                return []
+            store = open_store(path=a.store_path, url=a.store_url, instance=a.store_instance)
+            try:
+                return store.records(since)
+            finally:
+                store.close()
+
+        def result(answer: tuple[int, dict[str, object]]) -> dict[str, Any] | str:
+            status, body = answer
+            return body if status == 200 else str(body.get("error"))
+
+        services = self._services
+        TrustCenter(auth, PageData(
+            numbers=numbers,
+            certificates=lambda: dict(self.parts.expiry) if self.parts is not None else {},
+            brands=lambda: dict(s.authenticator.brands) if (s := services()) is not None
+            and s.authenticator is not None else {},
+            records=records,
+            accounts=lambda: list(self.config.auth.accounts) if self.config.auth else [],
+            limits=lambda: self.health.limits if self.health is not None else HealthLimits(),
+            quarantine=lambda tn, hours: result(api.do_quarantine(tn, hours)),
+            release=lambda tn: result(api.do_release(tn)))).add_to(admin.app)
         await admin.start()
 
     def readiness(self) -> dict[str, bool]:

@@ -295,10 +295,26 @@ def _admin_post(config: Config, args: argparse.Namespace) -> int:
     url = (f"http://{config.admin.host}:{config.admin.port}/numbers/"
            f"{urllib.parse.quote(args.tn)}/{args.numbers_command}?"
            + urllib.parse.urlencode(query))
+    import base64
+
+    if config.admin.password_file is None:
+        _err(f"{config.path}: [admin] password_file is not set: the admin API takes no "
+             "changes without its credential")
+        return EXIT_CONFIG
+    secret = config.admin.password_file.read_text(encoding="utf-8").strip()
+    basic = base64.b64encode(f"{config.admin.user}:{secret}".encode()).decode()
+    request = urllib.request.Request(url, method="POST",
+                                     headers={"Authorization": f"Basic {basic}"})
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"),
-                                    timeout=5) as r:
+        with urllib.request.urlopen(request, timeout=5) as r:
             report = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            problem = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            problem = exc.reason
+        _err(f"{args.tn}: {problem} (HTTP {exc.code})")
+        return EXIT_DATA
     except (urllib.error.URLError, OSError) as exc:
         _err(f"the service's admin API at {config.admin.host}:{config.admin.port} did not "
              f"answer ({exc}); is it running?")
@@ -566,8 +582,18 @@ def cmd_brands(args: argparse.Namespace) -> int:
                 return EXIT_DATA
             sys.stdout.write(f"removed the brand of {scope}\n")
             return EXIT_OK
+        owner = args.account
+        if owner is None:
+            owner = store.load(auth.numbers).owner(scope[3:])
+            if owner is None:
+                _err(f"--number {args.number!r}: not in the inventory")
+                return EXIT_DATA
+        business = next((a.business for a in auth.accounts if a.name == owner), None)
         try:
             name = check_name(args.name)
+            problem = business.brand_problem(name) if business is not None else None
+            if problem is not None:
+                raise RcdError(f"{problem}; account {owner}")
             logo, digest = "", ""
             if args.logo:
                 logo = check_logo_url(args.logo)

@@ -28,7 +28,7 @@ from .io.keys import DevPki, KeyFileError, load_private_key, write_dev_pki
 from .io.records import RecordsConfig
 from .io.tls import DevTlsFiles, TlsSettings, TlsSetupError, write_dev_tls
 from .io.webhooks import WebhookConfig
-from .policy.accounts import Account, LocalPresence
+from .policy.accounts import Account, Business, LocalPresence
 from .policy.digest import ALGORITHMS, DigestConfig
 from .policy.health import HealthLimits
 from .policy.inventory import NumberBlock
@@ -52,6 +52,8 @@ class AdminConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     enabled: bool = True
+    user: str = "admin"
+    password_file: Path | None = None  # the credential of the Trust Center and the API
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,6 +261,8 @@ _TRANSPORT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
 _ADMIN_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "listen": ((str,), "127.0.0.1:8080"),
     "enabled": ((bool,), True),
+    "user": ((str,), "admin"),
+    "password_file": ((str,), ""),  # state-changing requests and the Trust Center need it
 }
 _REDIRECT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "listen": ((str,), None),
@@ -329,6 +333,7 @@ _ACCOUNT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "api_keys": ((list,), []),  # "sha256:<hex>" of each REST API key (stirshaken-proxy api-key)
     "tls_names": ((list,), []),  # client certificate names that identify it (mutual TLS)
     "brand": ((str,), ""),  # the caller name its A calls carry (rcd nam; logos: CLI)
+    "business": ((dict,), {}),  # legal_name, ein, address, contact, dba (the brand must match)
 }
 _AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "unsigned_calls": ((str,), "forward"),
@@ -523,6 +528,29 @@ def _side(src: _Source, name: Side, values: dict[str, Any]) -> SideConfig:
         tls_verify_clients=values["tls_verify_clients"])
 
 
+_EIN = re.compile(r"\d{2}-\d{7}\Z")
+
+
+def _business(src: _Source, v: dict[str, Any], entry: int) -> Business:
+    known = {"legal_name", "ein", "address", "contact", "dba"}
+    for key, value in v.items():
+        if key not in known:
+            raise src.error("accounts", "business", f"unknown key {key!r} (known: "
+                            f"{', '.join(sorted(known))})", entry)
+        if key == "dba":
+            if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+                raise src.error("accounts", "business", "dba must be a list of names", entry)
+        elif not isinstance(value, str) or len(value) > 200 or any(c in value for c in "\r\n"):
+            raise src.error("accounts", "business", f"{key} must be one line of text", entry)
+    if not v.get("legal_name"):
+        raise src.error("accounts", "business", "legal_name is required", entry)
+    if v.get("ein") and not _EIN.match(v["ein"]):
+        raise src.error("accounts", "business", f"ein {v['ein']!r} is not NN-NNNNNNN", entry)
+    return Business(legal_name=v["legal_name"], ein=v.get("ein", ""),
+                    address=v.get("address", ""), contact=v.get("contact", ""),
+                    dba=tuple(v.get("dba", ())))
+
+
 def _digest(src: _Source, data: dict[str, Any]) -> DigestConfig:
     v = _section(src, data, "digest", _DIGEST_KEYS)
     if "accounts" not in data:
@@ -647,6 +675,18 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
         raise src.error("transport", "workers", "must be \"auto\" (one per core) or 1 to 64")
     admin = _section(src, data, "admin", _ADMIN_KEYS)
     admin_host, admin_port = parse_hostport(src, "admin", "listen", admin["listen"])
+    password_file = Path(admin["password_file"]) if admin["password_file"] else None
+    if password_file is not None:
+        try:
+            secret = password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise src.error("admin", "password_file", f"cannot read {password_file}: "
+                            f"{getattr(exc, 'strerror', None) or exc}") from None
+        if len(secret) < 8:
+            raise src.error("admin", "password_file", "the password needs at least 8 "
+                            "characters")
+    if not admin["user"] or ":" in admin["user"]:
+        raise src.error("admin", "user", "must be a name without ':'")
     log = _section(src, data, "log", _LOG_KEYS)
     if log["level"] not in ("debug", "info", "warning", "error"):
         raise src.error("log", "level", "must be debug, info, warning or error")
@@ -673,15 +713,15 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
             raise src.error("records", "webhook_secret_file",
                             "is required with webhook_url (the signature's key)")
         try:
-            secret = Path(rv["webhook_secret_file"]).read_bytes().strip()
+            key = Path(rv["webhook_secret_file"]).read_bytes().strip()
         except OSError as exc:
             raise src.error("records", "webhook_secret_file",
                             f"cannot read {rv['webhook_secret_file']}: {exc.strerror}") from None
-        if len(secret) < 16:
+        if len(key) < 16:
             raise src.error("records", "webhook_secret_file", "needs at least 16 bytes")
         _positive(src, "records", rv, "webhook_batch", "webhook_timeout",
                   "webhook_max_backoff", "webhook_outbox_max")
-        webhook = WebhookConfig(url=rv["webhook_url"], secret=secret,
+        webhook = WebhookConfig(url=rv["webhook_url"], secret=key,
                                 batch=rv["webhook_batch"],
                                 timeout=float(rv["webhook_timeout"]),
                                 max_backoff=float(rv["webhook_max_backoff"]),
@@ -710,7 +750,8 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
         path=path, engine=engine, auth=auth, verify=verify, redirect=redirect, rest=rest,
         acme=acme, tls=tls, digest=digest, records=records, webhook=webhook,
         transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
-        admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"]),
+        admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"],
+                          user=admin["user"], password_file=password_file),
         log=LogConfig(level=log["level"], format=log["format"]),
         raw=data, created_keys=tuple(created))
 
@@ -988,12 +1029,16 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                 raise src.error("accounts", "api_keys", "the same key is given to two "
                                 "accounts", i)
             api_keys[value] = v["name"]
+        business = _business(src, v["business"], i) if v["business"] else None
         brand = ""
         if v["brand"]:
             try:
                 brand = check_name(v["brand"])
             except RcdError as exc:
                 raise src.error("accounts", "brand", str(exc), i) from None
+            problem = business.brand_problem(brand) if business is not None else None
+            if problem is not None:
+                raise src.error("accounts", "brand", problem, i)
         tls_names = []
         for value in v["tls_names"]:
             if not isinstance(value, str) or not value or any(c in value for c in " \n*"):
@@ -1009,7 +1054,7 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
                                 signing=v["signing"], gateway=v["gateway"],
                                 local_presence=presence,
                                 max_calls_per_hour=v["max_calls_per_hour"] or None,
-                                tls_names=tuple(tls_names), brand=brand))
+                                tls_names=tuple(tls_names), brand=brand, business=business))
     clash = overlapping(numbers)
     if clash is not None:
         entry = next(i for i, a in enumerate(accounts) if a.name == clash[1].account)

@@ -87,6 +87,28 @@ numbers = {numbers}
 """
 
 
+ADMIN_USER, ADMIN_PASSWORD = "admin", "test-admin-password"
+
+
+def admin_password_file(folder: Path) -> Path:
+    """The admin credential of a test configuration (the Trust Center and the API's
+    state-changing endpoints need it)."""
+    path = folder / "admin-password"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(ADMIN_PASSWORD + "\n")
+    return path
+
+
+def admin_post(port: int, path: str) -> urllib.request.Request:
+    """A POST to the admin API with the test credential (HTTP Basic)."""
+    import base64
+
+    token = base64.b64encode(f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode()).decode()
+    return urllib.request.Request(f"http://{HOST}:{port}{path}", method="POST",
+                                  headers={"Authorization": f"Basic {token}"})
+
+
 def write_config(path: Path, ports: Ports, *, extra: str = "", carrier_transport: str = "udp",
                  dialer_transport: str = "udp", dialer_sources: str = '["127.0.0.1/32"]',
                  sip: str = "", transport: str = "") -> Path:
@@ -112,6 +134,7 @@ shutdown_grace = 1.0
 
 [admin]
 listen = "{HOST}:{ports.admin}"
+password_file = "{admin_password_file(path.parent)}"
 
 [log]
 level = "warning"

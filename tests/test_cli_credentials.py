@@ -73,3 +73,18 @@ def test_remove_unknown_and_no_digest_section(cfg: Path, tmp_path: Path) -> None
     plain.write_text(cfg.read_text().replace('[digest]\nrealm = "r.test"\n', ""))
     code, _, err = run(["credentials", "list", "--config", str(plain)])
     assert code != 0 and "no [digest] section" in err
+
+
+def test_a_brand_must_match_the_business(tmp_path: Path) -> None:
+    ports = Ports.pick()
+    cfg = write_config(tmp_path / "b.toml", ports, extra=signing_config(
+        tmp_path, ports, account_extra='business = { legal_name = "Demo Sales Inc." }'))
+    code, _, err = run(["brands", "set", "--config", str(cfg), "--account", "demo",
+                        "--name", "Free Cruise Center"])
+    assert code != 0 and "does not match the business ('Demo Sales Inc.')" in err
+    code, out, _ = run(["brands", "set", "--config", str(cfg), "--number", "+12025550100",
+                        "--name", "Demo Sales Billing"])
+    assert code == 0 and "tn:12025550100" in out
+    code, _, err = run(["brands", "set", "--config", str(cfg), "--number", "+13035550100",
+                        "--name", "Demo Sales"])
+    assert code != 0 and "not in the inventory" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,8 @@ def test_example_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     """On a fresh clone: the example asks for development keys (dev_spc), so the first load
     creates them where it names them, and the [verify] section trusts their STI-CA."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()  # its paths are relative to where the service starts
+    shutil.copy(ROOT / "config" / "dev-admin-password", tmp_path / "config")
     config = load_config(ROOT / "config" / "example.toml")
     assert [pki.key for pki in config.created_keys] == [Path("var/keys/key.pem")]
     assert (tmp_path / "var/keys/key.pem").stat().st_mode & 0o777 == 0o600
@@ -121,6 +124,15 @@ ERRORS += [
      'webhook_secret_file = "/nonexistent/key"\n',
      "[records] webhook_secret_file: cannot read /nonexistent/key"),
     (BASE + '[records]\nkeep_days = 0\n', ":10: [records] keep_days: must be greater than 0"),
+    (BASE + _ACCOUNT + 'business = { legal_name = "Acme Widgets LLC" }\nbrand = "Best Deals"\n',
+     "[[accounts]] #1 brand: brand name 'Best Deals' does not match the business "
+     "('Acme Widgets LLC')"),
+    (BASE + _ACCOUNT + 'business = { legal_name = "Acme", ein = "123456789" }\n',
+     "[[accounts]] #1 business: ein '123456789' is not NN-NNNNNNN"),
+    (BASE + _ACCOUNT + 'business = { ein = "12-3456789" }\n',
+     "[[accounts]] #1 business: legal_name is required"),
+    (BASE + _ACCOUNT + 'business = { legal_name = "Acme", phone = "x" }\n',
+     "[[accounts]] #1 business: unknown key 'phone'"),
     (BASE + _ACCOUNT + 'brand = "Acme\\u0007"\n',
      "[[accounts]] #1 brand: brand name contains control characters (U+0007)"),
 ]

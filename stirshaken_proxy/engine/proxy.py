@@ -750,9 +750,10 @@ class ProxyEngine:
             # §16.7 step 6 / §16.8: a branch that timed out counts as a 408, one whose
             # transport failed as a 503 (§8.1.3.1).
             status = 503 if ctx.transport_error else 408
-            server.send_response(self._respond(server.request, status), status, now, out)
+            request = server.request  # (the final response lets go of it)
+            server.send_response(self._respond(request, status), status, now, out)
             if isinstance(txn, ClientInvite) and self.records:
-                self.records.final(server.request.call_id, status, now, out)
+                self.records.final(request.call_id, status, now, out)
 
     def on_timer_c(self, txn: ClientInvite, now: float, out: list[Action]) -> None:
         """§16.8: Timer C fired. CANCEL the branch; if it still has no final answer when

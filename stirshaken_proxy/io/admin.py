@@ -71,61 +71,68 @@ class HealthApi:
         self.owned = owned  # the number is in the inventory
         self.country_code = country_code
 
-    def _target(self, request: web.Request) -> tuple[NumberHealth, str] | web.Response:
+    def _target(self, text: str) -> tuple[NumberHealth, str] | tuple[int, str]:
         """The replica and the canonical number a state-changing request is about, or the
-        answer that refuses it."""
+        status and error that refuse it."""
         health = self.health()
         if health is None:
-            return self._off()
-        text = request.match_info["tn"]
+            return 404, "number health is off"
         tn = canonical_digits(text, country_code=self.country_code) if len(text) <= 32 \
             else None
         if tn is None or len(tn) > 15:
-            return web.json_response({"error": "not a telephone number"}, status=400)
+            return 400, "not a telephone number"
         if not self.owned(tn):
-            return web.json_response({"error": f"{tn} is not in the inventory"}, status=404)
+            return 404, f"{tn} is not in the inventory"
         return health, tn
 
-    def add_to(self, admin: AdminServer) -> None:
-        admin.add_get("/numbers/health", self.report)
-        admin.add_post("/numbers/{tn}/quarantine", self.quarantine)
-        admin.add_post("/numbers/{tn}/release", self.release)
+    def do_quarantine(self, text: str, hours: float,
+                      reason: str = "flagged by operator") -> tuple[int, dict[str, object]]:
+        target = self._target(text)
+        if isinstance(target[0], int):
+            return target[0], {"error": target[1]}
+        health, tn = target
+        if not math.isfinite(hours) or not 0 < hours <= MAX_QUARANTINE_HOURS:
+            return 400, {"error": "hours must be a number over 0 and at most "
+                         f"{MAX_QUARANTINE_HOURS}"}
+        reason = reason[:200]
+        self._share(health.quarantine(tn, reason, time.time(), hours * 3600))
+        log.info("number %s quarantined by the operator for %.1f h: %s", tn, hours, reason)
+        return 200, health.report(tn, time.time())
 
-    @staticmethod
-    def _off() -> web.Response:
-        return web.json_response({"error": "number health is off"}, status=404)
+    def do_release(self, text: str) -> tuple[int, dict[str, object]]:
+        target = self._target(text)
+        if isinstance(target[0], int):
+            return target[0], {"error": target[1]}
+        health, tn = target
+        self._share(health.release(tn, time.time()))
+        log.info("number %s released by the operator", tn)
+        return 200, health.report(tn, time.time())
+
+    def add_to(self, admin: AdminServer, guard: Callable[[Handler], Handler]) -> None:
+        """``guard``: the credential check every state-changing endpoint goes through."""
+        admin.add_get("/numbers/health", self.report)
+        admin.add_post("/numbers/{tn}/quarantine", guard(self.quarantine))
+        admin.add_post("/numbers/{tn}/release", guard(self.release))
 
     async def report(self, request: web.Request) -> web.Response:
         health = self.health()
         if health is None:
-            return self._off()
+            return web.json_response({"error": "number health is off"}, status=404)
         now = time.time()
         return web.json_response([health.report(tn, now) for tn in sorted(health.numbers)])
 
     async def quarantine(self, request: web.Request) -> web.Response:
-        target = self._target(request)
-        if isinstance(target, web.Response):
-            return target
-        health, tn = target
         try:
             hours = float(request.query.get("hours", "24"))
         except ValueError:
             hours = math.nan
-        if not math.isfinite(hours) or not 0 < hours <= MAX_QUARANTINE_HOURS:
-            return web.json_response({"error": "hours must be a number over 0 and at most "
-                                      f"{MAX_QUARANTINE_HOURS}"}, status=400)
-        reason = request.query.get("reason", "flagged by operator")[:200]
-        self._share(health.quarantine(tn, reason, time.time(), hours * 3600))
-        log.info("number %s quarantined by the operator for %.1f h: %s", tn, hours, reason)
-        return web.json_response(health.report(tn, time.time()))
+        status, body = self.do_quarantine(request.match_info["tn"], hours,
+                                          request.query.get("reason", "flagged by operator"))
+        return web.json_response(body, status=status)
 
     async def release(self, request: web.Request) -> web.Response:
-        target = self._target(request)
-        if isinstance(target, web.Response):
-            return target
-        health, tn = target
-        self._share(health.release(tn, time.time()))
-        return web.json_response(health.report(tn, time.time()))
+        status, body = self.do_release(request.match_info["tn"])
+        return web.json_response(body, status=status)
 
     def _share(self, event: HealthEvent) -> None:
         if self.publish is not None:

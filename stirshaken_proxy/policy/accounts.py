@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -20,6 +21,35 @@ class LocalPresence(enum.StrEnum):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Business:
+    """The business behind an account, as analytics engines' registrations ask for it (and
+    as a provider verifies it before signing A for it)."""
+
+    legal_name: str
+    ein: str = ""  # US Employer Identification Number, NN-NNNNNNN
+    address: str = ""
+    contact: str = ""
+    dba: tuple[str, ...] = ()  # names it does business as
+
+    def brand_problem(self, name: str) -> str | None:
+        """Why ``name`` cannot be this business's brand: it must share a word (beyond
+        legal suffixes) with the legal name or a DBA name."""
+        want = set().union(*(_words(n) for n in (self.legal_name, *self.dba)))
+        if want & _words(name):
+            return None
+        names = ", ".join(repr(n) for n in (self.legal_name, *self.dba))
+        return f"brand name {name!r} does not match the business ({names})"
+
+
+_SUFFIXES = {"inc", "llc", "ltd", "co", "corp", "corporation", "company", "lp", "llp", "plc",
+             "the", "and", "of"}
+
+
+def _words(name: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", name.lower()) if w not in _SUFFIXES}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Account:
     name: str
     origid: str  # a UUID (RFC 8588 origid) identifying this origination point
@@ -30,6 +60,7 @@ class Account:
     max_calls_per_hour: int | None = None  # this account's velocity limit per number
     tls_names: tuple[str, ...] = ()  # client certificate names (lower case) that identify it
     brand: str = ""  # the name its A-attested calls present (Rich Call Data), from the config
+    business: Business | None = None
 
     def __post_init__(self) -> None:
         uuid.UUID(self.origid)

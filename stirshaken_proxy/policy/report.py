@@ -180,7 +180,7 @@ def as_json(rep: Report) -> str:
     return json.dumps(rep.as_json(), indent=2) + "\n"
 
 
-def _bars(days: dict[str, Mix]) -> str:
+def mix_chart(days: dict[str, Mix]) -> str:
     """Stacked bars of A/B/C/unsigned per day, inline SVG."""
     colours = {"A": "#2e7d32", "B": "#f9a825", "C": "#c62828", "unsigned": "#757575"}
     items = sorted(days.items())
@@ -229,7 +229,7 @@ def as_html(rep: Report) -> str:
         f"<h1>Attestation audit</h1><p>{e(_period(rep))}"
         + (f", account {e(rep.account)}" if rep.account else "")
         + f". {t['calls']} calls, <b>{t['share_a']:.0%} attested A</b>.</p>"
-        "<h2>Attestation mix by day</h2>" + _bars(rep.by_day)
+        "<h2>Attestation mix by day</h2>" + mix_chart(rep.by_day)
         + table(rep.accounts, "By account") + table(rep.numbers, "By number")
         + "<h2>Why calls were not signed A</h2><ul>"
         + "".join(f"<li>{e(k)}: {v}</li>" for k, v in rep.reasons.most_common()) + "</ul>"
@@ -253,4 +253,4 @@ def parse_since(text: str, now: float) -> float:
     return value
 
 
-__all__ = ["RENDER", "Report", "build", "parse_since"]
+__all__ = ["RENDER", "Report", "build", "mix_chart", "parse_since"]

@@ -56,3 +56,12 @@ def test_records_are_off_unless_enabled() -> None:
     e = engine()
     out = e.receive(invite(), UAC, 100.0)
     assert records(out) == [] and len(e.records) == 0
+
+
+def test_a_timed_out_call_is_recorded_with_its_408() -> None:
+    e = engine()
+    e.records.enabled = True
+    e.receive(invite(), UAC, 100.0)
+    out = e.on_timers(100.0 + 64 * 0.5 + 1)  # Timer B: 64*T1
+    got = [a for a in out if isinstance(a, CallRecord)]
+    assert [(r.status, r.answered) for r in got] == [(408, None)]

@@ -11,10 +11,12 @@ import aiohttp
 import pytest
 
 from stirshaken_proxy.io.admin import AdminServer, HealthApi
+from stirshaken_proxy.io.trust_center import AdminAuth, AdminCredential
 from stirshaken_proxy.policy.health import HealthLimits, NumberHealth
 from tests.support import free_port
 
 OWNED = {"12025550142"}
+CREDENTIAL = aiohttp.BasicAuth("admin", "secret-pass")
 
 
 @pytest.fixture
@@ -22,7 +24,8 @@ async def admin() -> AsyncIterator[tuple[str, NumberHealth]]:
     health = NumberHealth(HealthLimits())
     port = free_port()
     server = AdminServer("127.0.0.1", port, readiness=lambda: {"ok": True})
-    HealthApi(lambda: health, None, owned=OWNED.__contains__).add_to(server)
+    auth = AdminAuth(AdminCredential(user="admin", password="secret-pass"))
+    HealthApi(lambda: health, None, owned=OWNED.__contains__).add_to(server, auth.guard)
     await server.start()
     try:
         yield f"http://127.0.0.1:{port}", health
@@ -50,7 +53,7 @@ async def test_quarantine_and_release(admin: tuple[str, NumberHealth], path: str
                                       status: int) -> None:
     base, health = admin
     async with aiohttp.ClientSession() as session:
-        async with session.post(base + path) as r:
+        async with session.post(base + path, auth=CREDENTIAL) as r:
             text = await r.text()
     assert r.status == status, text
     body = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
@@ -59,3 +62,17 @@ async def test_quarantine_and_release(admin: tuple[str, NumberHealth], path: str
     else:
         assert body["error"]
     assert set(health.numbers) <= OWNED  # nothing else entered the health table
+
+
+@pytest.mark.parametrize("auth", [None, aiohttp.BasicAuth("admin", "wrong-pass"),
+                                  aiohttp.BasicAuth("root", "secret-pass")])
+async def test_changes_need_the_credential(admin: tuple[str, NumberHealth],
+                                           auth: aiohttp.BasicAuth | None) -> None:
+    base, health = admin
+    async with aiohttp.ClientSession() as session:
+        for path in ("/numbers/12025550142/quarantine?hours=2", "/numbers/12025550142/release"):
+            async with session.post(base + path, auth=auth) as r:
+                assert r.status == 401 and (await r.json())["error"]
+        async with session.get(base + "/numbers/health") as r:  # reading needs none
+            assert r.status == 200
+    assert not health.numbers

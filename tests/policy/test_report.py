@@ -93,3 +93,27 @@ def test_parse_since() -> None:
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def test_a_record_matches_its_documented_schema() -> None:
+    """docs/call-record.schema.json names every field of a record, with its types."""
+    from pathlib import Path
+
+    from stirshaken_proxy.engine.records import CallLog
+
+    schema = json.loads((Path(__file__).parents[2] / "docs" / "call-record.schema.json")
+                        .read_text())
+    log = CallLog(instance="a", enabled=True)
+    out: list[object] = []
+    log.answered_here("c1", "outbound", None, 403, 100.0, out)
+    record = out[0].as_json()  # type: ignore[attr-defined]
+    assert set(record) == set(schema["required"]) == set(schema["properties"])
+    names = {"string": str, "integer": int, "number": (int, float), "null": type(None)}
+    for key, value in record.items():
+        spec = schema["properties"][key]
+        if "enum" in spec:
+            assert value in spec["enum"], key
+        else:
+            kinds = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+            assert isinstance(value, tuple(t for k in kinds for t in (
+                names[k] if isinstance(names[k], tuple) else (names[k],)))), key

@@ -14,9 +14,9 @@ import pytest
 
 from tests.service.conftest import requires_sipp
 from tests.support import (
-    HOST,
     Ports,
     SippUas,
+    admin_post,
     free_port,
     run_uac,
     running_service,
@@ -38,8 +38,7 @@ def test_substituted_caller_id_end_to_end(tmp_path: Path, workers: int) -> None:
     uac_log = tmp_path / "uac-msg.log"
     with running_service(cfg, ports.admin, tmp_path / "proxy.log"):
         # The operator takes one of the 202 numbers out of rotation first.
-        req = urllib.request.Request(
-            f"http://{HOST}:{ports.admin}/numbers/12025550103/quarantine?hours=1", method="POST")
+        req = admin_post(ports.admin, "/numbers/12025550103/quarantine?hours=1")
         with urllib.request.urlopen(req, timeout=5) as r:
             assert json.loads(r.read())["state"] == "quarantined"
         with SippUas("uas.xml", ports.carrier_next_hop, tmp_path) as carrier:
