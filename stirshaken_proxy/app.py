@@ -355,9 +355,7 @@ class Application:
         ac = self.config.auth
         rc = self.config.records
         if rc.enabled and ac is not None:
-            self.engine.records.enabled = True
-            self.engine.records.instance = ac.store_instance
-            self.engine.records.worker = self.worker_index
+            self.engine.record_calls(instance=ac.store_instance, worker=self.worker_index)
             store_of = functools.partial(open_store, path=ac.store_path, url=ac.store_url,
                                          instance=ac.store_instance)
             self.records = RecordWriter(rc, store_of, counters=self.counters,

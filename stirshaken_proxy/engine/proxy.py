@@ -209,6 +209,12 @@ class ProxyEngine:
         self._picking: dict[int, _Parked] = {}  # token -> request waiting for a shared pick
         self._parked = 0
 
+    def record_calls(self, *, instance: str, worker: int) -> None:
+        """Turn call records on (the application does, with [records] enabled)."""
+        self.records.enabled = self.sti.recording = True
+        self.records.instance = instance
+        self.records.worker = worker
+
     def replace(self, *, services: Services, config: EngineConfig | None = None) -> None:
         """A reload, in one step: new requests meet the new bundle (and limits and timers);
         transactions and calls in progress carry on. Listen addresses and next hops stay as
@@ -443,18 +449,20 @@ class ProxyEngine:
             for url in decision.urls:
                 self._waiting.setdefault(url, []).append(parked)
             return
-        initial = msg.method == "INVITE" and "tag=" not in (msg.get("to") or "")
+        records = self.records
+        initial = records.enabled and msg.method == "INVITE" and "tag=" not in (
+            msg.get("to") or "")
         learned, self.sti.learned = self.sti.learned, None
         if decision is not None:
             self.stats[("sip_rejected", str(decision.status))] += 1
             data = self._respond(msg, decision.status, decision.reason, extra=decision.headers)
             txn.send_response(data, decision.status, now, out)
             if initial and decision.status >= 300 and decision.status != 407:
-                self.records.answered_here(msg.call_id, _DIRECTION[source.side], learned,
-                                           decision.status, now, out)
+                records.answered_here(msg.call_id, _DIRECTION[source.side], learned,
+                                      decision.status, now, out)
             return
         if initial:
-            self.records.start(msg.call_id, _DIRECTION[source.side], learned, now, out)
+            records.start(msg.call_id, _DIRECTION[source.side], learned, now, out)
         self._forward_stateful(msg, source, txn, now, out)
 
     def _check(self, msg: SipMessage, source: Peer, now: float,

@@ -69,7 +69,9 @@ class StiLeg:
         self._dates = DateLines()
         self.picked: Picked | None = None  # the shared pick a resumed request decides with
         self._tokens = 0
-        # What the last decided initial INVITE was found to be, for its call record.
+        # What the last decided initial INVITE was found to be, for its call record (kept
+        # only while ``recording``: the application turns call records on).
+        self.recording = False
         self.learned: RecordFacts | None = None
 
     def authenticate(self, services: Services, msg: SipMessage, source: Peer, now: float,
@@ -97,17 +99,18 @@ class StiLeg:
             return Rejection(status=400, reason="Bad Call Reason")
         picked, self.picked = self.picked, None
         outcome = auth.sign(facts, now, picked=picked, defer=True)
-        self.learned = learned = RecordFacts(
-            account=account.name if account is not None else None, orig=facts.orig,
-            presented=facts.orig, dest=facts.dest)
-        if type(outcome) is Signed:
-            learned.presented = outcome.orig
-            learned.attest = outcome.attest.value
-            learned.attest_reason = outcome.reason.value
-        elif type(outcome) is Refusal:
-            learned.attest_reason = outcome.cause
-        elif isinstance(outcome, Unsigned):
-            learned.attest_reason = outcome.reason  # why it went unsigned
+        if self.recording:  # (only made when call records are on)
+            self.learned = learned = RecordFacts(
+                account=account.name if account is not None else None, orig=facts.orig,
+                presented=facts.orig, dest=facts.dest)
+            if type(outcome) is Signed:
+                learned.presented = outcome.orig
+                learned.attest = outcome.attest.value
+                learned.attest_reason = outcome.reason.value
+            elif type(outcome) is Refusal:
+                learned.attest_reason = outcome.cause
+            elif isinstance(outcome, Unsigned):
+                learned.attest_reason = outcome.reason  # why it went unsigned
         if type(outcome) is NeedsNumber:
             self._tokens += 1
             out.append(PickNumber(self._tokens, outcome.candidates, outcome.limit, now))
@@ -153,10 +156,11 @@ class StiLeg:
             log.debug("verification %s: %s", verdict.verstat.value, verdict.reason,
                       extra={"call_id": msg.call_id, "verdict": verdict.verstat.value,
                              "reason": verdict.reason})
-        facts = verify_input(msg, policy.country_code)
-        self.learned = RecordFacts(orig=facts.orig, presented=facts.orig, dest=facts.dest,
-                                   attest=verdict.attest, verstat=verdict.verstat.value,
-                                   verify_code=verdict.code)
+        if self.recording:
+            facts = verify_input(msg, policy.country_code)
+            self.learned = RecordFacts(orig=facts.orig, presented=facts.orig, dest=facts.dest,
+                                       attest=verdict.attest, verstat=verdict.verstat.value,
+                                       verify_code=verdict.code)
         if policy.rejects(verdict):
             code, phrase, reason = rejection(verdict)
             return Rejection(status=code, reason=phrase, headers=(reason,))

@@ -24,8 +24,7 @@ def bye(branch: str) -> bytes:
 
 def test_an_answered_call_is_recorded_at_its_bye_with_its_duration() -> None:
     e = engine()
-    e.records.enabled = True
-    e.records.instance = "a"
+    e.record_calls(instance="a", worker=0)
     out = e.receive(invite(), UAC, 100.0)
     assert records(out) == [] and len(e.records) == 1
     assert records(e.receive(answer(forwarded(out), 200), carrier_peer(), 101.5)) == []
@@ -39,7 +38,7 @@ def test_an_answered_call_is_recorded_at_its_bye_with_its_duration() -> None:
 
 def test_a_failed_call_is_recorded_at_its_final_response() -> None:
     e = engine()
-    e.records.enabled = True
+    e.record_calls(instance="", worker=0)
     out = e.receive(invite(), UAC, 100.0)
     got = records(e.receive(answer(forwarded(out), 486), carrier_peer(), 102.0))
     assert [(r.status, r.answered, r.duration, r.ended) for r in got] == [(486, None, 0.0, 102.0)]
@@ -47,7 +46,7 @@ def test_a_failed_call_is_recorded_at_its_final_response() -> None:
 
 def test_a_call_answered_here_is_recorded_at_once() -> None:
     e = engine()
-    e.records.enabled = True
+    e.record_calls(instance="", worker=0)
     got = records(e.receive(invite(mf=b"0"), UAC, 100.0))  # 483 Too Many Hops
     assert [(r.status, r.direction) for r in got] == [(483, "outbound")]
 
@@ -60,7 +59,7 @@ def test_records_are_off_unless_enabled() -> None:
 
 def test_a_timed_out_call_is_recorded_with_its_408() -> None:
     e = engine()
-    e.records.enabled = True
+    e.record_calls(instance="", worker=0)
     e.receive(invite(), UAC, 100.0)
     out = e.on_timers(100.0 + 64 * 0.5 + 1)  # Timer B: 64*T1
     got = [a for a in out if isinstance(a, CallRecord)]
