@@ -195,6 +195,17 @@ def _store(config: Config) -> tuple[Store, AuthConfig]:
     return open_store(path=a.store_path, url=a.store_url, instance=a.store_instance), a
 
 
+def _open_store(config: Config) -> tuple[Store, AuthConfig] | None:
+    """The store and the accounts, or None after saying why the store cannot be opened."""
+    from .store.base import StoreError
+
+    try:
+        return _store(config)
+    except StoreError as exc:
+        _err(str(exc))
+        return None
+
+
 def cmd_numbers(args: argparse.Namespace) -> int:
     from .policy.numbers import NumberFormatError, block_text, parse_block_text
     from .store.base import StoreError, parse_numbers_csv
@@ -204,11 +215,10 @@ def cmd_numbers(args: argparse.Namespace) -> int:
         return _admin_post(config, args)
     if args.numbers_command == "health":
         return _health(config, args)
-    try:
-        store, auth = _store(config)
-    except StoreError as exc:
-        _err(str(exc))
+    opened = _open_store(config)
+    if opened is None:
         return EXIT_DATA
+    store, auth = opened
     try:
         if args.numbers_command == "import":
             path = Path(args.csv)
@@ -475,11 +485,10 @@ def cmd_credentials(args: argparse.Namespace) -> int:
     if config.digest is None:
         _err(f"{config.path}: no [digest] section: digest authentication is off")
         return EXIT_CONFIG
-    try:
-        store, auth = _store(config)
-    except StoreError as exc:
-        _err(str(exc))
+    opened = _open_store(config)
+    if opened is None:
         return EXIT_DATA
+    store, auth = opened
     realm = config.digest.realm
     try:
         if args.credentials_command == "list":
@@ -544,11 +553,10 @@ def cmd_brands(args: argparse.Namespace) -> int:
     from .store.base import StoreError
 
     config = load_config(args.config)
-    try:
-        store, auth = _store(config)
-    except StoreError as exc:
-        _err(str(exc))
+    opened = _open_store(config)
+    if opened is None:
         return EXIT_DATA
+    store, auth = opened
     try:
         if args.brands_command == "list":
             configured = {f"account:{a.name}": a.brand for a in auth.accounts if a.brand}
@@ -664,11 +672,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError:
         _err(f"--since {args.since!r}: give 7d, 12h, 30m or a Unix time")
         return EXIT_DATA
-    try:
-        store, auth = _store(config)
-    except StoreError as exc:
-        _err(str(exc))
+    opened = _open_store(config)
+    if opened is None:
         return EXIT_DATA
+    store, auth = opened
     if args.account is not None and args.account not in {a.name for a in auth.accounts}:
         _err(f"--account {args.account!r}: no such account in {config.path}")
         return EXIT_DATA
