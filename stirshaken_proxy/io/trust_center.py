@@ -30,6 +30,8 @@ from ..policy.report import build, mix_chart
 SESSION_COOKIE = "sp_session"
 SESSION_SECONDS = 8 * 3600.0
 MAX_SESSIONS = 1000
+MAX_LOGIN_FAILURES = 5  # from one address within LOGIN_WINDOW, then it waits that long
+LOGIN_WINDOW = 60.0
 e = html.escape
 
 
@@ -53,9 +55,19 @@ class AdminAuth:
     def __init__(self, credential: AdminCredential | None) -> None:
         self.credential = credential
         self._sessions: dict[str, tuple[float, str]] = {}  # token -> (expires, csrf)
+        self._failures: dict[str, list[float]] = {}  # address -> recent failed logins
 
-    def login(self, user: str, password: str, now: float) -> str | None:
-        if self.credential is None or not self.credential.matches(user, password):
+    def throttled(self, address: str, now: float) -> bool:
+        recent = [t for t in self._failures.get(address, ()) if t > now - LOGIN_WINDOW]
+        self._failures[address] = recent
+        return len(recent) >= MAX_LOGIN_FAILURES
+
+    def login(self, user: str, password: str, now: float, address: str = "") -> str | None:
+        if self.credential is None or self.throttled(address, now) \
+                or not self.credential.matches(user, password):
+            if len(self._failures) >= MAX_SESSIONS:
+                self._failures.clear()
+            self._failures.setdefault(address, []).append(now)
             return None
         self._sessions = {t: s for t, s in self._sessions.items() if s[0] > now}
         while len(self._sessions) >= MAX_SESSIONS:
@@ -170,8 +182,11 @@ autocomplete="current-password"></label></p><p><button id="login">Log in</button
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
+        address = request.remote or ""
+        if self.auth.throttled(address, time.time()):
+            return await self.login_form(request, "Too many failed logins: wait a minute.")
         token = self.auth.login(str(form.get("user", "")), str(form.get("password", "")),
-                                time.time())
+                                time.time(), address)
         if token is None:
             return await self.login_form(request, "Wrong user or password.")
         response = web.HTTPSeeOther("/ui/")
