@@ -9,10 +9,12 @@ FROM python:3.11-slim
 COPY --from=build /install /usr/local
 RUN useradd --system --uid 10001 --home-dir /var/lib/stirshaken --create-home stirshaken
 COPY config/example.toml /etc/stirshaken/proxy.toml
+# The example's development admin password, where its relative path finds it (WORKDIR).
+COPY --chown=stirshaken config/dev-admin-password /var/lib/stirshaken/config/dev-admin-password
 COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 USER stirshaken
 WORKDIR /var/lib/stirshaken
-EXPOSE 5060/udp 5060/tcp 5062/udp 5062/tcp 5064/udp 5064/tcp 8080/tcp 8090/tcp
+EXPOSE 5060/udp 5060/tcp 5061/tcp 5062/udp 5062/tcp 5064/udp 5064/tcp 8080/tcp 8090/tcp
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
 ENTRYPOINT ["docker-entrypoint.sh"]

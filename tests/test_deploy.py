@@ -40,13 +40,19 @@ def test_compose_file_references_what_exists() -> None:
 
 def test_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
+    for source in re.findall(r"^COPY (?!--from)(?:--chown=\S+ )?(.+) \S+$", text,
+                             re.MULTILINE):
         for item in source.split():
             assert (ROOT / item).exists(), item
     users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
     assert "HEALTHCHECK" in text and "/healthz" in text
     assert os.access(ROOT / "deploy/docker-entrypoint.sh", os.X_OK)
+    # Files the example config reads at start, by paths relative to the WORKDIR, are there.
+    workdir = re.findall(r"^WORKDIR (\S+)", text, re.MULTILINE)[-1]
+    copied = {dest for _, dest in re.findall(r"^COPY (?:--chown=\S+ )?(\S+) (\S+)$", text,
+                                              re.MULTILINE)}
+    assert f"{workdir}/config/dev-admin-password" in copied
 
 
 def test_prometheus_and_grafana_provisioning() -> None:
