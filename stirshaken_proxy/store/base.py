@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -79,22 +80,64 @@ def removal(blocks: list[NumberBlock], first: str,
     return hits, rest
 
 
-CREDENTIAL_ROWS = ("SELECT username, account, realm, ha1_sha256, ha1_md5 FROM credentials "
-                   "ORDER BY username")
+class VersionedTables:
+    """Digest credentials and brands, each versioned on its own (a change reloads only its
+    table, never the inventory), for either backend. The backend gives ``db`` and the two
+    steps that differ: reading a meta value, and a write that bumps one in its transaction;
+    the SQL here is written with ``?`` placeholders, which ``_versioned_write`` adapts."""
 
+    db: Any
 
-def credentials_of(rows: Iterable[tuple[str, str, str, str, str]]) -> list[Credential]:
-    """The rows of CREDENTIAL_ROWS (either backend) as credentials."""
-    return [Credential(username=u, account=a, realm=r, ha1_sha256=h2, ha1_md5=h1)
-            for u, a, r, h2, h1 in rows]
+    def _meta(self, key: str) -> int:
+        raise NotImplementedError
 
+    def _versioned_write(self, key: str, sql: str, args: tuple[object, ...]) -> int:
+        raise NotImplementedError
 
-BRAND_ROWS = "SELECT scope, name, logo, logo_digest FROM brands ORDER BY scope"
+    def credentials_version(self) -> int:
+        return self._meta("credentials_version")
 
+    def credentials(self) -> list[Credential]:
+        return [Credential(username=u, account=a, realm=r, ha1_sha256=h2, ha1_md5=h1)
+                for u, a, r, h2, h1 in self.db.execute(
+                    "SELECT username, account, realm, ha1_sha256, ha1_md5 FROM credentials "
+                    "ORDER BY username")]
 
-def brands_of(rows: Iterable[tuple[str, str, str, str]]) -> dict[str, Brand]:
-    """The rows of BRAND_ROWS (either backend): scope -> brand."""
-    return {scope: Brand(name=n, logo=lg, logo_digest=d) for scope, n, lg, d in rows}
+    def set_credential(self, cred: Credential) -> None:
+        self._versioned_write(
+            "credentials_version",
+            "INSERT INTO credentials(username, account, realm, ha1_sha256, ha1_md5, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
+            "account = excluded.account, realm = excluded.realm, "
+            "ha1_sha256 = excluded.ha1_sha256, ha1_md5 = excluded.ha1_md5, "
+            "updated = excluded.updated",
+            (cred.username, cred.account, cred.realm, cred.ha1_sha256, cred.ha1_md5,
+             time.time()))
+
+    def remove_credential(self, username: str) -> bool:
+        return self._versioned_write("credentials_version",
+                                     "DELETE FROM credentials WHERE username = ?",
+                                     (username,)) > 0
+
+    def brands_version(self) -> int:
+        return self._meta("brands_version")
+
+    def brands(self) -> dict[str, Brand]:
+        return {scope: Brand(name=n, logo=lg, logo_digest=d) for scope, n, lg, d in
+                self.db.execute("SELECT scope, name, logo, logo_digest FROM brands "
+                                "ORDER BY scope")}
+
+    def set_brand(self, scope: str, brand: Brand) -> None:
+        self._versioned_write(
+            "brands_version",
+            "INSERT INTO brands(scope, name, logo, logo_digest, updated) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (scope) DO UPDATE SET name = excluded.name, logo = excluded.logo, "
+            "logo_digest = excluded.logo_digest, updated = excluded.updated",
+            (scope, brand.name, brand.logo, brand.logo_digest, time.time()))
+
+    def remove_brand(self, scope: str) -> bool:
+        return self._versioned_write("brands_version", "DELETE FROM brands WHERE scope = ?",
+                                     (scope,)) > 0
 
 
 def record_row(record: dict[str, Any]) -> tuple[str, float, str | None, str, str]:

@@ -18,15 +18,10 @@ from typing import Any
 
 import psycopg
 
-from ..policy.digest import Credential
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
-from ..stir.rcd import Brand
 from .base import (
-    BRAND_ROWS,
-    CREDENTIAL_ROWS,
     StoreError,
-    brands_of,
-    credentials_of,
+    VersionedTables,
     record_row,
     redact_url,
     refuse_overlaps,
@@ -107,7 +102,7 @@ _KEYED_ROWS = (f"SELECT length(first) * {KEY_SPAN}::bigint + first::bigint AS k,
                "ORDER BY k")
 
 
-class PgStore:
+class PgStore(VersionedTables):
     def __init__(self, url: str, *, instance: str, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.instance = instance
@@ -228,47 +223,6 @@ class PgStore:
     def health(self) -> PgHealthRows:
         return PgHealthRows(self)
 
-    # -- digest credentials and brands (each versioned on its own) -------------------------
-    def credentials_version(self) -> int:
-        return self._meta("credentials_version")
-
-    def credentials(self) -> list[Credential]:
-        return credentials_of(self.db.execute(CREDENTIAL_ROWS))
-
-    def set_credential(self, cred: Credential) -> None:
-        self._versioned_write(
-            "credentials_version",
-            "INSERT INTO credentials(username, account, realm, ha1_sha256, ha1_md5, updated) "
-            "VALUES (%s, %s, %s, %s, %s, extract(epoch FROM now())) ON CONFLICT (username) "
-            "DO UPDATE SET account = excluded.account, realm = excluded.realm, "
-            "ha1_sha256 = excluded.ha1_sha256, ha1_md5 = excluded.ha1_md5, "
-            "updated = excluded.updated",
-            (cred.username, cred.account, cred.realm, cred.ha1_sha256, cred.ha1_md5))
-
-    def remove_credential(self, username: str) -> bool:
-        return self._versioned_write("credentials_version",
-                                     "DELETE FROM credentials WHERE username = %s",
-                                     (username,)) > 0
-
-    def brands_version(self) -> int:
-        return self._meta("brands_version")
-
-    def brands(self) -> dict[str, Brand]:
-        return brands_of(self.db.execute(BRAND_ROWS))
-
-    def set_brand(self, scope: str, brand: Brand) -> None:
-        self._versioned_write(
-            "brands_version",
-            "INSERT INTO brands(scope, name, logo, logo_digest, updated) VALUES "
-            "(%s, %s, %s, %s, extract(epoch FROM now())) ON CONFLICT (scope) DO UPDATE SET "
-            "name = excluded.name, logo = excluded.logo, logo_digest = excluded.logo_digest, "
-            "updated = excluded.updated",
-            (scope, brand.name, brand.logo, brand.logo_digest))
-
-    def remove_brand(self, scope: str) -> bool:
-        return self._versioned_write("brands_version", "DELETE FROM brands WHERE scope = %s",
-                                     (scope,)) > 0
-
     # -- call records ---------------------------------------------------------------------
     def add_records(self, records: list[dict[str, Any]], *, outbox: bool = False,
                     outbox_max: int = 0) -> int:
@@ -330,10 +284,11 @@ class PgStore:
     def _versioned_write(self, key: str, sql: str, args: tuple[object, ...]) -> int:
         db = self.db
         with db.transaction():
-            changed = db.execute(sql, args).rowcount
+            changed = db.execute(sql.replace("?", "%s"), args).rowcount
             db.execute("UPDATE meta SET value = value + 1 WHERE key = %s", (key,))
             db.execute(f"NOTIFY {CHANNEL}")
         return int(changed)
+
 
 class PgHealthRows:
     def __init__(self, store: PgStore) -> None:

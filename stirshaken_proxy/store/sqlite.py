@@ -13,17 +13,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..policy.digest import Credential
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
-from ..stir.rcd import Brand
 from .base import (
-    BRAND_ROWS,
-    CREDENTIAL_ROWS,
     ImportError_,
     ImportProblem,
     StoreError,
-    brands_of,
-    credentials_of,
+    VersionedTables,
     parse_numbers_csv,
     record_row,
     refuse_overlaps,
@@ -109,7 +104,7 @@ _KEYED_ROWS = (f"SELECT length(first) * {KEY_SPAN} + CAST(first AS INTEGER) AS k
                "ORDER BY k")
 
 
-class NumberStore:
+class NumberStore(VersionedTables):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
@@ -233,47 +228,6 @@ class NumberStore:
 
     def health(self) -> HealthRows:
         return HealthRows(self)
-
-    # -- digest credentials and brands (each versioned on its own) -------------------------
-    def credentials_version(self) -> int:
-        return self._meta("credentials_version")
-
-    def credentials(self) -> list[Credential]:
-        return credentials_of(self.db.execute(CREDENTIAL_ROWS))
-
-    def set_credential(self, cred: Credential) -> None:
-        self._versioned_write(
-            "credentials_version",
-            "INSERT INTO credentials(username, account, realm, ha1_sha256, ha1_md5, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(username) DO UPDATE SET "
-            "account = excluded.account, realm = excluded.realm, "
-            "ha1_sha256 = excluded.ha1_sha256, ha1_md5 = excluded.ha1_md5, "
-            "updated = excluded.updated",
-            (cred.username, cred.account, cred.realm, cred.ha1_sha256, cred.ha1_md5,
-             time.time()))
-
-    def remove_credential(self, username: str) -> bool:
-        return self._versioned_write("credentials_version",
-                                     "DELETE FROM credentials WHERE username = ?",
-                                     (username,)) > 0
-
-    def brands_version(self) -> int:
-        return self._meta("brands_version")
-
-    def brands(self) -> dict[str, Brand]:
-        return brands_of(self.db.execute(BRAND_ROWS))
-
-    def set_brand(self, scope: str, brand: Brand) -> None:
-        self._versioned_write(
-            "brands_version",
-            "INSERT INTO brands(scope, name, logo, logo_digest, updated) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(scope) DO UPDATE SET name = excluded.name, logo = excluded.logo, "
-            "logo_digest = excluded.logo_digest, updated = excluded.updated",
-            (scope, brand.name, brand.logo, brand.logo_digest, time.time()))
-
-    def remove_brand(self, scope: str) -> bool:
-        return self._versioned_write("brands_version", "DELETE FROM brands WHERE scope = ?",
-                                     (scope,)) > 0
 
     # -- call records ---------------------------------------------------------------------
     def add_records(self, records: list[dict[str, Any]], *, outbox: bool = False,
