@@ -384,11 +384,10 @@ class ProxyEngine:
             self.stats[("sip_dropped", "flood")] += 1
             return
         services = self.services
-        sources = services.dialer_sources if source.side is DIALER else services.carrier_sources
-        if not sources.allows(source.host) and not (
-                source.names and source.side is DIALER
-                and services.accounts.by_certificate(source.names) is not None) and (
-                services.digest is None or source.side is not DIALER
+        dialer = source.side is DIALER
+        if (self._unlisted(source) if dialer
+                else not services.carrier_sources.allows(source.host)) and (
+                services.digest is None or not dialer
                 or not self._digest_admits(msg, method, source, now)):
             self.stats[("sip_refused_sources", source.side)] += 1
             if method != "ACK":
@@ -450,8 +449,7 @@ class ProxyEngine:
                 self._waiting.setdefault(url, []).append(parked)
             return
         records = self.records
-        initial = records.enabled and msg.method == "INVITE" and "tag=" not in (
-            msg.get("to") or "")
+        initial = records.enabled and is_initial_invite(msg)
         learned, self.sti.learned = self.sti.learned, None
         if decision is not None:
             self.stats[("sip_rejected", str(decision.status))] += 1
@@ -485,8 +483,8 @@ class ProxyEngine:
         if source.side is DIALER:
             account = None
             digest = self.services.digest
-            if digest is not None and self._unlisted(source) and "tag=" not in (
-                    msg.get("to") or ""):
+            if digest is not None and "tag=" not in (msg.get("to") or "") and \
+                    self._unlisted(source):
                 outcome = self._digest(digest, msg, source, now)
                 if isinstance(outcome, Rejection):
                     return outcome
@@ -516,9 +514,8 @@ class ProxyEngine:
 
     def _digest(self, digest: DigestAuth, msg: SipMessage, source: Peer,
                 now: float) -> Rejection | str:
-        """The account a request's credentials name, or the 407/403 to answer."""
-        if msg.method in ("CANCEL", "ACK"):  # never challenged (§22.1)
-            return Rejection(status=403)
+        """The account a request's credentials name, or the 407/403 to answer. (CANCEL and
+        ACK never come here: §22.1 forbids challenging them, and both are handled before.)"""
         index = msg.index.get("proxy-authorization") or []
         outcome = digest.check(
             method=msg.method, request_uri=msg.uri, call_id=msg.call_id,

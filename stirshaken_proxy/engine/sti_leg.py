@@ -148,7 +148,8 @@ class StiLeg:
         verification = services.verification
         assert verification is not None
         policy = services.verify_policy
-        verdict = verify_message(msg, verification, policy, now)
+        facts = verify_input(msg, policy.country_code)
+        verdict = verify_message(msg, verification, policy, now, facts)
         if isinstance(verdict, NeedsCredentials):
             out.extend(Fetch(r) for r in verdict.fetch)
             return Defer(urls=verdict.urls)
@@ -157,7 +158,6 @@ class StiLeg:
                       extra={"call_id": msg.call_id, "verdict": verdict.verstat.value,
                              "reason": verdict.reason})
         if self.recording:
-            facts = verify_input(msg, policy.country_code)
             self.learned = RecordFacts(orig=facts.orig, presented=facts.orig, dest=facts.dest,
                                        attest=verdict.attest, verstat=verdict.verstat.value,
                                        verify_code=verdict.code)
