@@ -36,8 +36,9 @@ from .io.records import RecordWriter
 from .io.renewal import Renewer
 from .io.rest import RestApi
 from .io.shared_health import SharedHealth
-from .io.shell import EngineShell, SideTls
+from .io.shell import EngineShell
 from .io.supervisor import Children, run_workers
+from .io.transports import SideTls
 from .io.trust_center import AdminAuth, AdminCredential, PageData, TrustCenter
 from .io.webhooks import WebhookSender
 from .io.workers import WorkerLink

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..engine.actions import Action, Fetch, PickNumber
@@ -20,7 +18,7 @@ from ..sip.message import call_id_of
 from ..sip.transport import Peer, Send, Side, Transport
 from ..stir.signing import Picked
 from ..stir.verification import FetchRequest
-from .transports import TcpConnection, TcpManager, UdpEndpoint
+from .transports import SideTls, TcpConnection, TcpManager, UdpEndpoint
 from .workers import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -43,20 +41,6 @@ class Engine(Protocol):
     def transport_failed(self, peer: Peer, now: float) -> list[Action]: ...
 
     def number_picked(self, token: int, picked: Picked, now: float) -> list[Action]: ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class SideTls:
-    """TLS on one side: a listener (``host``/``port``, with ``server``'s context) and/or
-    connections we open to the next hop (``client``), whose certificate must carry
-    ``names[(host, port)]`` (RFC 5922)."""
-
-    host: str = ""
-    port: int = 0
-    server: ssl.SSLContext | None = None
-    client: ssl.SSLContext | None = None
-    names: dict[tuple[str, int], str] = field(default_factory=dict)
-    handshake_timeout: float = 5.0
 
 
 class EngineShell:
@@ -104,10 +88,7 @@ class EngineShell:
                 reserved_for_trusted=tcp_reserved_for_trusted,
                 trusted=(lambda h: trusted(side, h)) if trusted is not None else None,
                 transport=transport,
-                server_ssl=side_tls.server if side_tls is not None else None,
-                client_ssl=side_tls.client if side_tls is not None else None,
-                tls_names=side_tls.names if side_tls is not None else None,
-                handshake_timeout=side_tls.handshake_timeout if side_tls is not None else 5.0,
+                tls=side_tls,
                 on_failure=lambda host, port: self.transport_failed(
                     Peer(side, transport, host, port)))
             self.tcp[(side, transport)] = made

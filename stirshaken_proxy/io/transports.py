@@ -9,6 +9,7 @@ import math
 import ssl
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ..sip.errors import SipError
@@ -42,6 +43,23 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def send(self, data: bytes, host: str, port: int) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(data, (host, port))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SideTls:
+    """TLS on one side: a listener (``host``/``port``, with ``server``'s context) and/or
+    connections we open to the next hop (``client``), whose certificate must carry
+    ``names[(host, port)]`` (RFC 5922)."""
+
+    host: str = ""
+    port: int = 0
+    server: ssl.SSLContext | None = None
+    client: ssl.SSLContext | None = None
+    names: dict[tuple[str, int], str] = field(default_factory=dict)
+    handshake_timeout: float = 5.0
+
+
+_NO_TLS = SideTls()
 
 
 class TlsLayer:
@@ -130,13 +148,18 @@ class TcpConnection(asyncio.Protocol):
         if not manager.register(self):
             self.transport.abort()
             return
-        ctx = manager.client_ssl if self.outbound_key is not None else manager.server_ssl
+        ctx = manager.side_tls.client if self.outbound_key is not None else manager.side_tls.server
         if ctx is not None:
-            self.tls = TlsLayer(ctx, server_side=self.outbound_key is None)
-            self._handshake_timer = loop.call_later(manager.handshake_timeout,
+            self.tls = tls = TlsLayer(ctx, server_side=self.outbound_key is None)
+            self._handshake_timer = loop.call_later(manager.side_tls.handshake_timeout,
                                                     self._handshake_expired)
-            if self.outbound_key is not None:
-                self._tls_step(self.tls.handshake)
+            if self.outbound_key is not None:  # we speak first
+                try:
+                    out = tls.handshake()
+                except ssl.SSLError as exc:
+                    self._tls_failed(exc)
+                    return
+                self._tls_sent(out)
 
     def _handshake_expired(self) -> None:
         if self.tls is not None and not self.tls.established and self.transport is not None:
@@ -144,24 +167,23 @@ class TcpConnection(asyncio.Protocol):
             log.debug("TLS handshake with %s did not complete in time", self.peer)
             self.transport.abort()
 
-    def _tls_step(self, step: Callable[[], bytes]) -> bool:
-        """Run a handshake step, send what it produced; False when the connection failed."""
-        assert self.transport is not None and self.tls is not None
-        try:
-            out = step()
-        except ssl.SSLCertVerificationError as exc:
+    def _tls_failed(self, exc: ssl.SSLError) -> None:
+        assert self.transport is not None
+        if isinstance(exc, ssl.SSLCertVerificationError):
             self.manager.counters["tls_verify_failures"] += 1
             # Our next hop's certificate is the operator's concern; a client's is counted
             # (anyone can open a connection: no log line per attempt).
             log.log(logging.WARNING if self.outbound_key is not None else logging.DEBUG,
                     "TLS with %s refused: %s", _where(self.peer), exc.verify_message)
-            self.transport.abort()
-            return False
-        except ssl.SSLError as exc:
+        else:
             self.manager.counters["tls_handshake_failures"] += 1
             log.debug("TLS handshake with %s failed: %s", _where(self.peer), exc)
-            self.transport.abort()
-            return False
+        self.transport.abort()
+
+    def _tls_sent(self, out: bytes) -> bool:
+        """Send what a TLS step produced; when the handshake just completed, check the peer
+        (False: the connection is refused)."""
+        assert self.transport is not None and self.tls is not None
         if out:
             self.transport.write(out)
         if self.tls.established and self._handshake_timer is not None:
@@ -176,7 +198,7 @@ class TcpConnection(asyncio.Protocol):
         assert self.tls is not None and self.transport is not None and self.peer is not None
         der = self.tls.peer_der()
         if self.outbound_key is not None:
-            name = self.manager.tls_names.get(self.outbound_key, self.outbound_key[0])
+            name = self.manager.side_tls.names.get(self.outbound_key, self.outbound_key[0])
             if der is None or not matches_name(der, name):
                 self.manager.counters["tls_name_mismatch"] += 1
                 log.warning("TLS peer %s does not present a certificate for %s; connection "
@@ -196,15 +218,12 @@ class TcpConnection(asyncio.Protocol):
         self.last_activity = asyncio.get_running_loop().time()
         tls = self.tls
         if tls is not None:
-            plain = b""
-            closed = False
-
-            def step() -> bytes:
-                nonlocal plain, closed
+            try:
                 plain, out, closed = tls.feed(data)
-                return out
-
-            if not self._tls_step(step):
+            except ssl.SSLError as exc:
+                self._tls_failed(exc)
+                return
+            if not self._tls_sent(out):
                 return
             if closed:
                 self.transport.close()
@@ -266,18 +285,12 @@ class TcpManager:
                  reserved_for_trusted: int = 0,
                  trusted: Callable[[str], bool] | None = None,
                  transport: Transport = Transport.TCP,
-                 server_ssl: ssl.SSLContext | None = None,
-                 client_ssl: ssl.SSLContext | None = None,
-                 tls_names: dict[tuple[str, int], str] | None = None,
-                 handshake_timeout: float = 5.0,
+                 tls: SideTls | None = None,
                  on_failure: Callable[[str, int], None] | None = None) -> None:
         self.side = side
         self.on_failure = on_failure  # an outbound connection failed (host, port)
         self.transport = transport
-        self.server_ssl = server_ssl  # inbound TLS (a listener)
-        self.client_ssl = client_ssl  # outbound TLS (toward a next hop)
-        self.tls_names = tls_names or {}  # next hop -> the name its certificate must carry
-        self.handshake_timeout = handshake_timeout
+        self.side_tls = tls or _NO_TLS  # inbound (a listener) and outbound TLS, if any
         self.sink = sink
         self.counters = counters
         self.max_message_size = max_message_size
