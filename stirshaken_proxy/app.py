@@ -281,6 +281,7 @@ class Application:
         self.renewer: Renewer | None = None  # ACME renewal (worker 0)
         self.shared: SharedHealth | None = None  # number health shared in Redis
         self.records: RecordWriter | None = None  # call records written behind
+        self._store_of: Callable[[], Store] | None = None  # opens the store anew
         self._recording: asyncio.Task[None] | None = None
         self.webhook: WebhookSender | None = None  # records to the CRM (worker 0)
         self._sending: asyncio.Task[None] | None = None
@@ -355,10 +356,12 @@ class Application:
                                          worker=self.worker)
         ac = self.config.auth
         rc = self.config.records
-        if rc.enabled and ac is not None:
+        if ac is not None:  # a connection of their own for the writers and the page
+            self._store_of = functools.partial(open_store, path=ac.store_path,
+                                               url=ac.store_url, instance=ac.store_instance)
+        if rc.enabled and self._store_of is not None and ac is not None:
             self.engine.record_calls(instance=ac.store_instance, worker=self.worker_index)
-            store_of = functools.partial(open_store, path=ac.store_path, url=ac.store_url,
-                                         instance=ac.store_instance)
+            store_of = self._store_of
             self.records = RecordWriter(rc, store_of, counters=self.counters,
                                         worker=self.worker_index)
             shell.record = self.records.add
@@ -440,10 +443,9 @@ class Application:
                     for tn in sorted(health.numbers) if (account := owner(tn)) is not None]
 
         def records(since: float) -> list[dict[str, Any]]:
-            a = self.config.auth
-            if a is None:
+            if self._store_of is None:
                 return []
-            store = open_store(path=a.store_path, url=a.store_url, instance=a.store_instance)
+            store = self._store_of()
             try:
                 return store.records(since)
             finally:
