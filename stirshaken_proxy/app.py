@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from .engine.services import Services
 from .engine.sources import SourceFilter
 from .io.admin import AdminServer, CertificateRepository, HealthApi
 from .io.dispatch import WorkerDispatch
-from .io.fetcher import CredentialFeed, Fetcher
+from .io.fetcher import CredentialFeed, Fetcher, tls_context
 from .io.gcwatch import GcWatch
 from .io.metrics import exposition, make_registry, merge, snapshot
 from .io.records import RecordWriter
@@ -129,9 +128,7 @@ def build_verification(vc: VerifyConfig, *, stats: Stats, counters: Counter[str]
                       country_code=vc.policy.country_code),
         trust=TrustStore(list(vc.anchors), list(vc.crls)), cache_policy=vc.cache,
         cache_entries=vc.cache_entries, stats=stats, clock=clock)
-    ssl_context = ssl.create_default_context()
-    if vc.tls_ca_file is not None:
-        ssl_context.load_verify_locations(cafile=str(vc.tls_ca_file))
+    ssl_context = tls_context(vc.tls_ca_file)
     feed = CredentialFeed(service)
     feed.fetcher = Fetcher(policy=vc.url_policy, crl_policy=vc.crl_policy, limits=vc.fetch,
                            ssl_context=ssl_context, on_done=feed.on_done, counters=counters)

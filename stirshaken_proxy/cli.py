@@ -206,6 +206,15 @@ def _open_store(config: Config) -> tuple[Store, AuthConfig] | None:
         return None
 
 
+def _known_account(config: Config, auth: AuthConfig, name: str) -> bool:
+    """Whether ``--account`` names an account of the config; says so when it does not."""
+    if name in {a.name for a in auth.accounts}:
+        return True
+    known = ", ".join(sorted(a.name for a in auth.accounts))
+    _err(f"--account {name!r}: no such account in {config.path} (known: {known})")
+    return False
+
+
 def cmd_numbers(args: argparse.Namespace) -> int:
     from .policy.numbers import NumberFormatError, block_text, parse_block_text
     from .store.base import StoreError, parse_numbers_csv
@@ -506,9 +515,7 @@ def cmd_credentials(args: argparse.Namespace) -> int:
                 return EXIT_DATA
             sys.stdout.write(f"removed {args.username}\n")
             return EXIT_OK
-        if args.account not in {a.name for a in auth.accounts}:
-            known = ", ".join(sorted(a.name for a in auth.accounts))
-            _err(f"--account {args.account!r}: no such account in {config.path} (known: {known})")
+        if not _known_account(config, auth, args.account):
             return EXIT_DATA
         password = _read_password(args.password_file)
         if password is None:
@@ -569,8 +576,7 @@ def cmd_brands(args: argparse.Namespace) -> int:
                 sys.stdout.write(f"{scope}\t{name}\t({origin}){logo}\n")
             return EXIT_OK
         if args.account is not None:
-            if args.account not in {a.name for a in auth.accounts}:
-                _err(f"--account {args.account!r}: no such account in {config.path}")
+            if not _known_account(config, auth, args.account):
                 return EXIT_DATA
             scope = f"account:{args.account}"
         else:
@@ -624,21 +630,18 @@ def cmd_brands(args: argparse.Namespace) -> int:
 async def _fetch_logo(config: Config, url: str) -> bytes:
     """The logo's bytes, fetched as the verifier fetches x5u: the [verify] URL rules and SSRF
     guard, its size and time limits; raises RcdError saying why not."""
-    import ssl
     from collections import Counter
 
     import aiohttp
 
-    from .io.fetcher import Fetcher, GuardError
+    from .io.fetcher import Fetcher, GuardError, tls_context
     from .stir.rcd import RcdError
     from .stir.x5u import FetchLimits, UrlPolicy
 
     vc = config.verify
     policy = vc.url_policy if vc is not None else UrlPolicy()
     limits = vc.fetch if vc is not None else FetchLimits()
-    ctx = ssl.create_default_context()
-    if vc is not None and vc.tls_ca_file is not None:
-        ctx.load_verify_locations(cafile=str(vc.tls_ca_file))
+    ctx = tls_context(vc.tls_ca_file if vc is not None else None)
     fetcher = Fetcher(policy=policy, crl_policy=policy, limits=limits, ssl_context=ctx,
                       on_done=lambda *_: None, counters=Counter())
     try:
@@ -676,8 +679,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if opened is None:
         return EXIT_DATA
     store, auth = opened
-    if args.account is not None and args.account not in {a.name for a in auth.accounts}:
-        _err(f"--account {args.account!r}: no such account in {config.path}")
+    if args.account is not None and not _known_account(config, auth, args.account):
         return EXIT_DATA
     try:
         records = store.records(since, account=args.account)

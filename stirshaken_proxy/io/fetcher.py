@@ -23,6 +23,7 @@ import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -41,6 +42,14 @@ from ..stir.verify import Verdict, Verstat
 from ..stir.x5u import FetchLimits, UrlPolicy
 
 log = logging.getLogger(__name__)
+
+
+def tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """The TLS context of fetches: the system's CAs, or ``ca_file``'s ([verify] tls_ca_file)."""
+    ctx = ssl.create_default_context()
+    if ca_file is not None:
+        ctx.load_verify_locations(cafile=str(ca_file))
+    return ctx
 
 
 class GuardError(Exception):
