@@ -75,7 +75,7 @@ class SigningIdentity:
 class Signer:
     """Signs SHAKEN PASSporTs for one signing identity."""
 
-    __slots__ = ("_div_header_b64", "_header_b64", "_info", "_key", "identity")
+    __slots__ = ("_div_header_b64", "_div_info", "_header_b64", "_info", "_key", "identity")
 
     def __init__(self, identity: SigningIdentity) -> None:
         if not isinstance(identity.key.curve, ec.SECP256R1):
@@ -88,6 +88,7 @@ class Signer:
         self._div_header_b64 = b64url(canonical_json(
             {"alg": "ES256", "ppt": "div", "typ": "passport", "x5u": identity.x5u}).encode())
         self._info = f";info=<{identity.x5u}>;alg=ES256;ppt=shaken"
+        self._div_info = f";info=<{identity.x5u}>;alg=ES256;ppt=div"
 
     def claims(self, *, attest: Attestation, orig: str, dest: list[str], iat: int,
                origid: str) -> str:
@@ -121,7 +122,7 @@ class Signer:
         claims = canonical_json({"dest": {"tn": dest}, "div": {"tn": div}, "iat": iat,
                                  "orig": {"tn": orig}})
         token = self.sign_claims(claims, self._div_header_b64)
-        return token + self._info[:-len("shaken")] + "div"
+        return token + self._div_info
 
     def identity_value(self, token: str) -> str:
         """RFC 8224 §4: ``<full PASSporT>;info=<x5u>;alg=ES256;ppt=shaken``."""

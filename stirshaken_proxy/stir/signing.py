@@ -243,10 +243,7 @@ class Authenticator:
             events.append(health.attempt(orig, now))
         self.stats[("calls_signed", account.name, level.value, decision.reason.value)] += 1
         # Positional, in field order (identity, attest, reason, account, orig, dest, iat,
-        # substitution, events): keywords cost twice as much, once per call.
-        if brand is None and not more:
-            return Signed(signer.identity_value(token), level, decision.reason,
-                          account.name, orig, dest, iat, pick, tuple(events))
+        # substitution, events, more, branded): keywords cost twice as much, once per call.
         return Signed(signer.identity_value(token), level, decision.reason,
                       account.name, orig, dest, iat, pick, tuple(events), more,
                       brand is not None)

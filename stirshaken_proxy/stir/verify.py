@@ -138,13 +138,12 @@ def parse_identity(value: str) -> IdentityHeader:
     return IdentityHeader(token=token, info=info, alg=params.get("alg"), ppt=ppt)
 
 
-def _ppt_param(value: str) -> str | None:
-    """The ppt parameter of an Identity value, without parsing the rest."""
-    for part in value.split(";")[1:]:
-        name, _, val = part.partition("=")
-        if name.strip().lower() == "ppt":
-            return val.strip().strip('"')
-    return None
+def _ppt_of(value: str) -> str | None:
+    """The ppt parameter of an Identity value (None: none, or not a header at all)."""
+    try:
+        return parse_identity(value).ppt
+    except ValueError:
+        return None
 
 
 class Checks:
@@ -170,7 +169,7 @@ class Checks:
         results: list[HeaderResult | None] = [None] * len(values)
         diverted: dict[str, HeaderResult] = {}
         for i, value in enumerate(values):
-            if _ppt_param(value) == "div":
+            if _ppt_of(value) == "div":
                 r = self.precheck(value, orig=orig, dest=dest, date=date, now=now)
                 results[i] = r
                 if r.code is None and r.div_tn is not None:
