@@ -423,7 +423,7 @@ class Application:
                                          if s.serve_template])
         admin.add_get("/metrics", self._metrics)
         cfg = self.config.admin
-        auth = AdminAuth(AdminCredential.from_file(cfg.user, cfg.password_file)
+        auth = AdminAuth(AdminCredential(user=cfg.user, password=cfg.password)
                          if cfg.password_file is not None else None)
         api = HealthApi(lambda: self.health, self._publish(), owned=self._owned,
                         country_code=ac.policy.country_code if ac is not None else "1")

@@ -320,8 +320,7 @@ def _admin_post(config: Config, args: argparse.Namespace) -> int:
         _err(f"{config.path}: [admin] password_file is not set: the admin API takes no "
              "changes without its credential")
         return EXIT_CONFIG
-    secret = config.admin.password_file.read_text(encoding="utf-8").strip()
-    basic = base64.b64encode(f"{config.admin.user}:{secret}".encode()).decode()
+    basic = base64.b64encode(f"{config.admin.user}:{config.admin.password}".encode()).decode()
     request = urllib.request.Request(url, method="POST",
                                      headers={"Authorization": f"Basic {basic}"})
     try:

@@ -54,6 +54,7 @@ class AdminConfig:
     enabled: bool = True
     user: str = "admin"
     password_file: Path | None = None  # the credential of the Trust Center and the API
+    password: str = field(default="", repr=False)  # read from password_file at load
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -528,6 +529,14 @@ def _side(src: _Source, name: Side, values: dict[str, Any]) -> SideConfig:
         tls_verify_clients=values["tls_verify_clients"])
 
 
+def _secret_file(src: _Source, section: str, key: str, path: Path) -> bytes:
+    """A secret kept in a file of its own (its bytes, as they are)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise src.error(section, key, f"cannot read {path}: {exc.strerror}") from None
+
+
 _EIN = re.compile(r"\d{2}-\d{7}\Z")
 
 
@@ -676,13 +685,15 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
     admin = _section(src, data, "admin", _ADMIN_KEYS)
     admin_host, admin_port = parse_hostport(src, "admin", "listen", admin["listen"])
     password_file = Path(admin["password_file"]) if admin["password_file"] else None
+    password = ""
     if password_file is not None:
         try:
-            secret = password_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise src.error("admin", "password_file", f"cannot read {password_file}: "
-                            f"{getattr(exc, 'strerror', None) or exc}") from None
-        if len(secret) < 8:
+            password = _secret_file(src, "admin", "password_file",
+                                    password_file).decode().strip()
+        except UnicodeDecodeError:
+            raise src.error("admin", "password_file", f"cannot read {password_file}: not "
+                            "UTF-8 text") from None
+        if len(password) < 8:
             raise src.error("admin", "password_file", "the password needs at least 8 "
                             "characters")
     if not admin["user"] or ":" in admin["user"]:
@@ -712,11 +723,8 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
         if not rv["webhook_secret_file"]:
             raise src.error("records", "webhook_secret_file",
                             "is required with webhook_url (the signature's key)")
-        try:
-            key = Path(rv["webhook_secret_file"]).read_bytes().strip()
-        except OSError as exc:
-            raise src.error("records", "webhook_secret_file",
-                            f"cannot read {rv['webhook_secret_file']}: {exc.strerror}") from None
+        key = _secret_file(src, "records", "webhook_secret_file",
+                           Path(rv["webhook_secret_file"])).strip()
         if len(key) < 16:
             raise src.error("records", "webhook_secret_file", "needs at least 16 bytes")
         _positive(src, "records", rv, "webhook_batch", "webhook_timeout",
@@ -751,7 +759,8 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
         acme=acme, tls=tls, digest=digest, records=records, webhook=webhook,
         transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
         admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"],
-                          user=admin["user"], password_file=password_file),
+                          user=admin["user"], password_file=password_file,
+                          password=password),
         log=LogConfig(level=log["level"], format=log["format"]),
         raw=data, created_keys=tuple(created))
 

@@ -19,7 +19,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -39,10 +38,6 @@ e = html.escape
 class AdminCredential:
     user: str
     password: str
-
-    @classmethod
-    def from_file(cls, user: str, path: Path) -> AdminCredential:
-        return cls(user=user, password=path.read_text(encoding="utf-8").strip())
 
     def matches(self, user: str, password: str) -> bool:
         return hmac.compare_digest(user.encode(), self.user.encode()) & hmac.compare_digest(
