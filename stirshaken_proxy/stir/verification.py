@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..stats import LatencyHistogram, Stats
 from .credentials import (
@@ -97,6 +98,21 @@ class VerifyPolicy:
         if verdict.verstat is Verstat.FAILED:
             return self.on_failure is OnFailure.REJECT
         return verdict.verstat is Verstat.NONE and self.on_missing is OnFailure.REJECT
+
+
+_V = TypeVar("_V")
+
+
+def _with_room(table: dict[str, _V], limit: int, now: float,
+               until: Callable[[_V], float]) -> dict[str, _V]:
+    """A bounded table with room for one more: its expired entries dropped when it is full,
+    then the oldest if it still is."""
+    if len(table) < limit:
+        return table
+    table = {k: v for k, v in table.items() if until(v) > now}
+    if len(table) >= limit:
+        del table[next(iter(table))]
+    return table
 
 
 class _PendingChain:
@@ -233,10 +249,7 @@ class VerificationService:
                 next_fetch = now + policy.max_age
             except ValueError:
                 self.stats[("crl_unusable",)] += 1
-        if len(self._crl_next) >= _MAX_CRL_URLS:
-            self._crl_next = {u: t for u, t in self._crl_next.items() if t > now}
-            if len(self._crl_next) >= _MAX_CRL_URLS:
-                del self._crl_next[next(iter(self._crl_next))]
+        self._crl_next = _with_room(self._crl_next, _MAX_CRL_URLS, now, lambda t: t)
         self._crl_next[crl_url] = next_fetch
         ready: list[str] = []
         for url in self._crl_waiters.pop(crl_url, set()):
@@ -258,10 +271,7 @@ class VerificationService:
                          now: float) -> FetchOutcome:
         self._in_flight.discard(url)
         policy = self.cache_policy
-        if len(self._contents) >= _MAX_CONTENTS:
-            self._contents = {u: e for u, e in self._contents.items() if e[1] > now}
-            if len(self._contents) >= _MAX_CONTENTS:
-                del self._contents[next(iter(self._contents))]
+        self._contents = _with_room(self._contents, _MAX_CONTENTS, now, lambda e: e[1])
         if isinstance(result, FetchError):
             self._contents[url] = (f"cannot be fetched: {result.reason}", now + policy.negative_age)
         else:

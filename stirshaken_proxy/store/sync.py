@@ -1,6 +1,6 @@
-"""The store behind the in-memory state: the inventory (and the dialers' digest credentials)
-reloaded when its version changes (never a query per call), number health written behind in
-batches."""
+"""The store behind the in-memory state: the inventory (and each ``Watch``ed table: digest
+credentials, brands) reloaded when its version changes (never a query per call), number
+health written behind in batches."""
 
 from __future__ import annotations
 
