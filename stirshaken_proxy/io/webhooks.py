@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import time
 from collections import Counter
@@ -110,10 +109,5 @@ class WebhookSender:
             self._store.close()
 
 
-def records_of(body: bytes) -> list[dict[str, object]]:
-    """A receiver's side: the records of one delivery."""
-    return list(json.loads(body)["records"])
-
-
 __all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "WebhookConfig", "WebhookSender",
-           "records_of", "signature"]
+           "signature"]

@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 MAX_NAME = 64  # characters of a brand name (a caller-ID display is far shorter)
 MAX_REASON = 64  # characters of a call reason (RFC 9796 suggests at most 64)
 MAX_URL = 512
-MAX_LOGO_BYTES = 256 * 1024
 _DIGESTS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 _DIGEST_RE = re.compile(r"(sha256|sha384|sha512)-([A-Za-z0-9+/]+={0,2})\Z")
 
@@ -150,6 +149,6 @@ def parse_claims(passport_claims: dict[str, Any]) -> RcdClaims | None:
     return RcdClaims(name=name, logo=logo, logo_digest=digests.get("/icn", ""), reason=reason)
 
 
-__all__ = ["MAX_LOGO_BYTES", "MAX_NAME", "MAX_REASON", "Brand", "RcdClaims", "RcdError",
+__all__ = ["MAX_NAME", "MAX_REASON", "Brand", "RcdClaims", "RcdError",
            "check_logo_url", "check_name", "check_reason", "claims", "digest_matches",
            "integrity", "parse_claims"]

@@ -272,10 +272,6 @@ class PgStore(VersionedTables):
             cur.executemany("UPDATE webhook_outbox SET attempts = attempts + 1, "
                             "next_try = %s WHERE id = %s", [(next_try, i) for i in ids])
 
-    def outbox_size(self) -> int:
-        row = self.db.execute("SELECT count(*) FROM webhook_outbox").fetchone()
-        return int(row[0]) if row else 0
-
     def _meta(self, key: str) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
         assert row is not None

@@ -284,9 +284,6 @@ class NumberStore(VersionedTables):
         self.db.executemany("UPDATE webhook_outbox SET attempts = attempts + 1, next_try = ? "
                             "WHERE id = ?", [(next_try, i) for i in ids])
 
-    def outbox_size(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0])
-
     def _meta(self, key: str) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return int(row[0])
