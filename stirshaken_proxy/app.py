@@ -444,7 +444,7 @@ class Application:
                 return []
             store = self._store_of()
             try:
-                return store.records(since)
+                return list(store.records(since))
             finally:
                 store.close()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AuthConfig, Config, ConfigError, load_config
+from .io.progress import Progress, wanted
 from .store import open_store
 from .store.base import Store
 
@@ -45,8 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     imp = num_sub.add_parser("import", help="import numbers and ranges from a CSV file")
     imp.add_argument("--config", required=True)
     imp.add_argument("csv", help="rows: tn (number or FIRST..LAST), account, label")
+    _progress_arg(imp)
     imp.add_argument("--allow-large-ranges", action="store_true",
                      help="accept ranges over [store] max_range_size numbers")
+    exp = num_sub.add_parser("export", help="an account's numbers with its business, as the "
+                             "analytics engines' registration portals take them")
+    exp.add_argument("--config", required=True)
+    exp.add_argument("--account", required=True)
+    exp.add_argument("--format", choices=("registry", "first-orion"), default="registry",
+                     help="registry: every field a registration asks, headed; first-orion: "
+                     "number and call purpose, no header, 500 a file")
+    exp.add_argument("--out", help="the file to write (default: standard output); "
+                     "first-orion past 500 numbers: FILE-001.csv, FILE-002.csv, ...")
     lst = num_sub.add_parser("list", help="list the inventory")
     lst.add_argument("--config", required=True)
     lst.add_argument("--account")
@@ -100,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--since", default="7d", help="7d, 12h, 30m, or a Unix time (default 7d)")
     rep.add_argument("--account")
     rep.add_argument("--format", choices=("table", "csv", "json", "html"), default="table")
+    _progress_arg(rep)
     call = sub.add_parser("call", help="place one test call (UDP, TCP or TLS) and print the "
                           "answers")
     call.add_argument("--target", required=True, help="host:port of the service's listener")
@@ -141,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--to", dest="dest", required=True, help="the called number")
     ver.add_argument("--at", type=float, help="verify as of this Unix time (default: now)")
     return parser
+
+
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="a progress bar on standard error (auto: on a terminal only)")
+
+
+def _progress(args: argparse.Namespace, label: str, total: int) -> Progress:
+    return Progress(label, total, enabled=wanted(args.progress, sys.stderr))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -224,6 +245,8 @@ def cmd_numbers(args: argparse.Namespace) -> int:
         return _admin_post(config, args)
     if args.numbers_command == "health":
         return _health(config, args)
+    if args.numbers_command == "export":
+        return _export(config, args)
     opened = _open_store(config)
     if opened is None:
         return EXIT_DATA
@@ -236,12 +259,14 @@ def cmd_numbers(args: argparse.Namespace) -> int:
             except (OSError, UnicodeDecodeError) as exc:
                 _err(f"{path}: cannot read: {exc}")
                 return EXIT_DATA
-            blocks = parse_numbers_csv(str(path), text,
+            bar = _progress(args, f"reading {path.name}", text.count("\n"))
+            blocks = parse_numbers_csv(str(path), text, on_row=bar.advance,
                                        accounts={a.name for a in auth.accounts},
                                        country_code=auth.policy.country_code,
                                        existing=[*auth.numbers, *store.blocks()],
                                        max_range=None if args.allow_large_ranges
                                        else auth.max_range_size)
+            bar.close()
             store.add(blocks, fixed=auth.numbers)
             count = sum(b.size for b in blocks)
             sys.stdout.write(f"imported {len(blocks)} entries ({count} numbers) from {path}\n")
@@ -269,6 +294,75 @@ def cmd_numbers(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def _export(config: Config, args: argparse.Namespace) -> int:
+    from .policy import registration
+    from .store.base import StoreError
+
+    opened = _open_store(config)
+    if opened is None:
+        return EXIT_DATA
+    store, auth = opened
+    try:
+        if not _known_account(config, auth, args.account):
+            return EXIT_DATA
+        account = next(a for a in auth.accounts if a.name == args.account)
+        if account.business is None:
+            _err(f"{config.path}: [[accounts]] {account.name}: no business (legal_name, ein, "
+                 "address, contact): the registrations need it")
+            return EXIT_DATA
+        numbers = store.load(auth.numbers).numbers_of(account.name, limit=_EXPORT_MAX)
+        brands = store.brands()
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_DATA
+    finally:
+        store.close()
+    if len(numbers) >= _EXPORT_MAX:
+        _err(f"account {account.name} has {_EXPORT_MAX:,} numbers or more: export them in "
+             "parts (numbers list --account)")
+        return EXIT_DATA
+    if args.format == "registry":
+        own = brands.get(f"account:{account.name}")
+        names = {scope[3:]: b.name for scope, b in brands.items() if scope.startswith("tn:")}
+        export = registration.registry(account, numbers, names,
+                                       own.name if own is not None else account.brand)
+    else:
+        export = registration.first_orion(account, numbers)
+    if len(export.files) > 1 and not args.out:
+        _err(f"{export.rows:,} numbers make {len(export.files)} files of at most "
+             f"{registration.FIRST_ORION_MAX_ROWS}: give --out FILE")
+        return EXIT_USAGE
+    written = []
+    try:
+        if not args.out:
+            sys.stdout.write(export.files[0] if export.files else "")
+        elif len(export.files) <= 1:
+            Path(args.out).write_text(export.files[0] if export.files else "",
+                                      encoding="utf-8", newline="")
+            written.append(args.out)
+        else:
+            out = Path(args.out)
+            for i, text in enumerate(export.files, 1):
+                part = out.with_name(f"{out.stem}-{i:03d}{out.suffix or '.csv'}")
+                part.write_text(text, encoding="utf-8", newline="")
+                written.append(str(part))
+    except OSError as exc:
+        _err(f"{args.out}: cannot write: {exc}")
+        return EXIT_DATA
+    if export.skipped:
+        _err(f"left out {len(export.skipped)} numbers outside North America (+1), which "
+             f"these registrations do not take: {', '.join(export.skipped[:5])}"
+             + (" ..." if len(export.skipped) > 5 else ""))
+    if written:
+        where = written[0] if len(written) == 1 else (f"{len(written)} files, {written[0]} "
+                                                      f"to {written[-1]}")
+        sys.stdout.write(f"wrote {export.rows:,} numbers of {account.name} to {where}\n")
+    return EXIT_OK
+
+
+_EXPORT_MAX = 1_000_000
 
 
 def _health(config: Config, args: argparse.Namespace) -> int:
@@ -681,7 +775,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.account is not None and not _known_account(config, auth, args.account):
         return EXIT_DATA
     try:
-        records = store.records(since, account=args.account)
         limits = auth.health or HealthLimits()
         health = NumberHealth(limits)
         for tn, data in store.health().load().items():
@@ -691,13 +784,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             inventory = store.load(auth.numbers)
             owned = {tn for tn in health.numbers if inventory.owner(tn) == args.account}
         reports = {tn: health.report(tn, now) for tn in health.numbers}
+        bar = _progress(args, "call records", store.count_records(since, now, args.account))
+        report = build(bar.iterate(store.records(since, now, account=args.account)), reports,
+                       limits=limits, since=since, until=now, account=args.account,
+                       owned=owned)
     except StoreError as exc:
         _err(str(exc))
         return EXIT_DATA
     finally:
         store.close()
-    report = build(records, reports, limits=limits, since=since, until=now,
-                   account=args.account, owned=owned)
     sys.stdout.write(RENDER[args.format](report))
     return EXIT_OK
 

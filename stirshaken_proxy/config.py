@@ -33,6 +33,7 @@ from .policy.digest import ALGORITHMS, DigestConfig
 from .policy.health import HealthLimits
 from .policy.inventory import NumberBlock
 from .policy.numbers import NumberFormatError, block_text, overlapping, parse_block_text
+from .policy.registration import CALL_PURPOSES, call_purpose
 from .sip.transport import Side, Transport
 from .sip.uri import ascii_digits
 from .stir.credentials import CachePolicy, SigningCertificate, SigningCertificateError, check_signing_chain
@@ -334,7 +335,8 @@ _ACCOUNT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "api_keys": ((list,), []),  # "sha256:<hex>" of each REST API key (stirshaken-proxy api-key)
     "tls_names": ((list,), []),  # client certificate names that identify it (mutual TLS)
     "brand": ((str,), ""),  # the caller name its A calls carry (rcd nam; logos: CLI)
-    "business": ((dict,), {}),  # legal_name, ein, address, contact, dba (the brand must match)
+    # legal_name, ein, address, contact, dba (the brand must match), call_purpose
+    "business": ((dict,), {}),
 }
 _AUTH_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "unsigned_calls": ((str,), "forward"),
@@ -541,7 +543,7 @@ _EIN = re.compile(r"\d{2}-\d{7}\Z")
 
 
 def _business(src: _Source, v: dict[str, Any], entry: int) -> Business:
-    known = {"legal_name", "ein", "address", "contact", "dba"}
+    known = {"legal_name", "ein", "address", "contact", "dba", "call_purpose"}
     for key, value in v.items():
         if key not in known:
             raise src.error("accounts", "business", f"unknown key {key!r} (known: "
@@ -555,9 +557,13 @@ def _business(src: _Source, v: dict[str, Any], entry: int) -> Business:
         raise src.error("accounts", "business", "legal_name is required", entry)
     if v.get("ein") and not _EIN.match(v["ein"]):
         raise src.error("accounts", "business", f"ein {v['ein']!r} is not NN-NNNNNNN", entry)
+    purpose = call_purpose(v.get("call_purpose", "Telemarketing"))
+    if purpose is None:
+        raise src.error("accounts", "business", f"call_purpose {v['call_purpose']!r} is not "
+                        f"one of: {', '.join(CALL_PURPOSES)}", entry)
     return Business(legal_name=v["legal_name"], ein=v.get("ein", ""),
                     address=v.get("address", ""), contact=v.get("contact", ""),
-                    dba=tuple(v.get("dba", ())))
+                    dba=tuple(v.get("dba", ())), call_purpose=purpose)
 
 
 def _digest(src: _Source, data: dict[str, Any]) -> DigestConfig:

@@ -109,6 +109,22 @@ def admin_post(port: int, path: str) -> urllib.request.Request:
                                   headers={"Authorization": f"Basic {token}"})
 
 
+def run_cli(args: list[str], stdin: str = "") -> tuple[int, str, str]:
+    """The CLI in this process: (exit code, standard output, standard error)."""
+    import io
+
+    from stirshaken_proxy.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), out, err
+    try:
+        code = main(args)
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = old
+    return code, out.getvalue(), err.getvalue()
+
+
 def write_config(path: Path, ports: Ports, *, extra: str = "", carrier_transport: str = "udp",
                  dialer_transport: str = "udp", dialer_sources: str = '["127.0.0.1/32"]',
                  sip: str = "", transport: str = "") -> Path:

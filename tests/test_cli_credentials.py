@@ -3,16 +3,13 @@ what is wrong."""
 
 from __future__ import annotations
 
-import io
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 
-from stirshaken_proxy.cli import main
 from stirshaken_proxy.policy.digest import ha1
-from tests.support import Ports, signing_config, write_config
+from tests.support import Ports, run_cli, signing_config, write_config
 
 
 @pytest.fixture
@@ -22,15 +19,7 @@ def cfg(tmp_path: Path) -> Path:
                         extra=signing_config(tmp_path, ports) + '[digest]\nrealm = "r.test"\n')
 
 
-def run(args: list[str], stdin: str = "") -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), out, err
-    try:
-        code = main(args)
-    finally:
-        sys.stdin, sys.stdout, sys.stderr = old
-    return code, out.getvalue(), err.getvalue()
+run = run_cli
 
 
 def test_set_list_remove(cfg: Path, tmp_path: Path) -> None:

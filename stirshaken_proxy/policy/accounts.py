@@ -30,6 +30,7 @@ class Business:
     address: str = ""
     contact: str = ""
     dba: tuple[str, ...] = ()  # names it does business as
+    call_purpose: str = "Telemarketing"  # one of policy.registration.CALL_PURPOSES
 
     def brand_problem(self, name: str) -> str | None:
         """Why ``name`` cannot be this business's brand: it must share a word (beyond

@@ -8,7 +8,7 @@ import io
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -140,6 +140,18 @@ class VersionedTables:
                                      (scope,)) > 0
 
 
+def records_where(since: float, until: float, account: str | None,
+                  mark: str) -> tuple[str, tuple[object, ...]]:
+    """The WHERE clause (and its arguments) picking call records started in [since, until),
+    of one account or all; ``mark`` is the backend's placeholder."""
+    sql = f" WHERE started >= {mark} AND started < {mark}"
+    args: tuple[object, ...] = (since, until)
+    if account is not None:
+        sql += f" AND account = {mark}"
+        args += (account,)
+    return sql, args
+
+
 def record_row(record: dict[str, Any]) -> tuple[str, float, str | None, str, str]:
     """A call record (as JSON) as the call_records row of either backend."""
     return (record["id"], record["started"], record.get("account"), record["direction"],
@@ -199,7 +211,12 @@ class Store(Protocol):
     def outbox_retry(self, ids: list[str], next_try: float) -> None: ...
 
     def records(self, since: float, until: float = ...,
-                account: str | None = None) -> list[dict[str, Any]]: ...
+                account: str | None = None) -> Iterator[dict[str, Any]]:
+        """Streamed oldest first, so a month of records is never all in memory."""
+        ...
+
+    def count_records(self, since: float, until: float = ...,
+                      account: str | None = None) -> int: ...
 
     def purge_records(self, before: float) -> int: ...
 
@@ -227,17 +244,22 @@ def _rows(reader: Iterator[list[str]], problems: list[ImportProblem],
 
 def parse_numbers_csv(path: str, text: str, *, accounts: set[str], country_code: str = "1",
                       existing: list[NumberBlock] | None = None,
-                      max_range: int | None = MAX_RANGE_SIZE) -> list[NumberBlock]:
+                      max_range: int | None = MAX_RANGE_SIZE,
+                      on_row: Callable[[int], None] | None = None) -> list[NumberBlock]:
     """Rows ``tn,account,label`` (a header row naming the columns is optional). ``tn`` is a
     number or a range of at most ``max_range`` numbers (None: no limit). Every problem is
     reported with its line and field; raises ImportError_ when there is any, so nothing is
-    half-imported."""
+    half-imported. ``on_row`` is told the lines each row took (a progress bar)."""
     problems: list[ImportProblem] = []
     blocks: list[NumberBlock] = []
     lines: dict[int, int] = {}
     reader = csv.reader(io.StringIO(text))
+    read = 0
     for row in _rows(reader, problems, path):
         line = reader.line_num
+        if on_row is not None:
+            on_row(line - read)
+            read = line
         if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
             continue
         if line == 1 and row[0].strip().lower() in ("tn", "range", "number"):

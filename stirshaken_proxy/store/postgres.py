@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -23,6 +23,7 @@ from .base import (
     StoreError,
     VersionedTables,
     record_row,
+    records_where,
     redact_url,
     refuse_overlaps,
     removal,
@@ -246,13 +247,17 @@ class PgStore(VersionedTables):
         return dropped
 
     def records(self, since: float, until: float = float("inf"),
-                account: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT data FROM call_records WHERE started >= %s AND started < %s"
-        args: tuple[object, ...] = (since, until)
-        if account is not None:
-            sql += " AND account = %s"
-            args += (account,)
-        return [json.loads(d) for (d,) in self.db.execute(sql + " ORDER BY started", args)]
+                account: str | None = None) -> Iterator[dict[str, Any]]:
+        where, args = records_where(since, until, account, "%s")
+        for (d,) in self.db.execute("SELECT data FROM call_records" + where
+                                    + " ORDER BY started", args):
+            yield json.loads(d)
+
+    def count_records(self, since: float, until: float = float("inf"),
+                      account: str | None = None) -> int:
+        where, args = records_where(since, until, account, "%s")
+        row = self.db.execute("SELECT count(*) FROM call_records" + where, args).fetchone()
+        return int(row[0]) if row else 0
 
     def purge_records(self, before: float) -> int:
         return int(self.db.execute("DELETE FROM call_records WHERE started < %s",

@@ -172,3 +172,14 @@ def test_brands_versioned_and_announced(url: str) -> None:
     assert store.brands_version() == 1 and store.credentials_version() == 0
     assert store.remove_brand("tn:12025550100") and not store.remove_brand("tn:12025550100")
     store.close()
+
+
+def test_records_are_counted_and_streamed_by_window(url: str) -> None:
+    from stirshaken_proxy.store.postgres import PgStore
+    from tests.store.test_store import check_records_window
+
+    store = PgStore(url, instance="a")
+    try:
+        check_records_window(store)
+    finally:
+        store.close()

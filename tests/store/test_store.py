@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from stirshaken_proxy.policy.inventory import NumberBlock
+from stirshaken_proxy.store.base import Store
 from stirshaken_proxy.store.sqlite import (
     SCHEMA_VERSION,
     ImportError_,
@@ -161,3 +162,25 @@ def test_brands_versioned_apart_from_the_inventory(tmp_path: Path) -> None:
     assert store.brands_version() == 2 and store.version() == 0
     assert store.remove_brand("account:acme") and store.brands() == {}
     store.close()
+
+
+def check_records_window(store: Store) -> None:
+    """Either backend: records in [since, until) of one account or all, counted and streamed
+    oldest first."""
+    store.add_records([{"id": f"r{i}", "started": 1000.0 + i, "direction": "outbound",
+                        "account": "acme" if i % 2 else "beta"} for i in range(10)])
+    assert store.count_records(1000.0) == 10
+    assert store.count_records(1002.0, 1006.0, account="acme") == 2
+    got = store.records(1002.0, 1006.0, account="acme")
+    assert not isinstance(got, list)  # streamed
+    assert [r["id"] for r in got] == ["r3", "r5"]
+    assert [r["id"] for r in store.records(1007.0)] == ["r7", "r8", "r9"]
+    assert store.count_records(2000.0) == 0 and list(store.records(2000.0)) == []
+
+
+def test_records_are_counted_and_streamed_by_window(tmp_path: Path) -> None:
+    store = NumberStore(tmp_path / "inv.db")
+    try:
+        check_records_window(store)
+    finally:
+        store.close()
