@@ -34,6 +34,7 @@ from .policy.health import HealthLimits
 from .policy.inventory import NumberBlock
 from .policy.numbers import NumberFormatError, block_text, overlapping, parse_block_text
 from .policy.registration import CALL_PURPOSES, call_purpose
+from .sip.message import compiled_available
 from .sip.transport import Side, Transport
 from .sip.uri import ascii_digits
 from .stir.credentials import CachePolicy, SigningCertificate, SigningCertificateError, check_signing_chain
@@ -191,6 +192,7 @@ class Config:
     webhook: WebhookConfig | None = None  # call records to a CRM
     raw: dict[str, Any] = field(default_factory=dict)
     created_keys: tuple[DevPki, ...] = ()  # development keys this load created
+    sip_core: str = "auto"  # [sip] core: the message parser (sip.message.use_core)
 
 
 # -- schema ------------------------------------------------------------------------------
@@ -245,6 +247,7 @@ _SIP_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "t4": ((int, float), 5.0),
     "timer_c": ((int, float), 180.0),
     "server_name": ((str,), "stirshaken-proxy"),
+    "core": ((str,), "auto"),  # the parser: auto (compiled where built), compiled, python
 }
 _TRANSPORT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "tcp": ((bool,), True),
@@ -672,6 +675,12 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
     sip = _section(src, data, "sip", _SIP_KEYS)
     _positive(src, "sip", sip, "max_message_size", "max_transactions", "t1", "t2", "t4",
               "timer_c")
+    if sip["core"] not in ("auto", "compiled", "python"):
+        raise src.error("sip", "core", f"{sip['core']!r} is not auto, compiled or python")
+    if sip["core"] == "compiled" and not compiled_available():
+        raise src.error("sip", "core", "the compiled core is not built in this install (no C "
+                        "compiler when it was installed): install gcc and python3-dev and "
+                        "run scripts/setup.sh again, or use \"auto\"")
     transport = _section(src, data, "transport", _TRANSPORT_KEYS)
     if not 0 <= transport["tcp_reserved_for_trusted"] < transport["max_tcp_connections"]:
         raise src.error("transport", "tcp_reserved_for_trusted",
@@ -768,7 +777,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
                           user=admin["user"], password_file=password_file,
                           password=password),
         log=LogConfig(level=log["level"], format=log["format"]),
-        raw=data, created_keys=tuple(created))
+        raw=data, created_keys=tuple(created), sip_core=sip["core"])
 
 
 def _redirect(src: _Source, data: dict[str, Any], engine: EngineConfig) -> RedirectConfig:

@@ -20,10 +20,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminServer:
-    def __init__(self, host: str, port: int, *, readiness: Readiness) -> None:
+    def __init__(self, host: str, port: int, *, readiness: Readiness,
+                 core: str = "python") -> None:
         self.host = host
         self.port = port
         self.readiness = readiness
+        self.core = core  # the SIP core in use (compiled or python), named in /readyz
         self.app = web.Application()
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
@@ -41,7 +43,8 @@ class AdminServer:
     async def _readyz(self, request: web.Request) -> web.Response:
         checks = self.readiness()
         ready = all(checks.values())
-        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+        return web.json_response({"ready": ready, "checks": checks, "core": self.core},
+                                 status=200 if ready else 503)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -17,6 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ..sip.message import core_in_use
 from ..stats import CATALOGUE, LatencyHistogram
 
 if TYPE_CHECKING:
@@ -120,6 +121,10 @@ class ServiceCollector(Collector):
         for event, value in sorted(snap["io"].items()):
             io.add_metric([event], value)
         yield io
+        core = GaugeMetricFamily(PREFIX + "sip_core_info", "The SIP message core in use "
+                                 "(compiled: C; python: the reference)", labels=["core"])
+        core.add_metric([core_in_use()], 1)
+        yield core
         yield GaugeMetricFamily(PREFIX + "sip_transactions", "Transactions in flight",
                                 value=snap["transactions"])
         yield GaugeMetricFamily(PREFIX + "verify_parked_requests",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from types import ModuleType
 
 from .errors import SipError, reason_phrase
 from .uri import (
@@ -21,6 +22,35 @@ from .uri import (
     split_values,
     valid_name_addr,
 )
+
+_built: ModuleType | None
+try:
+    from . import _cmessage as _built
+except ImportError:  # installed without a C compiler: the Python core alone
+    _built = None
+_compiled: ModuleType | None = _built
+
+
+def use_core(name: str) -> str:
+    """Parse with the ``compiled`` core (C, where it was built), the ``python`` one (the
+    reference), or ``auto`` (compiled when built). Returns the core now in use."""
+    global _compiled
+    if name not in ("auto", "compiled", "python"):
+        raise ValueError(f"unknown core {name!r} (auto, compiled, python)")
+    if name == "compiled" and _built is None:
+        raise ValueError("the compiled core was not built in this install (no C compiler "
+                         "at install time?)")
+    _compiled = _built if name != "python" else None
+    return core_in_use()
+
+
+def core_in_use() -> str:
+    return "compiled" if _compiled is not None else "python"
+
+
+def compiled_available() -> bool:
+    return _built is not None
+
 
 # RFC 3261 §7.3.3 and later RFCs (y = Identity, RFC 8224 §7.1).
 COMPACT_FORMS: dict[str, str] = {
@@ -63,7 +93,8 @@ _SIMPLE_SIP_URI = re.compile(
 
 
 class Header:
-    """One header line (continuation lines included) of the original message."""
+    """One header line (continuation lines included) of the original message. The compiled
+    core makes its own Header type with the same read-only fields."""
 
     __slots__ = ("end", "name", "start", "value")
 
@@ -80,16 +111,20 @@ class Via:
     __slots__ = ("branch", "host", "params", "port", "text", "transport")
 
     def __init__(self, text: str) -> None:
-        m = _VIA_RE.match(text)
-        if m is None:
-            raise SipError(400, "malformed Via")
         self.text = text
-        self.transport = m.group(1).upper()
-        self.host = m.group(2).lower()
-        self.port = int(m.group(3)) if m.group(3) else None
-        if self.port is not None and self.port > 65535:
-            raise SipError(400, "malformed Via port")
-        self.params = parse_params(m.group(4), "Via") if m.group(4) is not None else {}
+        fields = _compiled.via_fields(text) if _compiled is not None else None
+        if fields is not None:
+            self.transport, self.host, self.port, self.params = fields
+        else:
+            m = _VIA_RE.match(text)
+            if m is None:
+                raise SipError(400, "malformed Via")
+            self.transport = m.group(1).upper()
+            self.host = m.group(2).lower()
+            self.port = int(m.group(3)) if m.group(3) else None
+            if self.port is not None and self.port > 65535:
+                raise SipError(400, "malformed Via port")
+            self.params = parse_params(m.group(4), "Via") if m.group(4) is not None else {}
         self.branch = self.params.get("branch") or ""
 
     @property
@@ -294,6 +329,25 @@ class ParseCache:
                 self.names[raw_name] = canonical
         return canonical
 
+    def check_addresses(self, msg: SipMessage) -> None:
+        """From and To must be well-formed name-addr/addr-spec values; so must every Contact
+        value that is not '*'. Values found well-formed before are not checked again."""
+        known = self.addresses
+        for name in ("from", "to"):
+            value = msg.headers[msg.index[name][0]].value
+            if value not in known:
+                if len(split_values(value)) > 1:
+                    raise SipError(400, f"more than one {name}")
+                valid_name_addr(value)
+                self.remember_valid(value)
+        for i in msg.index.get("contact", ()):
+            value = msg.headers[i].value
+            if value not in known:
+                for v in (value,) if "," not in value else split_values(value):
+                    if v != "*":
+                        valid_name_addr(v)
+                self.remember_valid(value)
+
     def remember_valid(self, value: str) -> None:
         if len(value) > self.MAX_ADDRESS_LENGTH:
             return
@@ -312,6 +366,16 @@ def parse_message(data: bytes, *, max_size: int = 65535, stream: bool = False,
     """
     if cache is None:
         cache = ParseCache()
+    if _compiled is not None:
+        msg = SipMessage(data)
+        try:
+            if _compiled.parse_fast(msg, data, max_size, stream, cache.names, cache.canonical,
+                                    cache.addresses, _check_request_uri,
+                                    cache.check_addresses):
+                msg.top_via()
+                return msg
+        except SipError:
+            pass  # the reference parser below gives the answer and the exact error
     msg = SipMessage(data)
     end = data.find(b"\r\n\r\n")
     if end < 0:
@@ -364,13 +428,19 @@ def _check_nul(head: str) -> None:
 def _parse_headers(msg: SipMessage, head: str, cache: ParseCache) -> None:
     """Index the header lines of ``head`` (the header section after the start line, each
     line ending in CRLF). Offsets are relative to the original bytes."""
+    folded = "\r\n " in head or "\r\n\t" in head or head[:1] in (" ", "\t")
+    if _compiled is not None and not folded:
+        if not _compiled.index_headers(msg.raw, msg.line_end, msg.head_end, cache.names,
+                                       cache.canonical, msg.headers, msg.index):
+            raise SipError(400, "header line without a name and colon")
+        return
     headers = msg.headers
     index = msg.index
     names = cache.names
     pos = msg.line_end
     lines = head.split("\r\n")
     lines.pop()  # the empty string after the final CRLF
-    if "\r\n " in head or "\r\n\t" in head or head[:1] in (" ", "\t"):
+    if folded:
         lines = _unfold(lines)
     for line in lines:
         colon = line.find(":")
@@ -422,12 +492,17 @@ def _parse_request_line(msg: SipMessage, line: str) -> None:
         raise SipError(400, "Request-URI enclosed in <>")
     m = _SIMPLE_SIP_URI.match(uri)
     if m is None or (m.group(1) is not None and int(m.group(1)) > 65535):
-        parsed = parse_uri(uri)  # the general parser, and its exact error
-        if parsed.is_sip and parsed.headers:
-            # RFC 4475 §3.1.2.11: never forward escaped headers in a Request-URI.
-            raise SipError(400, "Request-URI carries escaped headers")
+        _check_request_uri(uri)
     msg.method = method
     msg.uri = uri
+
+
+def _check_request_uri(uri: str) -> None:
+    """A Request-URI beyond the everyday form, through the general parser (its exact error)."""
+    parsed = parse_uri(uri)
+    if parsed.is_sip and parsed.headers:
+        # RFC 4475 §3.1.2.11: never forward escaped headers in a Request-URI.
+        raise SipError(400, "Request-URI carries escaped headers")
 
 
 def _parse_status_line(msg: SipMessage, line: str) -> None:
@@ -474,23 +549,7 @@ def _validate(msg: SipMessage, data: bytes, body_start: int, stream: bool,
     mf = index.get("max-forwards")
     if mf and not ascii_digits(msg.headers[mf[0]].value):
         raise SipError(400, "malformed Max-Forwards")
-    # From and To must be well-formed name-addr/addr-spec values; so must every Contact
-    # value that is not '*'.
-    known = cache.addresses
-    for name in ("from", "to"):
-        value = msg.headers[index[name][0]].value
-        if value not in known:
-            if len(split_values(value)) > 1:
-                raise SipError(400, f"more than one {name}")
-            valid_name_addr(value)
-            cache.remember_valid(value)
-    for i in index.get("contact", ()):
-        value = msg.headers[i].value
-        if value not in known:
-            for v in (value,) if "," not in value else split_values(value):
-                if v != "*":
-                    valid_name_addr(v)
-            cache.remember_valid(value)
+    cache.check_addresses(msg)
     msg.top_via()
     available = len(data) - body_start
     cl = index.get("content-length")

@@ -1,0 +1,11 @@
+"""The compiled core (C, the CPython API) beside the pure-Python package: built when a C
+compiler and Python's headers are there, skipped otherwise (the Python core is used then,
+and the service says so at start)."""
+
+from setuptools import Extension, setup
+
+FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror=implicit"]
+
+setup(ext_modules=[Extension("stirshaken_proxy.sip._cmessage",
+                             ["stirshaken_proxy/sip/_cmessage.c"],
+                             extra_compile_args=FLAGS, optional=True)])

@@ -1,0 +1,772 @@
+/* The compiled core of sip/message.py: the per-message work of indexing the header lines.
+ *
+ * The Python implementation in message.py is the reference; this module gives the same
+ * results (tests/sip/test_cores.py runs both on RFC 4475, the suite's messages and
+ * generated ones, and compares every field). It never decides an error itself: where the
+ * reference would raise, it returns False and the Python caller raises the same SipError
+ * (or the Python callback it calls raises it), so every error text has one source.
+ *
+ * Only the CPython C API is used; every index is checked against the buffer's length.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+/* -- Header: one header line of the original message (message.Header's fields) -------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *name;   /* canonical: lower case, compact form expanded */
+    PyObject *value;  /* surrounding spaces and tabs stripped */
+    Py_ssize_t start; /* offset of the line in the original bytes */
+    Py_ssize_t end;   /* offset after its final CRLF */
+} Header;
+
+static void Header_dealloc(Header *self) {
+    Py_XDECREF(self->name);
+    Py_XDECREF(self->value);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Header_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"name", "value", "start", "end", NULL};
+    PyObject *name, *value;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UUnn", kwlist, &name, &value, &start, &end))
+        return NULL;
+    Header *self = (Header *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(name);
+    Py_INCREF(value);
+    self->name = name;
+    self->value = value;
+    self->start = start;
+    self->end = end;
+    return (PyObject *)self;
+}
+
+static PyObject *Header_repr(Header *self) {
+    return PyUnicode_FromFormat("Header(%R, %R, %zd, %zd)", self->name, self->value,
+                                self->start, self->end);
+}
+
+static PyMemberDef Header_members[] = {
+    {"name", T_OBJECT_EX, offsetof(Header, name), READONLY, NULL},
+    {"value", T_OBJECT_EX, offsetof(Header, value), READONLY, NULL},
+    {"start", T_PYSSIZET, offsetof(Header, start), READONLY, NULL},
+    {"end", T_PYSSIZET, offsetof(Header, end), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject HeaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "stirshaken_proxy.sip._cmessage.Header",
+    .tp_doc = "One header line (continuation lines included) of the original message.",
+    .tp_basicsize = sizeof(Header),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Header_new,
+    .tp_dealloc = (destructor)Header_dealloc,
+    .tp_repr = (reprfunc)Header_repr,
+    .tp_members = Header_members,
+};
+
+/* -- index_headers -------------------------------------------------------------------- */
+
+static inline int is_ws(unsigned char c) { return c == ' ' || c == '\t'; }
+
+/* The offset of the next CRLF at or after i in [i, stop), or -1. */
+static Py_ssize_t find_crlf(const unsigned char *p, Py_ssize_t i, Py_ssize_t stop) {
+    while (i + 1 < stop) {
+        const unsigned char *cr = memchr(p + i, '\r', (size_t)(stop - 1 - i));
+        if (cr == NULL)
+            return -1;
+        i = cr - p;
+        if (p[i + 1] == '\n')
+            return i;
+        i++;
+    }
+    return -1;
+}
+
+PyDoc_STRVAR(index_headers_doc,
+"index_headers(raw, pos, stop, names, canonical, headers, index) -> bool\n\n"
+"Index the header lines of raw[pos:stop] (each ending in CRLF, none folded) as\n"
+"message._parse_headers does: append a Header per line to ``headers`` and its position\n"
+"to ``index[name]``. ``names`` maps names as written to canonical names; ``canonical``\n"
+"(ParseCache.canonical) is called for a name not in it and raises for a bad one. False\n"
+"when a line has no name and colon (the caller raises that error).");
+
+static PyObject *index_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "index_headers takes 7 arguments");
+        return NULL;
+    }
+    PyObject *raw = args[0], *names = args[3], *canonical = args[4];
+    PyObject *headers = args[5], *index = args[6];
+    if (!PyBytes_Check(raw) || !PyDict_Check(names) || !PyList_Check(headers) ||
+        !PyDict_Check(index)) {
+        PyErr_SetString(PyExc_TypeError, "index_headers: bytes, int, int, dict, callable, "
+                                         "list, dict");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t stop = PyLong_AsSsize_t(args[2]);
+    if ((pos == -1 || stop == -1) && PyErr_Occurred())
+        return NULL;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
+    Py_ssize_t size = PyBytes_GET_SIZE(raw);
+    if (pos < 0 || stop > size || pos > stop) {
+        PyErr_SetString(PyExc_ValueError, "index_headers: bad offsets");
+        return NULL;
+    }
+    while (pos < stop) {
+        Py_ssize_t eol = find_crlf(p, pos, stop);
+        if (eol < 0) /* the section always ends in CRLF; a caller's mistake otherwise */
+            eol = stop;
+        const unsigned char *colon = memchr(p + pos, ':', (size_t)(eol - pos));
+        if (colon == NULL || colon == p + pos)
+            Py_RETURN_FALSE;
+        Py_ssize_t name_end = colon - p;
+        PyObject *raw_name = PyUnicode_DecodeLatin1((const char *)p + pos, name_end - pos, NULL);
+        if (raw_name == NULL)
+            return NULL;
+        PyObject *name = PyDict_GetItemWithError(names, raw_name); /* borrowed */
+        if (name != NULL && PyObject_IsTrue(name) == 1) {
+            Py_INCREF(name);
+        } else {
+            if (PyErr_Occurred()) {
+                Py_DECREF(raw_name);
+                return NULL;
+            }
+            name = PyObject_CallOneArg(canonical, raw_name);
+            if (name == NULL) {
+                Py_DECREF(raw_name);
+                return NULL;
+            }
+            if (!PyUnicode_Check(name)) {
+                Py_DECREF(raw_name);
+                Py_DECREF(name);
+                PyErr_SetString(PyExc_TypeError, "canonical() must return a str");
+                return NULL;
+            }
+        }
+        Py_DECREF(raw_name);
+        Py_ssize_t vs = name_end + 1, ve = eol;
+        while (vs < ve && is_ws(p[vs]))
+            vs++;
+        while (ve > vs && is_ws(p[ve - 1]))
+            ve--;
+        PyObject *value = PyUnicode_DecodeLatin1((const char *)p + vs, ve - vs, NULL);
+        if (value == NULL) {
+            Py_DECREF(name);
+            return NULL;
+        }
+        Header *h = PyObject_New(Header, &HeaderType);
+        if (h == NULL) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            return NULL;
+        }
+        h->name = name;   /* the references are the Header's now */
+        h->value = value;
+        h->start = pos;
+        h->end = eol + 2 <= stop ? eol + 2 : stop;
+        PyObject *at = PyLong_FromSsize_t(PyList_GET_SIZE(headers));
+        if (at == NULL) {
+            Py_DECREF(h);
+            return NULL;
+        }
+        int failed = PyList_Append(headers, (PyObject *)h);
+        Py_DECREF(h);
+        if (!failed) {
+            PyObject *positions = PyDict_GetItemWithError(index, name); /* borrowed */
+            if (positions != NULL) {
+                failed = PyList_Append(positions, at);
+            } else if (PyErr_Occurred()) {
+                failed = -1;
+            } else {
+                PyObject *fresh = PyList_New(1);
+                if (fresh == NULL) {
+                    failed = -1;
+                } else {
+                    Py_INCREF(at);
+                    PyList_SET_ITEM(fresh, 0, at);
+                    failed = PyDict_SetItem(index, name, fresh);
+                    Py_DECREF(fresh);
+                }
+            }
+        }
+        Py_DECREF(at);
+        if (failed)
+            return NULL;
+        pos = eol + 2;
+    }
+    Py_RETURN_TRUE;
+}
+
+/* -- character classes (RFC 3261 §25.1) -------------------------------------------------- */
+
+static inline int is_alnum(unsigned char c) {
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static inline int is_hex(unsigned char c) {
+    return is_digit(c) || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f');
+}
+/* token: alphanum and -.!%*_+`'~ (uri.TOKEN_CHARS) */
+static inline int is_token_char(unsigned char c) {
+    return is_alnum(c) || (c != 0 && strchr("-.!%*_+`'~", c) != NULL);
+}
+static int is_token(const unsigned char *p, Py_ssize_t n) {
+    if (n <= 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!is_token_char(p[i]))
+            return 0;
+    return 1;
+}
+static inline int in_set(unsigned char c, const char *set) {
+    return c != 0 && strchr(set, c) != NULL;
+}
+
+/* message._SIMPLE_SIP_URI, by hand: sips?:[userinfo@]host[:port](;param[=value])*, the
+ * port of at most 5 digits (and <= 65535: a larger one is left to the general parser). */
+static int simple_sip_uri(const unsigned char *p, Py_ssize_t n) {
+    Py_ssize_t i;
+    if (n >= 4 && memcmp(p, "sip:", 4) == 0)
+        i = 4;
+    else if (n >= 5 && memcmp(p, "sips:", 5) == 0)
+        i = 5;
+    else
+        return 0;
+    const unsigned char *at = memchr(p + i, '@', (size_t)(n - i));
+    if (at != NULL) {
+        Py_ssize_t u = at - p;
+        if (u == i)
+            return 0;
+        for (Py_ssize_t k = i; k < u; k++)
+            if (!is_alnum(p[k]) && !in_set(p[k], "-_.!~*'()&=+$,%"))
+                return 0;
+        i = u + 1;
+    }
+    if (i < n && p[i] == '[') {
+        Py_ssize_t k = i + 1;
+        while (k < n && (is_hex(p[k]) || p[k] == ':' || p[k] == '.'))
+            k++;
+        if (k == i + 1 || k >= n || p[k] != ']')
+            return 0;
+        i = k + 1;
+    } else {
+        if (i >= n || !is_alnum(p[i]))
+            return 0;
+        i++;
+        while (i < n && (is_alnum(p[i]) || p[i] == '.' || p[i] == '-'))
+            i++;
+    }
+    if (i < n && p[i] == ':') {
+        Py_ssize_t k = i + 1;
+        long port = 0;
+        while (k < n && is_digit(p[k]) && k - i <= 5) {
+            port = port * 10 + (p[k] - '0');
+            k++;
+        }
+        if (k == i + 1 || (k < n && is_digit(p[k])) || port > 65535)
+            return 0;
+        i = k;
+    }
+    while (i < n) {
+        if (p[i] != ';')
+            return 0;
+        i++;
+        const char *pc = "-.!%*_+`'~[]/:&$";
+        Py_ssize_t k = i;
+        while (k < n && (is_alnum(p[k]) || in_set(p[k], pc)))
+            k++;
+        if (k == i)
+            return 0;
+        if (k < n && p[k] == '=') {
+            Py_ssize_t v = k + 1;
+            while (v < n && (is_alnum(p[v]) || in_set(p[v], pc)))
+                v++;
+            if (v == k + 1)
+                return 0;
+            k = v;
+        }
+        i = k;
+    }
+    return 1;
+}
+
+/* -- via_fields ------------------------------------------------------------------------ */
+
+PyDoc_STRVAR(via_fields_doc,
+"via_fields(text) -> (transport, host, port, params) or None\n\n"
+"A Via value of the everyday form SIP/2.0/TRANSPORT host[:port][;name[=value]]... (no\n"
+"spaces but the one after the transport, ASCII only, names tokens) as message.Via parses\n"
+"it; None for any other form, which the Python parser then reads (or refuses).");
+
+static PyObject *via_fields(PyObject *module, PyObject *text) {
+    if (!PyUnicode_Check(text) || PyUnicode_READY(text) < 0 ||
+        PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND)
+        Py_RETURN_NONE;
+    const unsigned char *p = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (n < 9 || memcmp(p, "SIP/2.0/", 8) != 0)
+        Py_RETURN_NONE;
+    Py_ssize_t i = 8, t0 = 8;
+    while (i < n && is_token_char(p[i]))
+        i++;
+    Py_ssize_t t1 = i;
+    if (t1 == t0 || i >= n || !is_ws(p[i]))
+        Py_RETURN_NONE;
+    while (i < n && is_ws(p[i]))
+        i++;
+    Py_ssize_t h0 = i;
+    if (i < n && p[i] == '[') {
+        i++;
+        while (i < n && (is_hex(p[i]) || p[i] == ':' || p[i] == '.'))
+            i++;
+        if (i == h0 + 1 || i >= n || p[i] != ']')
+            Py_RETURN_NONE;
+        i++;
+    } else {
+        while (i < n && p[i] > 0x20 && p[i] < 0x7f && p[i] != ';' && p[i] != ':' &&
+               p[i] != '[' && p[i] != ']')
+            i++;
+        if (i == h0)
+            Py_RETURN_NONE;
+    }
+    Py_ssize_t h1 = i;
+    long port = -1;
+    if (i < n && p[i] == ':') {
+        Py_ssize_t k = i + 1;
+        port = 0;
+        while (k < n && is_digit(p[k]) && k - i <= 5) {
+            port = port * 10 + (p[k] - '0');
+            k++;
+        }
+        if (k == i + 1 || port > 65535)
+            Py_RETURN_NONE;
+        i = k;
+    }
+    if (i < n && p[i] != ';')
+        Py_RETURN_NONE;
+    PyObject *params = PyDict_New();
+    if (params == NULL)
+        return NULL;
+    while (i < n) { /* p[i] == ';' */
+        Py_ssize_t k0 = ++i;
+        while (i < n && is_token_char(p[i]))
+            i++;
+        Py_ssize_t k1 = i;
+        PyObject *value;
+        if (k1 == k0)
+            goto other_form;
+        if (i < n && p[i] == '=') {
+            Py_ssize_t v0 = ++i;
+            while (i < n && p[i] != ';') {
+                if (p[i] <= 0x20 || p[i] >= 0x7f)
+                    goto other_form;
+                i++;
+            }
+            value = PyUnicode_DecodeLatin1((const char *)p + v0, i - v0, NULL);
+            if (value == NULL)
+                goto failed;
+        } else if (i < n && p[i] != ';') {
+            goto other_form;
+        } else {
+            value = Py_None;
+            Py_INCREF(value);
+        }
+        char name[64];
+        if (k1 - k0 >= (Py_ssize_t)sizeof(name)) {
+            Py_DECREF(value);
+            goto other_form;
+        }
+        for (Py_ssize_t k = k0; k < k1; k++)
+            name[k - k0] = (char)((p[k] >= 'A' && p[k] <= 'Z') ? p[k] + 32 : p[k]);
+        PyObject *key = PyUnicode_DecodeLatin1(name, k1 - k0, NULL);
+        if (key == NULL) {
+            Py_DECREF(value);
+            goto failed;
+        }
+        int bad = PyDict_SetItem(params, key, value);
+        Py_DECREF(key);
+        Py_DECREF(value);
+        if (bad)
+            goto failed;
+    }
+    char buf[256];
+    if (t1 - t0 >= (Py_ssize_t)sizeof(buf) || h1 - h0 >= (Py_ssize_t)sizeof(buf))
+        goto other_form;
+    for (Py_ssize_t k = t0; k < t1; k++)
+        buf[k - t0] = (char)((p[k] >= 'a' && p[k] <= 'z') ? p[k] - 32 : p[k]);
+    PyObject *transport = PyUnicode_DecodeLatin1(buf, t1 - t0, NULL);
+    for (Py_ssize_t k = h0; k < h1; k++)
+        buf[k - h0] = (char)((p[k] >= 'A' && p[k] <= 'Z') ? p[k] + 32 : p[k]);
+    PyObject *host = PyUnicode_DecodeLatin1(buf, h1 - h0, NULL);
+    PyObject *port_obj = port >= 0 ? PyLong_FromLong(port) : (Py_INCREF(Py_None), Py_None);
+    if (transport == NULL || host == NULL || port_obj == NULL) {
+        Py_XDECREF(transport);
+        Py_XDECREF(host);
+        Py_XDECREF(port_obj);
+        goto failed;
+    }
+    return Py_BuildValue("(NNNN)", transport, host, port_obj, params);
+other_form:
+    Py_DECREF(params);
+    Py_RETURN_NONE;
+failed:
+    Py_DECREF(params);
+    return NULL;
+}
+
+/* -- parse_fast ------------------------------------------------------------------------ */
+
+static PyObject *s_is_request, *s_method, *s_uri, *s_status, *s_reason, *s_line_end,
+    *s_head_end, *s_body_start, *s_body_end, *s_call_id, *s_cseq, *s_cseq_method, *s_headers,
+    *s_index;
+static PyObject *n_via, *n_from, *n_to, *n_call_id, *n_cseq, *n_max_forwards,
+    *n_content_length, *n_contact;
+
+static int set_ssize(PyObject *obj, PyObject *name, Py_ssize_t v) {
+    PyObject *o = PyLong_FromSsize_t(v);
+    if (o == NULL)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, o);
+    Py_DECREF(o);
+    return r;
+}
+
+static int set_text(PyObject *obj, PyObject *name, const unsigned char *p, Py_ssize_t n) {
+    PyObject *o = PyUnicode_DecodeLatin1((const char *)p, n, NULL);
+    if (o == NULL)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, o);
+    Py_DECREF(o);
+    return r;
+}
+
+/* The value of the first line of header ``name`` (a borrowed str), or NULL (no error) if
+ * the message has none; *count gets how many lines it has. */
+static PyObject *first_value(PyObject *headers, PyObject *index, PyObject *name,
+                             Py_ssize_t *count) {
+    PyObject *positions = PyDict_GetItemWithError(index, name);
+    *count = 0;
+    if (positions == NULL || !PyList_Check(positions) || PyList_GET_SIZE(positions) == 0)
+        return NULL;
+    *count = PyList_GET_SIZE(positions);
+    Py_ssize_t at = PyLong_AsSsize_t(PyList_GET_ITEM(positions, 0));
+    if (at < 0 || at >= PyList_GET_SIZE(headers))
+        return NULL;
+    PyObject *h = PyList_GET_ITEM(headers, at);
+    if (Py_TYPE(h) != &HeaderType)
+        return NULL;
+    return ((Header *)h)->value;
+}
+
+static int all_digits(PyObject *text) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (n == 0 || PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND)
+        return 0;
+    const unsigned char *p = PyUnicode_1BYTE_DATA(text);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!is_digit(p[i]))
+            return 0;
+    return 1;
+}
+
+/* Whether every From, To and Contact value is one the cache already found well-formed. */
+static int addresses_known(PyObject *headers, PyObject *index, PyObject *known) {
+    PyObject *names[3] = {n_from, n_to, n_contact};
+    for (int k = 0; k < 3; k++) {
+        PyObject *positions = PyDict_GetItemWithError(index, names[k]);
+        if (positions == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            continue;
+        }
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(positions); j++) {
+            Py_ssize_t at = PyLong_AsSsize_t(PyList_GET_ITEM(positions, j));
+            if (at < 0 || at >= PyList_GET_SIZE(headers))
+                return 0;
+            int r = PySet_Contains(known, ((Header *)PyList_GET_ITEM(headers, at))->value);
+            if (r != 1)
+                return r;
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(parse_fast_doc,
+"parse_fast(msg, data, max_size, stream, names, canonical, addresses, check_uri,\n"
+"           check_addresses) -> bool\n\n"
+"Fill the fresh SipMessage ``msg`` from ``data`` as message.parse_message does, for a\n"
+"message of the everyday shape. False (or a SipError from a callback) for any other\n"
+"message: the caller then parses it with the reference parser, which gives the answer or\n"
+"the exact error. ``check_uri(uri)`` checks a Request-URI the simple form does not cover;\n"
+"``check_addresses(msg)`` checks From, To and Contact values the ``addresses`` set does\n"
+"not hold. The top Via is left to the caller.");
+
+static PyObject *parse_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "parse_fast takes 9 arguments");
+        return NULL;
+    }
+    PyObject *msg = args[0], *data = args[1], *names = args[4], *canonical = args[5];
+    PyObject *known = args[6], *check_uri = args[7], *check_addresses = args[8];
+    if (!PyBytes_Check(data) || !PyDict_Check(names) || !PyAnySet_Check(known)) {
+        PyErr_SetString(PyExc_TypeError, "parse_fast: bad argument types");
+        return NULL;
+    }
+    Py_ssize_t max_size = PyLong_AsSsize_t(args[2]);
+    if (max_size == -1 && PyErr_Occurred())
+        return NULL;
+    int stream = PyObject_IsTrue(args[3]);
+    if (stream < 0)
+        return NULL;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (n > max_size)
+        Py_RETURN_FALSE;
+    /* the header section ends at the first empty line */
+    Py_ssize_t end = -1;
+    for (Py_ssize_t i = find_crlf(p, 0, n); i >= 0; i = find_crlf(p, i + 2, n)) {
+        if (i + 3 < n && p[i + 2] == '\r' && p[i + 3] == '\n') {
+            end = i;
+            break;
+        }
+    }
+    if (end < 0)
+        Py_RETURN_FALSE; /* the datagram form without an empty line: the reference's case */
+    Py_ssize_t head_end = end + 2, body_start = end + 4;
+    if (memchr(p, '\0', (size_t)head_end) != NULL)
+        Py_RETURN_FALSE;
+    Py_ssize_t eol = find_crlf(p, 0, head_end);
+    if (eol <= 0)
+        Py_RETURN_FALSE;
+    Py_ssize_t line_end = eol + 2;
+    /* folded lines: the reference unfolds them */
+    if (line_end < head_end && is_ws(p[line_end]))
+        Py_RETURN_FALSE;
+    for (Py_ssize_t i = find_crlf(p, line_end, head_end); i >= 0 && i + 2 < head_end;
+         i = find_crlf(p, i + 2, head_end))
+        if (is_ws(p[i + 2]))
+            Py_RETURN_FALSE;
+    PyObject *headers = PyObject_GetAttr(msg, s_headers);
+    PyObject *index = PyObject_GetAttr(msg, s_index);
+    PyObject *result = NULL;
+    if (headers == NULL || index == NULL || !PyList_Check(headers) || !PyDict_Check(index)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "parse_fast: msg.headers, msg.index");
+        goto done;
+    }
+    if (set_ssize(msg, s_line_end, line_end) < 0 || set_ssize(msg, s_head_end, head_end) < 0)
+        goto done;
+    PyObject *argv[7] = {data, NULL, NULL, names, canonical, headers, index};
+    argv[1] = PyLong_FromSsize_t(line_end);
+    argv[2] = PyLong_FromSsize_t(head_end);
+    PyObject *indexed = NULL;
+    if (argv[1] != NULL && argv[2] != NULL)
+        indexed = index_headers(module, argv, 7);
+    Py_XDECREF(argv[1]);
+    Py_XDECREF(argv[2]);
+    if (indexed == NULL)
+        goto done;
+    Py_DECREF(indexed);
+    if (indexed == Py_False)
+        goto other_form;
+    /* the start line */
+    int is_response = eol >= 4 && memcmp(p, "SIP/", 4) == 0;
+    const unsigned char *method = NULL;
+    Py_ssize_t method_len = 0;
+    if (is_response) {
+        /* SIP/2.0 SP 3DIGIT SP reason */
+        if (eol < 12 || memcmp(p, "SIP/2.0 ", 8) != 0 || !is_digit(p[8]) || !is_digit(p[9]) ||
+            !is_digit(p[10]) || p[11] != ' ')
+            goto other_form;
+        int status = (p[8] - '0') * 100 + (p[9] - '0') * 10 + (p[10] - '0');
+        if (status < 100 || status > 699)
+            goto other_form;
+        PyObject *st = PyLong_FromLong(status);
+        if (st == NULL || PyObject_SetAttr(msg, s_status, st) < 0) {
+            Py_XDECREF(st);
+            goto done;
+        }
+        Py_DECREF(st);
+        if (set_text(msg, s_reason, p + 12, eol - 12) < 0 ||
+            PyObject_SetAttr(msg, s_is_request, Py_False) < 0)
+            goto done;
+    } else {
+        const unsigned char *sp1 = memchr(p, ' ', (size_t)eol);
+        if (sp1 == NULL)
+            goto other_form;
+        const unsigned char *sp2 = memchr(sp1 + 1, ' ', (size_t)(p + eol - sp1 - 1));
+        if (sp2 == NULL || memchr(sp2 + 1, ' ', (size_t)(p + eol - sp2 - 1)) != NULL)
+            goto other_form;
+        method = p;
+        method_len = sp1 - p;
+        const unsigned char *uri = sp1 + 1;
+        Py_ssize_t uri_len = sp2 - uri;
+        if (p + eol - (sp2 + 1) != 7 || memcmp(sp2 + 1, "SIP/2.0", 7) != 0 ||
+            !is_token(method, method_len) || uri_len == 0 || uri[0] == '<')
+            goto other_form;
+        if (set_text(msg, s_method, method, method_len) < 0 ||
+            set_text(msg, s_uri, uri, uri_len) < 0)
+            goto done;
+        if (!simple_sip_uri(uri, uri_len)) {
+            PyObject *u = PyObject_GetAttr(msg, s_uri);
+            if (u == NULL)
+                goto done;
+            PyObject *r = PyObject_CallOneArg(check_uri, u);
+            Py_DECREF(u);
+            if (r == NULL)
+                goto done; /* a SipError: the caller falls back to the reference */
+            Py_DECREF(r);
+        }
+    }
+    /* required and single headers */
+    PyObject *required[5] = {n_via, n_from, n_to, n_call_id, n_cseq};
+    for (int k = 0; k < 5; k++) {
+        int r = PyDict_Contains(index, required[k]);
+        if (r < 0)
+            goto done;
+        if (r == 0)
+            goto other_form;
+    }
+    PyObject *single[6] = {n_from, n_to, n_call_id, n_cseq, n_max_forwards, n_content_length};
+    for (int k = 0; k < 6; k++) {
+        PyObject *positions = PyDict_GetItemWithError(index, single[k]);
+        if (positions == NULL && PyErr_Occurred())
+            goto done;
+        if (positions != NULL && PyList_GET_SIZE(positions) > 1)
+            goto other_form;
+    }
+    /* CSeq: number SP method */
+    Py_ssize_t count;
+    PyObject *cseq = first_value(headers, index, n_cseq, &count);
+    if (cseq == NULL || PyUnicode_KIND(cseq) != PyUnicode_1BYTE_KIND)
+        goto other_form;
+    {
+        const unsigned char *c = PyUnicode_1BYTE_DATA(cseq);
+        Py_ssize_t cn = PyUnicode_GET_LENGTH(cseq), k = 0;
+        unsigned long long number = 0;
+        while (k < cn && is_digit(c[k]) && k < 11) {
+            number = number * 10 + (unsigned long long)(c[k] - '0');
+            k++;
+        }
+        if (k == 0 || k >= cn || c[k] != ' ' || number > 4294967295ULL)
+            goto other_form;
+        k++;
+        Py_ssize_t m0 = k, m1 = cn;
+        while (m0 < m1 && is_ws(c[m0]))
+            m0++;
+        if (!is_token(c + m0, m1 - m0))
+            goto other_form;
+        if (!is_response && (m1 - m0 != method_len || memcmp(c + m0, method, (size_t)method_len)))
+            goto other_form;
+        PyObject *num = PyLong_FromUnsignedLongLong(number);
+        if (num == NULL || PyObject_SetAttr(msg, s_cseq, num) < 0) {
+            Py_XDECREF(num);
+            goto done;
+        }
+        Py_DECREF(num);
+        if (set_text(msg, s_cseq_method, c + m0, m1 - m0) < 0)
+            goto done;
+        if (is_response && set_text(msg, s_method, c + m0, m1 - m0) < 0)
+            goto done;
+    }
+    PyObject *call_id = first_value(headers, index, n_call_id, &count);
+    if (call_id == NULL || PyUnicode_GET_LENGTH(call_id) == 0)
+        goto other_form;
+    if (PyObject_SetAttr(msg, s_call_id, call_id) < 0)
+        goto done;
+    PyObject *mf = first_value(headers, index, n_max_forwards, &count);
+    if (mf != NULL && !all_digits(mf))
+        goto other_form;
+    int known_all = addresses_known(headers, index, known);
+    if (known_all < 0)
+        goto done;
+    if (!known_all) {
+        PyObject *r = PyObject_CallOneArg(check_addresses, msg);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
+    /* the body: Content-Length, or the rest of the datagram */
+    Py_ssize_t available = n - body_start, length;
+    PyObject *cl = first_value(headers, index, n_content_length, &count);
+    if (cl != NULL) {
+        if (!all_digits(cl) || PyUnicode_GET_LENGTH(cl) > 9)
+            goto other_form;
+        const unsigned char *d = PyUnicode_1BYTE_DATA(cl);
+        length = 0;
+        for (Py_ssize_t k = 0; k < PyUnicode_GET_LENGTH(cl); k++)
+            length = length * 10 + (d[k] - '0');
+        if (length > available)
+            goto other_form;
+    } else if (stream) {
+        goto other_form;
+    } else {
+        length = available;
+    }
+    if (set_ssize(msg, s_body_start, body_start) < 0 ||
+        set_ssize(msg, s_body_end, body_start + length) < 0)
+        goto done;
+    result = Py_True;
+    Py_INCREF(result);
+    goto done;
+other_form:
+    result = Py_False;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(headers);
+    Py_XDECREF(index);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"index_headers", (PyCFunction)(void (*)(void))index_headers, METH_FASTCALL,
+     index_headers_doc},
+    {"parse_fast", (PyCFunction)(void (*)(void))parse_fast, METH_FASTCALL, parse_fast_doc},
+    {"via_fields", (PyCFunction)via_fields, METH_O, via_fields_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cmessage",
+    "The compiled core of stirshaken_proxy.sip.message (the Python code is the reference).",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+static int intern_names(void) {
+#define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
+    NAME(s_is_request, "is_request") NAME(s_method, "method") NAME(s_uri, "uri")
+    NAME(s_status, "status") NAME(s_reason, "reason") NAME(s_line_end, "line_end")
+    NAME(s_head_end, "head_end") NAME(s_body_start, "body_start") NAME(s_body_end, "body_end")
+    NAME(s_call_id, "call_id") NAME(s_cseq, "cseq") NAME(s_cseq_method, "cseq_method")
+    NAME(s_headers, "headers") NAME(s_index, "index")
+    NAME(n_via, "via") NAME(n_from, "from") NAME(n_to, "to") NAME(n_call_id, "call-id")
+    NAME(n_cseq, "cseq") NAME(n_max_forwards, "max-forwards")
+    NAME(n_content_length, "content-length") NAME(n_contact, "contact")
+#undef NAME
+    return 0;
+}
+
+PyMODINIT_FUNC PyInit__cmessage(void) {
+    if (PyType_Ready(&HeaderType) < 0 || intern_names() < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&HeaderType);
+    if (PyModule_AddObject(m, "Header", (PyObject *)&HeaderType) < 0) {
+        Py_DECREF(&HeaderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

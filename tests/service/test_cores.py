@@ -1,0 +1,55 @@
+"""The running service on each SIP core: calls signed and answered the same, the core named
+at start, in /readyz and in the metrics."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from stirshaken_proxy.sip.message import compiled_available
+from tests.service.conftest import requires_sipp
+from tests.support import (
+    HOST,
+    Ports,
+    Service,
+    SippUas,
+    free_port,
+    run_uac,
+    scrape,
+    signing_config,
+    write_config,
+)
+
+pytestmark = [requires_sipp, pytest.mark.sipp]
+
+
+@pytest.mark.parametrize("core", ["python", "compiled"])
+def test_calls_through_each_core(tmp_path: Path, core: str) -> None:
+    if core == "compiled" and not compiled_available():
+        pytest.skip("the compiled core is not built in this install")
+    ports = Ports.pick()
+    cfg = write_config(tmp_path / "proxy.toml", ports, sip=f'core = "{core}"',
+                       extra=signing_config(tmp_path, ports))
+    svc = Service(cfg, ports.admin, tmp_path / "proxy.log")
+    svc.start()
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{ports.admin}/readyz", timeout=5) as r:
+            assert json.load(r)["core"] == core
+        assert f'stirshaken_sip_core_info{{core="{core}"}} 1.0' in scrape(ports.admin)
+        with SippUas("uas.xml", ports.carrier_next_hop, tmp_path) as uas:
+            result = run_uac("uac.xml", ports.dialer, free_port(), tmp_path, calls=20, rate=20,
+                             caller="+12025550142")
+        assert result.successful == 20 and result.failed == 0
+        signed = [line for line in scrape(ports.admin).splitlines()
+                  if line.startswith("stirshaken_calls_signed_total{") and 'attest="A"' in line]
+        assert len(signed) == 1 and signed[0].endswith(" 20.0")
+        identities = [line for line in uas.messages().splitlines()
+                      if line.startswith("Identity: ")]
+        assert len(identities) == 20
+    finally:
+        assert svc.stop() == 0
+    if core == "python":  # said at start, at the level the tests log (warning)
+        assert "SIP core: Python; it takes about twice the CPU per call" in svc.log()
