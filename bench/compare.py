@@ -91,12 +91,12 @@ def start_kamailio(work: Path, key: Path, x5u: str, children: int) -> Proxy:
 
 
 def start_ours(work: Path, transport: str = "", workers: int = 1,
-               tree: Path | None = None) -> Proxy:
+               tree: Path | None = None, extra: str = "") -> Proxy:
     ports = Ports.pick()
     transport = f"workers = {workers}\n{transport}"
     tag = f"{workers}{'-baseline' if tree else ''}"
     cfg = write_config(work / f"proxy{tag}.toml", ports, transport=transport,
-                       extra=signing_config(work, ports, refresh=2.0))
+                       extra=signing_config(work, ports, refresh=2.0) + extra)
     python_path = None
     if tree is not None:  # the package at the top of the tree, or in src/ (older layout)
         python_path = tree / "src" if (tree / "src" / "stirshaken_proxy").is_dir() else tree
@@ -197,7 +197,11 @@ def main() -> None:
     parser.add_argument("--baseline", help="also run stirshaken-proxy from this source tree")
     parser.add_argument("--ours-transport", default="",
                         help="extra [transport] lines for stirshaken-proxy (e.g. gc_threshold = 100000)")
+    parser.add_argument("--ours-extra", default="",
+                        help="config sections for stirshaken-proxy (e.g. '[records]\\nenabled = "
+                        "false')")
     args = parser.parse_args()
+    args.ours_extra = args.ours_extra.replace("\\n", "\n")
     for tool in ("kamailio", "sipp", "tcpdump"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install kamailio "
@@ -215,10 +219,11 @@ def main() -> None:
                                                 args.kamailio_children))]
         for count in map(int, args.ours_workers.split(",")):
             starters.append(("ours", lambda count=count: start_ours(  # type: ignore[misc]
-                work, args.ours_transport, count)))
+                work, args.ours_transport, count, extra=args.ours_extra)))
             if args.baseline:
                 starters.append(("ours", lambda count=count: start_ours(  # type: ignore[misc]
-                    work, args.ours_transport, count, Path(args.baseline))))
+                    work, args.ours_transport, count, Path(args.baseline),
+                    extra=args.ours_extra)))
         # Every proxy runs from the start, and each rate goes through all of them in turn,
         # so a change in the shared machine's speed during the run touches them alike.
         running: list[Proxy] = []

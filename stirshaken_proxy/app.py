@@ -242,6 +242,7 @@ async def start_front_ends(config: Config, parts: Parts, *, stats: Stats,
         redirect = EngineShell(engine, counters=counters, timer_resolution=tc.timer_resolution)
         redirect.publish = publish
         await redirect.listen([(Side.REDIRECT, rc.host, rc.port)], tcp=tc.tcp, shared=shared,
+                              udp_buffer=tc.udp_buffer,
                               max_message_size=rc.max_message_size,
                               max_tcp_connections=tc.max_tcp_connections,
                               max_tcp_pending_bytes=tc.max_tcp_pending_bytes,
@@ -395,7 +396,7 @@ class Application:
         parts.run()
         ec = self.config.engine
         await shell.listen([(s.name, s.host, s.port) for s in (ec.dialer, ec.carrier)],
-                           tcp=tc.tcp, shared=self.worker is not None,
+                           tcp=tc.tcp, shared=self.worker is not None, udp_buffer=tc.udp_buffer,
                            max_message_size=ec.max_message_size,
                            max_tcp_connections=tc.max_tcp_connections,
                            max_tcp_pending_bytes=tc.max_tcp_pending_bytes,

@@ -92,6 +92,9 @@ class TransportConfig:
     gc_threshold: int = 50_000
     timer_resolution: float = 0.01
     workers: int = 1  # processes sharing the SIP ports, one per core at most
+    # SO_RCVBUF/SO_SNDBUF of each UDP listener: what arrives while the loop is busy (a GC
+    # pause, a flush) waits here instead of being dropped; capped by net.core.rmem_max
+    udp_buffer: int = 4 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,6 +265,7 @@ _TRANSPORT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "gc_threshold": ((int,), 50_000),
     "timer_resolution": ((int, float), 0.01),
     "workers": ((int, str), 1),
+    "udp_buffer": ((int,), 4 << 20),
 }
 _ADMIN_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "listen": ((str,), "127.0.0.1:8080"),
@@ -688,7 +692,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
     _positive(src, "transport", transport, "max_tcp_per_source", "tcp_first_message_timeout")
     _positive(src, "transport", transport, "max_tcp_connections", "tcp_idle_timeout",
               "tcp_connect_timeout", "max_tcp_pending_bytes", "gc_threshold",
-              "timer_resolution")
+              "timer_resolution", "udp_buffer")
     if transport["timer_resolution"] > 0.1:
         raise src.error("transport", "timer_resolution", "must be at most 0.1 s (T1 is 0.5 s)")
     if transport["shutdown_grace"] < 0:

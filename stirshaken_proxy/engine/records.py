@@ -9,7 +9,7 @@ the final response, answer and end times.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 OUTBOUND = "outbound"  # from the dialer side: signed toward the carrier
@@ -41,7 +41,12 @@ class CallRecord:
     worker: int
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a str, number or None: no deep copy needed (dataclasses.asdict
+        # costs ten times this, in the writer's thread, holding the GIL).
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(CallRecord))
 
 
 @dataclass(slots=True, kw_only=True)

@@ -4,8 +4,10 @@ timer wakes it. Everything here runs on the event loop thread; the engine does t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -73,9 +75,10 @@ class EngineShell:
                      max_tcp_pending_bytes: int, tcp_connect_timeout: float,
                      max_tcp_per_source: int = 32, tcp_reserved_for_trusted: int = 0,
                      trusted: Callable[[Side, str], bool] | None = None,
-                     tls: dict[Side, SideTls] | None = None) -> None:
+                     tls: dict[Side, SideTls] | None = None,
+                     udp_buffer: int = 0) -> None:
         """UDP (and TCP) on each (side, host, port), and TLS where ``tls`` says; ``shared``:
-        every worker binds the same ports."""
+        every worker binds the same ports. ``udp_buffer``: the UDP sockets' buffer size."""
         loop = asyncio.get_running_loop()
 
         def manager(side: Side, host: str, transport: Transport,
@@ -98,6 +101,8 @@ class EngineShell:
             _, proto = await loop.create_datagram_endpoint(
                 lambda side=side: UdpEndpoint(side, self.feed, self.counters),  # type: ignore[misc]
                 local_addr=(host, port), reuse_port=shared)
+            if udp_buffer and proto.transport is not None:
+                _size_buffers(proto.transport.get_extra_info("socket"), udp_buffer, side)
             self.udp[side] = proto
             if tcp:
                 made = manager(side, host, Transport.TCP)
@@ -270,3 +275,15 @@ class EngineShell:
 
 
 __all__ = ["Engine", "EngineShell", "SideTls"]
+
+
+def _size_buffers(sock: socket.socket, size: int, side: Side) -> None:
+    """Ask for ``size`` bytes of receive and send buffer; Linux caps the request at
+    net.core.rmem_max/wmem_max (and reports double what it grants)."""
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    if got < size:
+        log.warning("%s UDP receive buffer: %d bytes granted of %d asked ([transport] "
+                    "udp_buffer); raise net.core.rmem_max for more", side, got, size)

@@ -1,0 +1,86 @@
+"""The compiled core built with AddressSanitizer and UndefinedBehaviorSanitizer, fed the
+torture messages and thousands of mutations of them: any out-of-bounds read or write, use
+after free or undefined behaviour in the C code aborts the run. Each input is compared with
+the Python reference too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "stirshaken_proxy/sip/_cmessage.c"
+
+RUN = """
+import importlib.machinery, importlib.util, random, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location(
+    "stirshaken_proxy.sip._cmessage", sys.argv[1],
+    loader=importlib.machinery.ExtensionFileLoader("stirshaken_proxy.sip._cmessage", sys.argv[1]))
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+sys.modules["stirshaken_proxy.sip._cmessage"] = module
+from stirshaken_proxy.sip import message
+assert message._built is module
+from tests.sip.cores import same_on_both
+corpus = [p.read_bytes() for p in sorted(Path("tests/data/rfc4475").glob("*.dat"))]
+rnd = random.Random(7)
+count = 0
+for base in corpus:
+    for stream in (False, True):
+        same_on_both(base, stream=stream)
+        count += 1
+for _ in range(int(sys.argv[2])):
+    data = bytearray(rnd.choice(corpus))
+    for _ in range(rnd.randint(1, 4)):
+        at = rnd.randint(0, len(data))
+        data[at:at + rnd.randint(0, 6)] = bytes(rnd.randrange(256) for _ in range(rnd.randint(0, 6)))
+    same_on_both(bytes(data))
+    text = rnd.choice(["SIP/2.0/UDP h", "SIP/2.0/TCP [::1]", "SIP/2.0/UDP h:5060;branch="]) \\
+        + bytes(data[:40]).decode("latin-1")
+    results = []
+    for core in ("python", "compiled"):
+        message.use_core(core)
+        try:
+            v = message.Via(text)
+            results.append((v.transport, v.host, v.port, list(v.params.items())))
+        except message.SipError as exc:
+            results.append(("error", exc.detail))
+    message.use_core("auto")
+    assert results[0] == results[1], (text, results)
+    count += 1
+print("inputs", count)
+"""
+
+
+def _libasan() -> str | None:
+    if shutil.which("gcc") is None:
+        return None
+    found = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                           text=True, check=False).stdout.strip()
+    return found if found and os.path.isabs(found) and os.path.exists(found) else None
+
+
+@pytest.mark.skipif(_libasan() is None, reason="gcc with libasan is not installed")
+def test_the_compiled_core_under_address_sanitizer(tmp_path: Path) -> None:
+    so = tmp_path / "_cmessage_asan.so"
+    build = subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
+         "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+         f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-o", str(so)],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert build.returncode == 0, build.stderr
+    env = {**os.environ, "LD_PRELOAD": str(_libasan()), "PYTHONPATH": str(ROOT),
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    runs = os.environ.get("ASAN_INPUTS", "3000")
+    done = subprocess.run([sys.executable, "-c", RUN, str(so), runs], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == f"inputs {98 + int(runs)}"
