@@ -8,6 +8,7 @@ finished transaction lives) all three must stay flat.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import tempfile
@@ -58,6 +59,8 @@ def main() -> None:
         svc.start()
         assert svc.proc is not None
         pid = svc.proc.pid
+        with urllib.request.urlopen(f"http://{HOST}:{ports.admin}/readyz", timeout=5) as r:
+            print(f"SIP core: {json.load(r)['core']}", flush=True)  # noqa: T201
         samples: list[tuple[float, float, int, float]] = []
         stop = threading.Event()
 

@@ -159,6 +159,15 @@ level = "warning"
     return path
 
 
+_OTHER_TREE = (
+    "import os, runpy, sys\n"
+    "sys.meta_path[:] = [f for f in sys.meta_path\n"
+    "                    if not type(f).__module__.startswith('__editable__')]\n"
+    "sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]\n"
+    "sys.argv[0] = 'stirshaken_proxy'\n"
+    "runpy.run_module('stirshaken_proxy', run_name='__main__', alter_sys=True)\n")
+
+
 class Service:
     """The real service, run as a child process on a config file."""
 
@@ -173,10 +182,14 @@ class Service:
     def start(self, timeout: float = 20.0) -> None:
         self._log = open(self.log_path, "ab")
         env = None
+        command = [sys.executable, "-m", "stirshaken_proxy"]
         if self.python_path is not None:
             env = {**os.environ, "PYTHONPATH": str(self.python_path)}
+            # The editable install's import hook and the working directory (this checkout)
+            # come ahead of PYTHONPATH: take both out so the other tree's package runs.
+            command = [sys.executable, "-c", _OTHER_TREE]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stirshaken_proxy", "run", "--config", str(self.config)],
+            [*command, "run", "--config", str(self.config)],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
             env=env)
         deadline = time.monotonic() + timeout

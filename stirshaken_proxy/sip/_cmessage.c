@@ -493,7 +493,10 @@ static int addresses_known(PyObject *headers, PyObject *index, PyObject *known) 
             Py_ssize_t at = PyLong_AsSsize_t(PyList_GET_ITEM(positions, j));
             if (at < 0 || at >= PyList_GET_SIZE(headers))
                 return 0;
-            int r = PySet_Contains(known, ((Header *)PyList_GET_ITEM(headers, at))->value);
+            PyObject *h = PyList_GET_ITEM(headers, at);
+            if (Py_TYPE(h) != &HeaderType)
+                return 0;
+            int r = PySet_Contains(known, ((Header *)h)->value);
             if (r != 1)
                 return r;
         }
@@ -576,8 +579,9 @@ static PyObject *parse_fast(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_XDECREF(argv[2]);
     if (indexed == NULL)
         goto done;
+    int all_indexed = indexed == Py_True;
     Py_DECREF(indexed);
-    if (indexed == Py_False)
+    if (!all_indexed)
         goto other_form;
     /* the start line */
     int is_response = eol >= 4 && memcmp(p, "SIP/", 4) == 0;
