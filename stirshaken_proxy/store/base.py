@@ -82,11 +82,26 @@ def removal(blocks: list[NumberBlock], first: str,
 
 class VersionedTables:
     """Digest credentials and brands, each versioned on its own (a change reloads only its
-    table, never the inventory), for either backend. The backend gives ``db`` and the two
-    steps that differ: reading a meta value, and a write that bumps one in its transaction;
-    the SQL here is written with ``?`` placeholders, which ``_versioned_write`` adapts."""
+    table, never the inventory), and the reading of call records, for either backend. The
+    backend gives ``db``, its placeholder ``mark`` and the two steps that differ: reading a
+    meta value, and a write that bumps one in its transaction; the SQL of the versioned
+    tables is written with ``?`` placeholders, which ``_versioned_write`` adapts."""
 
     db: Any
+    mark = "?"
+
+    def records(self, since: float, until: float = float("inf"),
+                account: str | None = None) -> Iterator[dict[str, Any]]:
+        where, args = records_where(since, until, account, self.mark)
+        for (d,) in self.db.execute("SELECT data FROM call_records" + where
+                                    + " ORDER BY started", args):
+            yield json.loads(d)
+
+    def count_records(self, since: float, until: float = float("inf"),
+                      account: str | None = None) -> int:
+        where, args = records_where(since, until, account, self.mark)
+        row = self.db.execute("SELECT count(*) FROM call_records" + where, args).fetchone()
+        return int(row[0]) if row else 0
 
     def _meta(self, key: str) -> int:
         raise NotImplementedError

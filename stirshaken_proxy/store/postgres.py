@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -23,7 +23,6 @@ from .base import (
     StoreError,
     VersionedTables,
     record_row,
-    records_where,
     redact_url,
     refuse_overlaps,
     removal,
@@ -104,6 +103,8 @@ _KEYED_ROWS = (f"SELECT length(first) * {KEY_SPAN}::bigint + first::bigint AS k,
 
 
 class PgStore(VersionedTables):
+    mark = "%s"  # psycopg's placeholder
+
     def __init__(self, url: str, *, instance: str, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.instance = instance
@@ -245,19 +246,6 @@ class PgStore(VersionedTables):
                     cur.execute("DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM "
                                 "webhook_outbox ORDER BY seq LIMIT %s)", (dropped,))
         return dropped
-
-    def records(self, since: float, until: float = float("inf"),
-                account: str | None = None) -> Iterator[dict[str, Any]]:
-        where, args = records_where(since, until, account, "%s")
-        for (d,) in self.db.execute("SELECT data FROM call_records" + where
-                                    + " ORDER BY started", args):
-            yield json.loads(d)
-
-    def count_records(self, since: float, until: float = float("inf"),
-                      account: str | None = None) -> int:
-        where, args = records_where(since, until, account, "%s")
-        row = self.db.execute("SELECT count(*) FROM call_records" + where, args).fetchone()
-        return int(row[0]) if row else 0
 
     def purge_records(self, before: float) -> int:
         return int(self.db.execute("DELETE FROM call_records WHERE started < %s",

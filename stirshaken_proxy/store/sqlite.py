@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from .base import (
     VersionedTables,
     parse_numbers_csv,
     record_row,
-    records_where,
     refuse_overlaps,
     removal,
 )
@@ -258,19 +257,6 @@ class NumberStore(VersionedTables):
             self.db.execute("ROLLBACK")
             raise
         return dropped
-
-    def records(self, since: float, until: float = float("inf"),
-                account: str | None = None) -> Iterator[dict[str, Any]]:
-        where, args = records_where(since, until, account, "?")
-        for (d,) in self.db.execute("SELECT data FROM call_records" + where
-                                    + " ORDER BY started", args):
-            yield json.loads(d)
-
-    def count_records(self, since: float, until: float = float("inf"),
-                      account: str | None = None) -> int:
-        where, args = records_where(since, until, account, "?")
-        row = self.db.execute("SELECT count(*) FROM call_records" + where, args).fetchone()
-        return int(row[0]) if row else 0
 
     def purge_records(self, before: float) -> int:
         cur = self.db.execute("DELETE FROM call_records WHERE started < ?", (before,))
