@@ -349,7 +349,7 @@ class Application:
         if use_core(self.config.sip_core) == "compiled":
             log.info("SIP core: compiled (C)")
         else:
-            log.warning("SIP core: Python%s; it takes about twice the CPU per call",
+            log.warning("SIP core: Python%s; it takes more CPU per call (README, performance)",
                         "" if self.config.sip_core == "python" else
                         " (the compiled core is not built in this install: no C compiler "
                         "when it was installed)")

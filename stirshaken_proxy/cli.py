@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AuthConfig, Config, ConfigError, load_config
-from .io.progress import Progress, wanted
+from .io.progress import MODES, Progress, wanted
 from .store import open_store
 from .store.base import Store
 
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _progress_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+    p.add_argument("--progress", choices=MODES, default="auto",
                    help="a progress bar on standard error (auto: on a terminal only)")
 
 

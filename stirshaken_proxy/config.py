@@ -34,7 +34,7 @@ from .policy.health import HealthLimits
 from .policy.inventory import NumberBlock
 from .policy.numbers import NumberFormatError, block_text, overlapping, parse_block_text
 from .policy.registration import CALL_PURPOSES, call_purpose
-from .sip.message import compiled_available
+from .sip.message import CORES, compiled_available
 from .sip.transport import Side, Transport
 from .sip.uri import ascii_digits
 from .stir.credentials import CachePolicy, SigningCertificate, SigningCertificateError, check_signing_chain
@@ -679,8 +679,8 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
     sip = _section(src, data, "sip", _SIP_KEYS)
     _positive(src, "sip", sip, "max_message_size", "max_transactions", "t1", "t2", "t4",
               "timer_c")
-    if sip["core"] not in ("auto", "compiled", "python"):
-        raise src.error("sip", "core", f"{sip['core']!r} is not auto, compiled or python")
+    if sip["core"] not in CORES:
+        raise src.error("sip", "core", f"{sip['core']!r} is not one of: {', '.join(CORES)}")
     if sip["core"] == "compiled" and not compiled_available():
         raise src.error("sip", "core", "the compiled core is not built in this install (no C "
                         "compiler when it was installed): install gcc and python3-dev and "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .accounts import Account
@@ -45,6 +45,19 @@ def national(tn: str) -> str | None:
     return None
 
 
+def _north_american(numbers: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(number, its ten digits) of each North American number, and the others."""
+    kept: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    for tn in numbers:
+        ten = national(tn)
+        if ten is None:
+            skipped.append(tn)
+        else:
+            kept.append((tn, ten))
+    return kept, skipped
+
+
 @dataclass(frozen=True, kw_only=True)
 class Export:
     files: list[str]  # CSV texts, in order
@@ -61,28 +74,19 @@ def registry(account: Account, numbers: Iterable[str], caller_names: dict[str, s
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(REGISTRY_COLUMNS)
-    rows = 0
-    skipped: list[str] = []
-    for tn in numbers:
-        ten = national(tn)
-        if ten is None:
-            skipped.append(tn)
-            continue
+    kept, skipped = _north_american(numbers)
+    for tn, ten in kept:
         w.writerow((ten, business.legal_name, "; ".join(business.dba), business.ein,
                     business.address, business.contact, business.call_purpose,
                     caller_names.get(tn, default_name)))
-        rows += 1
-    return Export(files=[out.getvalue()], rows=rows, skipped=skipped)
+    return Export(files=[out.getvalue()], rows=len(kept), skipped=skipped)
 
 
-def first_orion(account: Account, numbers: Sequence[str]) -> Export:
+def first_orion(account: Account, numbers: Iterable[str]) -> Export:
     business = account.business
     assert business is not None, "the caller checks that the account has a business"
-    tens: list[str] = []
-    skipped: list[str] = []
-    for tn in numbers:
-        ten = national(tn)
-        (tens if ten is not None else skipped).append(ten or tn)
+    kept, skipped = _north_american(numbers)
+    tens = [ten for _, ten in kept]
     files = []
     for start in range(0, len(tens), FIRST_ORION_MAX_ROWS):
         out = io.StringIO()

@@ -91,14 +91,12 @@ static Py_ssize_t find_crlf(const unsigned char *p, Py_ssize_t i, Py_ssize_t sto
     return -1;
 }
 
-PyDoc_STRVAR(index_headers_doc,
-"index_headers(raw, pos, stop, names, canonical, headers, index) -> bool\n\n"
-"Index the header lines of raw[pos:stop] (each ending in CRLF, none folded) as\n"
-"message._parse_headers does: append a Header per line to ``headers`` and its position\n"
-"to ``index[name]``. ``names`` maps names as written to canonical names; ``canonical``\n"
-"(ParseCache.canonical) is called for a name not in it and raises for a bad one. False\n"
-"when a line has no name and colon (the caller raises that error).");
-
+/* index_headers(raw, pos, stop, names, canonical, headers, index) -> bool, called by
+ * parse_fast: index the header lines of raw[pos:stop] (each ending in CRLF, none folded) as
+ * message._parse_headers does: append a Header per line to ``headers`` and its position to
+ * ``index[name]``. ``names`` maps names as written to canonical names; ``canonical``
+ * (ParseCache.canonical) is called for a name not in it and raises for a bad one. False
+ * when a line has no name and colon. */
 static PyObject *index_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) {
         PyErr_SetString(PyExc_TypeError, "index_headers takes 7 arguments");
@@ -618,19 +616,20 @@ static PyObject *parse_fast(PyObject *module, PyObject *const *args, Py_ssize_t 
         if (p + eol - (sp2 + 1) != 7 || memcmp(sp2 + 1, "SIP/2.0", 7) != 0 ||
             !is_token(method, method_len) || uri_len == 0 || uri[0] == '<')
             goto other_form;
-        if (set_text(msg, s_method, method, method_len) < 0 ||
-            set_text(msg, s_uri, uri, uri_len) < 0)
+        if (set_text(msg, s_method, method, method_len) < 0)
             goto done;
-        if (!simple_sip_uri(uri, uri_len)) {
-            PyObject *u = PyObject_GetAttr(msg, s_uri);
-            if (u == NULL)
-                goto done;
-            PyObject *r = PyObject_CallOneArg(check_uri, u);
-            Py_DECREF(u);
-            if (r == NULL)
-                goto done; /* a SipError: the caller falls back to the reference */
-            Py_DECREF(r);
+        PyObject *u = PyUnicode_DecodeLatin1((const char *)uri, uri_len, NULL);
+        if (u == NULL)
+            goto done;
+        int failed = PyObject_SetAttr(msg, s_uri, u);
+        if (!failed && !simple_sip_uri(uri, uri_len)) {
+            PyObject *r = PyObject_CallOneArg(check_uri, u); /* a SipError: the caller */
+            failed = r == NULL;                              /* falls back to the reference */
+            Py_XDECREF(r);
         }
+        Py_DECREF(u);
+        if (failed)
+            goto done;
     }
     /* required and single headers */
     PyObject *required[5] = {n_via, n_from, n_to, n_call_id, n_cseq};
@@ -733,8 +732,6 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"index_headers", (PyCFunction)(void (*)(void))index_headers, METH_FASTCALL,
-     index_headers_doc},
     {"parse_fast", (PyCFunction)(void (*)(void))parse_fast, METH_FASTCALL, parse_fast_doc},
     {"via_fields", (PyCFunction)via_fields, METH_O, via_fields_doc},
     {NULL, NULL, 0, NULL},

@@ -9,9 +9,6 @@ class Header:
     end: int
     def __init__(self, name: str, value: str, start: int, end: int) -> None: ...
 
-def index_headers(raw: bytes, pos: int, stop: int, names: dict[str, str],
-                  canonical: Callable[[str], str], headers: list[Any],
-                  index: dict[str, list[int]]) -> bool: ...
 def parse_fast(msg: Any, data: bytes, max_size: int, stream: bool, names: dict[str, str],
                canonical: Callable[[str], str], addresses: set[str],
                check_uri: Callable[[str], None],

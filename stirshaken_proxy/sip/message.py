@@ -31,12 +31,15 @@ except ImportError:  # installed without a C compiler: the Python core alone
 _compiled: ModuleType | None = _built
 
 
+CORES = ("auto", "compiled", "python")
+
+
 def use_core(name: str) -> str:
     """Parse with the ``compiled`` core (C, where it was built), the ``python`` one (the
     reference), or ``auto`` (compiled when built). Returns the core now in use."""
     global _compiled
-    if name not in ("auto", "compiled", "python"):
-        raise ValueError(f"unknown core {name!r} (auto, compiled, python)")
+    if name not in CORES:
+        raise ValueError(f"unknown core {name!r} ({', '.join(CORES)})")
     if name == "compiled" and _built is None:
         raise ValueError("the compiled core was not built in this install (no C compiler "
                          "at install time?)")
@@ -428,19 +431,13 @@ def _check_nul(head: str) -> None:
 def _parse_headers(msg: SipMessage, head: str, cache: ParseCache) -> None:
     """Index the header lines of ``head`` (the header section after the start line, each
     line ending in CRLF). Offsets are relative to the original bytes."""
-    folded = "\r\n " in head or "\r\n\t" in head or head[:1] in (" ", "\t")
-    if _compiled is not None and not folded:
-        if not _compiled.index_headers(msg.raw, msg.line_end, msg.head_end, cache.names,
-                                       cache.canonical, msg.headers, msg.index):
-            raise SipError(400, "header line without a name and colon")
-        return
     headers = msg.headers
     index = msg.index
     names = cache.names
     pos = msg.line_end
     lines = head.split("\r\n")
     lines.pop()  # the empty string after the final CRLF
-    if folded:
+    if "\r\n " in head or "\r\n\t" in head or head[:1] in (" ", "\t"):
         lines = _unfold(lines)
     for line in lines:
         colon = line.find(":")

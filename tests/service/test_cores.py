@@ -52,4 +52,4 @@ def test_calls_through_each_core(tmp_path: Path, core: str) -> None:
     finally:
         assert svc.stop() == 0
     if core == "python":  # said at start, at the level the tests log (warning)
-        assert "SIP core: Python; it takes about twice the CPU per call" in svc.log()
+        assert "SIP core: Python; it takes more CPU per call (README, performance)" in svc.log()
