@@ -32,8 +32,8 @@ from ..transaction import (
     ServerNonInvite,
     State,
     TimerConfig,
-    TimerHeap,
     Transaction,
+    timer_heap,
 )
 from ..transaction.machine import ClientTransaction, Event, ServerTransaction
 from .actions import Action
@@ -176,7 +176,7 @@ class ProxyEngine:
         self.config = config
         self.services = services
         self.sides = {DIALER: config.dialer, CARRIER: config.carrier}
-        self.timers = TimerHeap()
+        self.timers = timer_heap()  # the compiled core's when it is in use
         self.server_txns: dict[tuple[object, ...], ServerTransaction] = {}
         self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
         self.stats: Stats = stats if stats is not None else Stats()

@@ -1,4 +1,5 @@
-/* The compiled core of sip/message.py: the per-message work of indexing the header lines.
+/* The compiled core: the per-message work of sip/message.py (indexing the header lines,
+ * Via values, splitting header values) and the transaction timers' heap.
  *
  * The Python implementation in message.py is the reference; this module gives the same
  * results (tests/sip/test_cores.py runs both on RFC 4475, the suite's messages and
@@ -731,9 +732,353 @@ done:
     return result;
 }
 
+/* -- split_values ---------------------------------------------------------------------- */
+
+PyDoc_STRVAR(split_values_doc,
+"split_values(value, sep) -> list of str\n\n"
+"uri.split_values's split: the elements between the separators ``sep`` (one character)\n"
+"outside quoted strings and <...>, each stripped of spaces and tabs. A quoted string\n"
+"ends at its closing quote (a backslash escapes any character but a line feed) or at the\n"
+"end; <...> at its '>' or at the end, as the reference's regular expression reads them.");
+
+static int append_stripped(PyObject *out, PyObject *value, int kind, const void *data,
+                           Py_ssize_t a, Py_ssize_t b) {
+    while (a < b) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, a);
+        if (c != ' ' && c != '\t')
+            break;
+        a++;
+    }
+    while (b > a) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, b - 1);
+        if (c != ' ' && c != '\t')
+            break;
+        b--;
+    }
+    PyObject *item = PyUnicode_Substring(value, a, b);
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(out, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+static PyObject *split_values(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyUnicode_Check(args[0]) || !PyUnicode_Check(args[1]) ||
+        PyUnicode_READY(args[0]) < 0 || PyUnicode_READY(args[1]) < 0 ||
+        PyUnicode_GET_LENGTH(args[1]) != 1 ||
+        (PyUnicode_READ_CHAR(args[1], 0) != ',' && PyUnicode_READ_CHAR(args[1], 0) != ';')) {
+        PyErr_SetString(PyExc_TypeError, "split_values(value: str, sep: ',' or ';')");
+        return NULL;
+    }
+    PyObject *value = args[0];
+    Py_UCS4 sep = PyUnicode_READ_CHAR(args[1], 0);
+    int kind = PyUnicode_KIND(value);
+    const void *data = PyUnicode_DATA(value);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (PyUnicode_READ(kind, data, i) == sep) {
+            i++;
+            continue;
+        }
+        Py_ssize_t start = i;  /* an element: up to the next separator outside "..." <...> */
+        while (i < n) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            if (c == sep)
+                break;
+            i++;
+            if (c == '"') {
+                while (i < n) {
+                    Py_UCS4 q = PyUnicode_READ(kind, data, i);
+                    if (q == '"') {
+                        i++;
+                        break;
+                    }
+                    if (q == '\\') {
+                        if (i + 1 >= n || PyUnicode_READ(kind, data, i + 1) == '\n')
+                            break;  /* not an escape: the quoted string ends here */
+                        i += 2;
+                    } else {
+                        i++;
+                    }
+                }
+            } else if (c == '<') {
+                while (i < n && PyUnicode_READ(kind, data, i) != '>')
+                    i++;
+                if (i < n)
+                    i++;
+            }
+        }
+        if (append_stripped(out, value, kind, data, start, i) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* -- TimerHeap: transaction timers (transaction/timers.py's TimerHeap is the reference) --
+ *
+ * A binary heap of (when, seq, transaction, timer) kept in one C array: no tuple per
+ * timer for the allocator and the garbage collector (a running proxy holds hundreds of
+ * thousands), and no tuple comparisons. Cancelling is lazy as in the reference: an entry
+ * counts only while transaction.deadlines[timer] == when. Every entry is taken off the
+ * heap before any Python code runs (the dict lookup may run __eq__), so that code may
+ * push and pop freely. */
+
+typedef struct {
+    double when;
+    unsigned long long seq;
+    PyObject *txn;
+    PyObject *timer;
+} TimerEntry;
+
+typedef struct {
+    PyObject_HEAD
+    TimerEntry *entries;
+    Py_ssize_t size, capacity;
+    unsigned long long seq;
+} TimerHeapObject;
+
+static PyObject *s_deadlines;
+
+static inline int entry_before(const TimerEntry *a, const TimerEntry *b) {
+    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+}
+
+static void heap_sift_up(TimerEntry *e, Py_ssize_t i) {
+    TimerEntry item = e[i];
+    while (i > 0) {
+        Py_ssize_t parent = (i - 1) / 2;
+        if (!entry_before(&item, &e[parent]))
+            break;
+        e[i] = e[parent];
+        i = parent;
+    }
+    e[i] = item;
+}
+
+static void heap_sift_down(TimerEntry *e, Py_ssize_t size, Py_ssize_t i) {
+    TimerEntry item = e[i];
+    for (;;) {
+        Py_ssize_t child = 2 * i + 1;
+        if (child >= size)
+            break;
+        if (child + 1 < size && entry_before(&e[child + 1], &e[child]))
+            child++;
+        if (!entry_before(&e[child], &item))
+            break;
+        e[i] = e[child];
+        i = child;
+    }
+    e[i] = item;
+}
+
+/* Take the earliest entry off the heap (its references move to *out). size > 0. */
+static void heap_pop(TimerHeapObject *self, TimerEntry *out) {
+    *out = self->entries[0];
+    self->size--;
+    if (self->size > 0) {
+        self->entries[0] = self->entries[self->size];
+        heap_sift_down(self->entries, self->size, 0);
+    }
+}
+
+/* 1 when the transaction still has this timer armed at ``when``, 0 when not, -1 on error;
+ * with ``disarm``, an armed timer is removed from the transaction's deadlines. */
+static int entry_armed(const TimerEntry *e, int disarm) {
+    PyObject *deadlines = PyObject_GetAttr(e->txn, s_deadlines);
+    if (deadlines == NULL)
+        return -1;
+    if (!PyDict_Check(deadlines)) {
+        PyErr_SetString(PyExc_TypeError, "transaction.deadlines must be a dict");
+        Py_DECREF(deadlines);
+        return -1;
+    }
+    int armed = 0;
+    PyObject *v = PyDict_GetItemWithError(deadlines, e->timer);
+    if (v != NULL) {
+        Py_INCREF(v);
+        if (PyFloat_CheckExact(v)) {
+            armed = PyFloat_AS_DOUBLE(v) == e->when;
+        } else {
+            PyObject *when = PyFloat_FromDouble(e->when);
+            armed = when == NULL ? -1 : PyObject_RichCompareBool(v, when, Py_EQ);
+            Py_XDECREF(when);
+        }
+        Py_DECREF(v);
+        if (armed == 1 && disarm && PyDict_DelItem(deadlines, e->timer) < 0)
+            armed = -1;
+    } else if (PyErr_Occurred()) {
+        armed = -1;
+    }
+    Py_DECREF(deadlines);
+    return armed;
+}
+
+static PyObject *TimerHeap_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "TimerHeap() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0);
+}
+
+static int TimerHeap_traverse(TimerHeapObject *self, visitproc visit, void *arg) {
+    for (Py_ssize_t i = 0; i < self->size; i++) {
+        Py_VISIT(self->entries[i].txn);
+        Py_VISIT(self->entries[i].timer);
+    }
+    return 0;
+}
+
+static int TimerHeap_clear(TimerHeapObject *self) {
+    TimerEntry *entries = self->entries;
+    Py_ssize_t size = self->size;
+    self->entries = NULL;
+    self->size = self->capacity = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        Py_DECREF(entries[i].txn);
+        Py_DECREF(entries[i].timer);
+    }
+    PyMem_Free(entries);
+    return 0;
+}
+
+static void TimerHeap_dealloc(TimerHeapObject *self) {
+    PyObject_GC_UnTrack(self);
+    TimerHeap_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t TimerHeap_len(TimerHeapObject *self) {
+    return self->size;
+}
+
+static PyObject *TimerHeap_push(TimerHeapObject *self, PyObject *const *args,
+                                Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "push(when, txn, timer)");
+        return NULL;
+    }
+    double when = PyFloat_AsDouble(args[0]);
+    if (when == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (self->size == self->capacity) {
+        Py_ssize_t capacity = self->capacity ? self->capacity * 2 : 1024;
+        if ((size_t)capacity > PY_SSIZE_T_MAX / sizeof(TimerEntry))
+            return PyErr_NoMemory();
+        TimerEntry *grown = PyMem_Realloc(self->entries, capacity * sizeof(TimerEntry));
+        if (grown == NULL)
+            return PyErr_NoMemory();
+        self->entries = grown;
+        self->capacity = capacity;
+    }
+    TimerEntry *e = &self->entries[self->size];
+    e->when = when;
+    e->seq = self->seq++;
+    e->txn = args[1];
+    e->timer = args[2];
+    Py_INCREF(e->txn);
+    Py_INCREF(e->timer);
+    heap_sift_up(self->entries, self->size++);
+    Py_RETURN_NONE;
+}
+
+static PyObject *TimerHeap_earliest(TimerHeapObject *self, PyObject *unused) {
+    if (self->size == 0)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(self->entries[0].when);
+}
+
+static PyObject *TimerHeap_next_deadline(TimerHeapObject *self, PyObject *unused) {
+    while (self->size > 0) {
+        TimerEntry top = self->entries[0];
+        Py_INCREF(top.txn);
+        Py_INCREF(top.timer);
+        int armed = entry_armed(&top, 0);
+        Py_DECREF(top.txn);
+        Py_DECREF(top.timer);
+        if (armed < 0)
+            return NULL;
+        if (armed)
+            return PyFloat_FromDouble(top.when);
+        if (self->size > 0 && self->entries[0].seq == top.seq) {  /* stale: drop it */
+            TimerEntry gone;
+            heap_pop(self, &gone);
+            Py_DECREF(gone.txn);
+            Py_DECREF(gone.timer);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *TimerHeap_pop_due(TimerHeapObject *self, PyObject *arg) {
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    PyObject *due = PyList_New(0);
+    if (due == NULL)
+        return NULL;
+    while (self->size > 0 && self->entries[0].when <= now) {
+        TimerEntry e;
+        heap_pop(self, &e);
+        int armed = entry_armed(&e, 1);
+        if (armed == 1) {
+            PyObject *pair = PyTuple_Pack(2, e.txn, e.timer);
+            if (pair == NULL || PyList_Append(due, pair) < 0)
+                armed = -1;
+            Py_XDECREF(pair);
+        }
+        Py_DECREF(e.txn);
+        Py_DECREF(e.timer);
+        if (armed < 0) {
+            Py_DECREF(due);
+            return NULL;
+        }
+    }
+    return due;
+}
+
+static PyMethodDef TimerHeap_methods[] = {
+    {"push", (PyCFunction)(void (*)(void))TimerHeap_push, METH_FASTCALL,
+     "push(when, txn, timer): arm an entry"},
+    {"earliest", (PyCFunction)TimerHeap_earliest, METH_NOARGS,
+     "The first entry's time, armed or not (never later than next_deadline)."},
+    {"next_deadline", (PyCFunction)TimerHeap_next_deadline, METH_NOARGS,
+     "The earliest armed entry's time (stale entries before it are dropped), or None."},
+    {"pop_due", (PyCFunction)TimerHeap_pop_due, METH_O,
+     "Remove and return the armed timers due at now, earliest first: [(txn, timer)]."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods TimerHeap_as_sequence = {
+    .sq_length = (lenfunc)TimerHeap_len,
+};
+
+static PyTypeObject TimerHeapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "stirshaken_proxy.sip._cmessage.TimerHeap",
+    .tp_doc = "Transaction timers in one C array (transaction/timers.py is the reference).",
+    .tp_basicsize = sizeof(TimerHeapObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = TimerHeap_new,
+    .tp_dealloc = (destructor)TimerHeap_dealloc,
+    .tp_traverse = (traverseproc)TimerHeap_traverse,
+    .tp_clear = (inquiry)TimerHeap_clear,
+    .tp_methods = TimerHeap_methods,
+    .tp_as_sequence = &TimerHeap_as_sequence,
+};
+
 static PyMethodDef methods[] = {
     {"parse_fast", (PyCFunction)(void (*)(void))parse_fast, METH_FASTCALL, parse_fast_doc},
     {"via_fields", (PyCFunction)via_fields, METH_O, via_fields_doc},
+    {"split_values", (PyCFunction)(void (*)(void))split_values, METH_FASTCALL,
+     split_values_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -753,12 +1098,14 @@ static int intern_names(void) {
     NAME(n_via, "via") NAME(n_from, "from") NAME(n_to, "to") NAME(n_call_id, "call-id")
     NAME(n_cseq, "cseq") NAME(n_max_forwards, "max-forwards")
     NAME(n_content_length, "content-length") NAME(n_contact, "contact")
+    NAME(s_deadlines, "deadlines")
 #undef NAME
     return 0;
 }
 
 PyMODINIT_FUNC PyInit__cmessage(void) {
-    if (PyType_Ready(&HeaderType) < 0 || intern_names() < 0)
+    if (PyType_Ready(&HeaderType) < 0 || PyType_Ready(&TimerHeapType) < 0 ||
+        intern_names() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -766,6 +1113,12 @@ PyMODINIT_FUNC PyInit__cmessage(void) {
     Py_INCREF(&HeaderType);
     if (PyModule_AddObject(m, "Header", (PyObject *)&HeaderType) < 0) {
         Py_DECREF(&HeaderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&TimerHeapType);
+    if (PyModule_AddObject(m, "TimerHeap", (PyObject *)&TimerHeapType) < 0) {
+        Py_DECREF(&TimerHeapType);
         Py_DECREF(m);
         return NULL;
     }

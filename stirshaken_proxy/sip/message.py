@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from types import ModuleType
 
+from . import uri
 from .errors import SipError, reason_phrase
 from .uri import (
     NameAddr,
@@ -29,14 +30,16 @@ try:
 except ImportError:  # installed without a C compiler: the Python core alone
     _built = None
 _compiled: ModuleType | None = _built
+uri.compiled_split = _built.split_values if _built is not None else None
 
 
 CORES = ("auto", "compiled", "python")
 
 
 def use_core(name: str) -> str:
-    """Parse with the ``compiled`` core (C, where it was built), the ``python`` one (the
-    reference), or ``auto`` (compiled when built). Returns the core now in use."""
+    """Parse (and keep transaction timers) with the ``compiled`` core (C, where it was
+    built), the ``python`` one (the reference), or ``auto`` (compiled when built). Returns
+    the core now in use. Engines made afterwards get that core's timer heap."""
     global _compiled
     if name not in CORES:
         raise ValueError(f"unknown core {name!r} ({', '.join(CORES)})")
@@ -44,11 +47,17 @@ def use_core(name: str) -> str:
         raise ValueError("the compiled core was not built in this install (no C compiler "
                          "at install time?)")
     _compiled = _built if name != "python" else None
+    uri.compiled_split = _compiled.split_values if _compiled is not None else None
     return core_in_use()
 
 
 def core_in_use() -> str:
     return "compiled" if _compiled is not None else "python"
+
+
+def compiled_core() -> ModuleType | None:
+    """The compiled core's module while it is in use (None: the Python core)."""
+    return _compiled
 
 
 def compiled_available() -> bool:

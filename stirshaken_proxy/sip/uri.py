@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import SipError
@@ -202,10 +203,16 @@ _ELEMENT_RE = {sep: re.compile(r'(?:"(?:[^"\\]|\\.)*"?|<[^>]*>?|[^' + sep + r'"<
                for sep in ",;"}
 
 
+# The compiled core's split (message.use_core sets it; None: this module's, the reference).
+compiled_split: Callable[[str, str], list[str]] | None = None
+
+
 def split_values(value: str, sep: str = ",") -> list[str]:
     """Split a header value on ``sep`` ("," or ";"), ignoring it inside quotes and <...>."""
     if sep not in value:
         return [value.strip(_WS)]
+    if compiled_split is not None:
+        return compiled_split(value, sep)
     return [v.strip(_WS) for v in _ELEMENT_RE[sep].findall(value)]
 
 

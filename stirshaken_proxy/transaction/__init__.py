@@ -12,7 +12,7 @@ from .machine import (
     Transaction,
     TransactionUser,
 )
-from .timers import TimerHeap
+from .timers import TimerHeap, Timers, timer_heap
 
 __all__ = [
     "AckTemplate",
@@ -24,6 +24,8 @@ __all__ = [
     "State",
     "TimerConfig",
     "TimerHeap",
+    "Timers",
     "Transaction",
     "TransactionUser",
+    "timer_heap",
 ]

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 from ..sip.message import SipMessage
 from ..sip.transport import Outbox, Peer, Send, Transport
-from .timers import TimerHeap
+from .timers import Timers
 
 
 class State(enum.Enum):
@@ -84,7 +84,7 @@ class AckTemplate(NamedTuple):
 class TransactionUser(Protocol):
     """What a transaction needs from the element that owns it (the proxy engine)."""
 
-    timers: TimerHeap
+    timers: Timers
 
     def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float,
                     out: Outbox) -> None: ...

@@ -1,14 +1,38 @@
 """A heap of transaction timers. Cancelling is lazy: an entry fires only if the transaction
-still has that timer armed at that instant."""
+still has that timer armed at that instant.
+
+``TimerHeap`` here is the reference; the compiled core has the same type in C (one array, no
+tuple per timer for the garbage collector), which ``timer_heap()`` gives when that core is in
+use."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
+
+from ..sip import message
 
 if TYPE_CHECKING:
     from .machine import Event, Transaction
+
+
+class Timers(Protocol):
+    def __len__(self) -> int: ...
+
+    def push(self, when: float, txn: Transaction, timer: Event) -> None: ...
+
+    def earliest(self) -> float | None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def pop_due(self, now: float) -> list[tuple[Transaction, Event]]: ...
+
+
+def timer_heap() -> Timers:
+    """A new heap: the compiled core's when that core is in use, else the reference."""
+    built = message.compiled_core()
+    return cast(Timers, built.TimerHeap()) if built is not None else TimerHeap()
 
 
 class TimerHeap:

@@ -262,3 +262,36 @@ def test_without_the_compiled_core_the_python_one_serves(tmp_path: Path) -> None
                           check=False)
     assert done.returncode != 0
     assert "[sip] core: the compiled core is not built in this install" in done.stderr
+
+
+_SPLIT_TEXT = st.lists(st.sampled_from(
+    [*"ab ,;\t\"<>\\", "\n", "\xe9", "\u20ac", "\U0001f4de", "<sip:a@h;lr>", '"x, y"']),
+    max_size=30).map("".join)
+
+
+@compiled
+@FUZZ
+@given(_SPLIT_TEXT, st.sampled_from(",;"))
+def test_header_values_split_the_same_on_both_cores(value: str, sep: str) -> None:
+    from stirshaken_proxy.sip import _cmessage, uri  # type: ignore[attr-defined]
+
+    reference = [v.strip(" \t") for v in uri._ELEMENT_RE[sep].findall(value)]
+    assert _cmessage.split_values(value, sep) == reference, value
+
+
+@compiled
+def test_split_values_is_the_compiled_one_while_that_core_is_in_use() -> None:
+    from stirshaken_proxy.sip import _cmessage, uri  # type: ignore[attr-defined]
+
+    before = message.core_in_use()
+    try:
+        message.use_core("python")
+        assert uri.compiled_split is None
+        message.use_core("compiled")
+        assert uri.compiled_split is _cmessage.split_values
+        assert uri.split_values('<sip:a;lr>, "b,c" <sip:d>', ",") == [
+            "<sip:a;lr>", '"b,c" <sip:d>']
+    finally:
+        message.use_core(before)
+    with pytest.raises(TypeError):
+        _cmessage.split_values("a,b", "|")

@@ -26,7 +26,7 @@ spec = importlib.util.spec_from_file_location(
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 sys.modules["stirshaken_proxy.sip._cmessage"] = module
-from stirshaken_proxy.sip import message
+from stirshaken_proxy.sip import message, uri
 assert message._built is module
 from tests.sip.cores import same_on_both
 corpus = [p.read_bytes() for p in sorted(Path("tests/data/rfc4475").glob("*.dat"))]
@@ -54,7 +54,36 @@ for _ in range(int(sys.argv[2])):
             results.append(("error", exc.detail))
     message.use_core("auto")
     assert results[0] == results[1], (text, results)
+    value = bytes(data[:60]).decode("latin-1") + rnd.choice(["", '"', "<", "\\\\", "\\u20ac"])
+    for sep in ",;":
+        assert module.split_values(value, sep) == [
+            v.strip(" \t") for v in uri._ELEMENT_RE[sep].findall(value)], value
     count += 1
+# the timer heap: random arming, cancelling and popping against the reference
+from stirshaken_proxy.transaction.timers import TimerHeap
+class Txn:
+    def __init__(self):
+        self.deadlines = {}
+heaps = (TimerHeap(), module.TimerHeap())
+txns = [(Txn(), Txn()) for _ in range(50)]
+now = 0.0
+for step in range(int(sys.argv[2]) * 5):
+    i, timer = rnd.randrange(50), rnd.choice("ABCM")
+    roll = rnd.random()
+    if roll < 0.6:
+        when = now + rnd.choice([0.0, 0.5, 1.0, 32.0, 180.0])
+        for heap, txn in zip(heaps, txns[i]):
+            txn.deadlines[timer] = when
+            heap.push(when, txn, timer)
+    elif roll < 0.8:
+        for txn in txns[i]:
+            txn.deadlines.pop(timer, None)
+    else:
+        now += rnd.choice([0.0, 0.5, 2.0, 40.0])
+        got = [[(txns.index(next(p for p in txns if p[k] is t)), e) for t, e in heap.pop_due(now)]
+               for k, heap in enumerate(heaps)]
+        assert got[0] == got[1] and len(heaps[0]) == len(heaps[1])
+        assert heaps[0].next_deadline() == heaps[1].next_deadline()
 print("inputs", count)
 """
 

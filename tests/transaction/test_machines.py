@@ -18,8 +18,8 @@ from stirshaken_proxy.transaction import (
     ServerNonInvite,
     State,
     TimerConfig,
-    TimerHeap,
     Transaction,
+    timer_heap,
 )
 from stirshaken_proxy.transaction.machine import ClientTransaction
 
@@ -32,7 +32,7 @@ class TU:
     """A transaction user that records what its transactions tell it."""
 
     def __init__(self) -> None:
-        self.timers = TimerHeap()
+        self.timers = timer_heap()
         self.responses: list[tuple[float, int]] = []
         self.timeouts: list[float] = []
         self.terminated: list[Transaction] = []
