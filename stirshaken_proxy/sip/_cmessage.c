@@ -878,13 +878,22 @@ static void heap_sift_down(TimerEntry *e, Py_ssize_t size, Py_ssize_t i) {
     e[i] = item;
 }
 
-/* Take the earliest entry off the heap (its references move to *out). size > 0. */
+/* Take the earliest entry off the heap (its references move to *out). size > 0. After a
+ * peak the array gives half its memory back once it is a quarter full. */
 static void heap_pop(TimerHeapObject *self, TimerEntry *out) {
     *out = self->entries[0];
     self->size--;
     if (self->size > 0) {
         self->entries[0] = self->entries[self->size];
         heap_sift_down(self->entries, self->size, 0);
+    }
+    if (self->capacity > 1024 && self->size < self->capacity / 4) {
+        TimerEntry *smaller = PyMem_Realloc(self->entries,
+                                            (self->capacity / 2) * sizeof(TimerEntry));
+        if (smaller != NULL) {  /* (when it fails, the larger array serves on) */
+            self->entries = smaller;
+            self->capacity /= 2;
+        }
     }
 }
 
