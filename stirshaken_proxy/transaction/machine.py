@@ -110,19 +110,23 @@ SEND_PROVISIONAL = Event.SEND_PROVISIONAL
 SEND_SUCCESS = Event.SEND_SUCCESS
 SUCCESS = Event.SUCCESS
 _UDP = Transport.UDP  # (Peer.reliable is a property: ~8x the cost of this test)
-TIMER_A = Event.TIMER_A
-TIMER_B = Event.TIMER_B
-TIMER_C = Event.TIMER_C
-TIMER_D = Event.TIMER_D
-TIMER_E = Event.TIMER_E
-TIMER_F = Event.TIMER_F
-TIMER_G = Event.TIMER_G
-TIMER_H = Event.TIMER_H
-TIMER_I = Event.TIMER_I
-TIMER_J = Event.TIMER_J
-TIMER_K = Event.TIMER_K
-TIMER_L = Event.TIMER_L
-TIMER_M = Event.TIMER_M
+# Armed timers are keyed by name (a str): a deadline table of strings and floats holds
+# nothing the garbage collector must walk (CPython untracks such a dict), and every
+# transaction lingering for 32 s has one. timer_fired maps the name back to the event.
+TIMER_A = Event.TIMER_A.value
+TIMER_B = Event.TIMER_B.value
+TIMER_C = Event.TIMER_C.value
+TIMER_D = Event.TIMER_D.value
+TIMER_E = Event.TIMER_E.value
+TIMER_F = Event.TIMER_F.value
+TIMER_G = Event.TIMER_G.value
+TIMER_H = Event.TIMER_H.value
+TIMER_I = Event.TIMER_I.value
+TIMER_J = Event.TIMER_J.value
+TIMER_K = Event.TIMER_K.value
+TIMER_L = Event.TIMER_L.value
+TIMER_M = Event.TIMER_M.value
+TIMER_EVENTS: dict[str, Event] = {e.value: e for e in Event if e.name.startswith("TIMER_")}
 CALLING = State.CALLING
 PROCEEDING = State.PROCEEDING
 TERMINATED = State.TERMINATED
@@ -144,7 +148,7 @@ class Transaction:
         self.tu = tu
         self.config = config
         self.state = self.INITIAL
-        self.deadlines: dict[Event, float] = {}  # armed timers
+        self.deadlines: dict[str, float] = {}  # armed timers, by name
         self.context: Any = None  # the proxy's per-request state
         self._interval = config.t1
 
@@ -167,8 +171,8 @@ class Transaction:
         object itself alive until their deadline (Timer C: 3 minutes), so it must be small."""
         self.context = None
 
-    def timer_fired(self, timer: Event, now: float, out: Outbox) -> None:
-        self.fire(timer, now, out)
+    def timer_fired(self, timer: str, now: float, out: Outbox) -> None:
+        self.fire(TIMER_EVENTS[timer], now, out)
 
     def terminate(self) -> None:
         """Stop the transaction without further events (e.g. on shutdown)."""
@@ -179,12 +183,12 @@ class Transaction:
             self._release()
 
     # -- helpers shared by the actions --------------------------------------------------
-    def _arm(self, timer: Event, delay: float, now: float) -> None:
+    def _arm(self, timer: str, delay: float, now: float) -> None:
         when = now + delay
         self.deadlines[timer] = when
         self.tu.timers.push(when, self, timer)
 
-    def _disarm(self, *timers: Event) -> None:
+    def _disarm(self, *timers: str) -> None:
         for timer in timers:
             self.deadlines.pop(timer, None)
 

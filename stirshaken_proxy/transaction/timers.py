@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Protocol, cast
 from ..sip import message
 
 if TYPE_CHECKING:
-    from .machine import Event, Transaction
+    from .machine import Transaction
 
 
 class Timers(Protocol):
     def __len__(self) -> int: ...
 
-    def push(self, when: float, txn: Transaction, timer: Event) -> None: ...
+    def push(self, when: float, txn: Transaction, timer: str) -> None: ...
 
     def earliest(self) -> float | None: ...
 
     def next_deadline(self) -> float | None: ...
 
-    def pop_due(self, now: float) -> list[tuple[Transaction, Event]]: ...
+    def pop_due(self, now: float) -> list[tuple[Transaction, str]]: ...
 
 
 def timer_heap() -> Timers:
@@ -39,13 +39,13 @@ class TimerHeap:
     __slots__ = ("_heap", "_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Transaction, Event]] = []
+        self._heap: list[tuple[float, int, Transaction, str]] = []
         self._seq = itertools.count()
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, when: float, txn: Transaction, timer: Event) -> None:
+    def push(self, when: float, txn: Transaction, timer: str) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), txn, timer))
 
     def earliest(self) -> float | None:
@@ -61,10 +61,10 @@ class TimerHeap:
             heapq.heappop(heap)  # stale: cancelled or re-armed
         return None
 
-    def pop_due(self, now: float) -> list[tuple[Transaction, Event]]:
+    def pop_due(self, now: float) -> list[tuple[Transaction, str]]:
         """Remove and return the armed timers due at ``now``, earliest first."""
         heap = self._heap
-        due: list[tuple[Transaction, Event]] = []
+        due: list[tuple[Transaction, str]] = []
         while heap and heap[0][0] <= now:
             when, _, txn, name = heapq.heappop(heap)
             if txn.deadlines.get(name) == when:
