@@ -76,7 +76,7 @@ static PyTypeObject HeaderType = {
 
 /* -- index_headers -------------------------------------------------------------------- */
 
-static inline int is_ws(unsigned char c) { return c == ' ' || c == '\t'; }
+static inline int is_ws(Py_UCS4 c) { return c == ' ' || c == '\t'; }
 
 /* The offset of the next CRLF at or after i in [i, stop), or -1. */
 static Py_ssize_t find_crlf(const unsigned char *p, Py_ssize_t i, Py_ssize_t stop) {
@@ -743,18 +743,10 @@ PyDoc_STRVAR(split_values_doc,
 
 static int append_stripped(PyObject *out, PyObject *value, int kind, const void *data,
                            Py_ssize_t a, Py_ssize_t b) {
-    while (a < b) {
-        Py_UCS4 c = PyUnicode_READ(kind, data, a);
-        if (c != ' ' && c != '\t')
-            break;
+    while (a < b && is_ws(PyUnicode_READ(kind, data, a)))
         a++;
-    }
-    while (b > a) {
-        Py_UCS4 c = PyUnicode_READ(kind, data, b - 1);
-        if (c != ' ' && c != '\t')
-            break;
+    while (b > a && is_ws(PyUnicode_READ(kind, data, b - 1)))
         b--;
-    }
     PyObject *item = PyUnicode_Substring(value, a, b);
     if (item == NULL)
         return -1;

@@ -29,8 +29,7 @@ try:
     from . import _cmessage as _built
 except ImportError:  # installed without a C compiler: the Python core alone
     _built = None
-_compiled: ModuleType | None = _built
-uri.compiled_split = _built.split_values if _built is not None else None
+_compiled: ModuleType | None = None  # the core in use: set by use_core below
 
 
 CORES = ("auto", "compiled", "python")
@@ -62,6 +61,9 @@ def compiled_core() -> ModuleType | None:
 
 def compiled_available() -> bool:
     return _built is not None
+
+
+use_core("auto")
 
 
 # RFC 3261 §7.3.3 and later RFCs (y = Identity, RFC 8224 §7.1).
