@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stirshaken_proxy.store import open_store
+from stirshaken_proxy.store.base import record_row
 from tests.support import Ports, run_cli, signing_config, write_config
 
 BUSINESS = ('business = { legal_name = "Acme Widgets LLC", ein = "12-3456789", '
@@ -109,8 +110,9 @@ def test_report_shows_its_progress_over_the_records(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     store = open_store(path=tmp_path / "inventory.db")
     now = time.time()
-    store.add_records([{"id": f"r{i}", "started": now - 60 - i, "direction": "outbound",
-                        "account": "demo", "orig": "12025550100", "attest": "A"}
+    store.add_records([record_row({"id": f"r{i}", "started": now - 60 - i,
+                                   "direction": "outbound", "account": "demo",
+                                   "orig": "12025550100", "attest": "A"})
                        for i in range(1500)])
     store.close()
     code, out, err = run_cli(["report", "--config", cfg, "--since", "1h", "--format", "json",

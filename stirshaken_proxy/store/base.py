@@ -167,7 +167,10 @@ def records_where(since: float, until: float, account: str | None,
     return sql, args
 
 
-def record_row(record: dict[str, Any]) -> tuple[str, float, str | None, str, str]:
+RecordRow = tuple[str, float, str | None, str, str]  # id, started, account, direction, JSON
+
+
+def record_row(record: dict[str, Any]) -> RecordRow:
     """A call record (as JSON) as the call_records row of either backend."""
     return (record["id"], record["started"], record.get("account"), record["direction"],
             json.dumps(record, separators=(",", ":")))
@@ -216,7 +219,7 @@ class Store(Protocol):
 
     def remove_brand(self, scope: str) -> bool: ...
 
-    def add_records(self, records: list[dict[str, Any]], *, outbox: bool = False,
+    def add_records(self, rows: list[RecordRow], *, outbox: bool = False,
                     outbox_max: int = 0) -> int: ...
 
     def outbox_due(self, now: float, limit: int) -> list[tuple[str, str, int]]: ...

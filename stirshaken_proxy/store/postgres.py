@@ -20,9 +20,9 @@ import psycopg
 
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
 from .base import (
+    RecordRow,
     StoreError,
     VersionedTables,
-    record_row,
     redact_url,
     refuse_overlaps,
     removal,
@@ -226,11 +226,10 @@ class PgStore(VersionedTables):
         return PgHealthRows(self)
 
     # -- call records ---------------------------------------------------------------------
-    def add_records(self, records: list[dict[str, Any]], *, outbox: bool = False,
+    def add_records(self, rows: list[RecordRow], *, outbox: bool = False,
                     outbox_max: int = 0) -> int:
-        if not records:
+        if not rows:
             return 0
-        rows = [record_row(r) for r in records]
         dropped = 0
         with self.db.transaction(), self.db.cursor() as cur:
             cur.executemany(

@@ -11,16 +11,15 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from ..policy.inventory import KEY_SPAN, Inventory, NumberBlock, Packed, pack_rows
 from .base import (
     ImportError_,
     ImportProblem,
+    RecordRow,
     StoreError,
     VersionedTables,
     parse_numbers_csv,
-    record_row,
     refuse_overlaps,
     removal,
 )
@@ -230,14 +229,13 @@ class NumberStore(VersionedTables):
         return HealthRows(self)
 
     # -- call records ---------------------------------------------------------------------
-    def add_records(self, records: list[dict[str, Any]], *, outbox: bool = False,
+    def add_records(self, rows: list[RecordRow], *, outbox: bool = False,
                     outbox_max: int = 0) -> int:
         """Write records (an id seen before is kept as it was: written at least once), and
         queue them for the webhook in the same transaction; past ``outbox_max`` waiting,
         the oldest are dropped (returned: how many)."""
-        if not records:
+        if not rows:
             return 0
-        rows = [record_row(r) for r in records]
         dropped = 0
         self.db.execute("BEGIN IMMEDIATE")
         try:

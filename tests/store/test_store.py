@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stirshaken_proxy.policy.inventory import NumberBlock
-from stirshaken_proxy.store.base import Store
+from stirshaken_proxy.store.base import Store, record_row
 from stirshaken_proxy.store.sqlite import (
     SCHEMA_VERSION,
     ImportError_,
@@ -167,8 +167,10 @@ def test_brands_versioned_apart_from_the_inventory(tmp_path: Path) -> None:
 def check_records_window(store: Store) -> None:
     """Either backend: records in [since, until) of one account or all, counted and streamed
     oldest first."""
-    store.add_records([{"id": f"r{i}", "started": 1000.0 + i, "direction": "outbound",
-                        "account": "acme" if i % 2 else "beta"} for i in range(10)])
+    store.add_records([record_row({"id": f"r{i}", "started": 1000.0 + i,
+                                   "direction": "outbound",
+                                   "account": "acme" if i % 2 else "beta"})
+                       for i in range(10)])
     assert store.count_records(1000.0) == 10
     assert store.count_records(1002.0, 1006.0, account="acme") == 2
     got = store.records(1002.0, 1006.0, account="acme")
