@@ -43,6 +43,24 @@ def transactions(admin: int) -> float:
     return -1.0
 
 
+def gc_pauses(admin: int) -> str:
+    """The garbage collector's pauses so far, by generation: how many, and their total."""
+    with urllib.request.urlopen(f"http://{HOST}:{admin}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = []
+    for generation in ("0", "1", "2"):
+        label = f'generation="{generation}"'
+        values = {line.split("{")[0].rsplit("_", 1)[1]: float(line.rsplit(" ", 1)[1])
+                  for line in text.splitlines()
+                  if line.startswith("stirshaken_gc_pause_seconds_") and label in line
+                  and "_bucket" not in line}
+        count, total = values.get("count", 0.0), values.get("sum", 0.0)
+        mean = total / count * 1e3 if count else 0.0
+        out.append(f"generation {generation}: {count:.0f} pauses, {total:.2f} s"
+                   f" (mean {mean:.0f} ms)")
+    return "; ".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=int, default=300)
@@ -81,12 +99,14 @@ def main() -> None:
                 result = run_uac("uac.xml", ports.dialer, free_port(), work,
                                  calls=args.rate * seconds, rate=args.rate, hold_ms=500,
                                  caller="+12025550142", time_limit=seconds + 120)
+            pauses = gc_pauses(ports.admin)
         finally:
             stop.set()
             sampler.join()
             svc.stop()
         print(f"calls: {result.successful} ok, {result.failed} failed, "  # noqa: T201
               f"{result.retransmissions} retransmissions")
+        print(f"garbage collector: {pauses}")  # noqa: T201
         warm = [s for s in samples if s[0] >= 60]
         if warm:
             rss = [s[1] for s in warm]
