@@ -414,8 +414,7 @@ class Application:
                 any(s.acme for s in ac.signing):
             self.renewer = Renewer(self.config, reload=self._schedule_reload)
             self._renewing = asyncio.get_running_loop().create_task(self.renewer.run())
-        self.gc.start(tc.gc_threshold, freeze_interval=tc.gc_freeze_interval,
-                      full_interval=tc.gc_full_interval)
+        self.gc.start(tc.gc_threshold)
         if self.dispatch is not None and self.worker_index != 0:
             self.dispatch.say_ready()
         tls_ports = [f"{s.name} tls {s.tls_port}" for s in (ec.dialer, ec.carrier) if s.tls_port]

@@ -90,8 +90,6 @@ class TransportConfig:
     tcp_reserved_for_trusted: int = 128
     shutdown_grace: float = 2.0
     gc_threshold: int = 50_000
-    gc_freeze_interval: float = 1.0  # seconds between freezes of what is alive (0: never)
-    gc_full_interval: float = 600.0  # seconds between full collections (when freezing)
     timer_resolution: float = 0.01
     workers: int = 1  # processes sharing the SIP ports, one per core at most
     # SO_RCVBUF/SO_SNDBUF of each UDP listener: what arrives while the loop is busy (a GC
@@ -265,8 +263,6 @@ _TRANSPORT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "tcp_reserved_for_trusted": ((int,), 128),  # of max_tcp_connections: listed sources only
     "shutdown_grace": ((int, float), 2.0),
     "gc_threshold": ((int,), 50_000),
-    "gc_freeze_interval": ((int, float), 1.0),
-    "gc_full_interval": ((int, float), 600.0),
     "timer_resolution": ((int, float), 0.01),
     "workers": ((int, str), 1),
     "udp_buffer": ((int,), 4 << 20),
@@ -699,12 +695,6 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
               "timer_resolution", "udp_buffer")
     if transport["timer_resolution"] > 0.1:
         raise src.error("transport", "timer_resolution", "must be at most 0.1 s (T1 is 0.5 s)")
-    if transport["gc_freeze_interval"] < 0:
-        raise src.error("transport", "gc_freeze_interval",
-                        "must not be negative (0: the collector's own generations only)")
-    if transport["gc_full_interval"] < max(transport["gc_freeze_interval"], 1.0):
-        raise src.error("transport", "gc_full_interval",
-                        "must be at least 1 s and at least gc_freeze_interval")
     if transport["shutdown_grace"] < 0:
         raise src.error("transport", "shutdown_grace", "must not be negative")
     if transport["workers"] == "auto":
