@@ -221,16 +221,31 @@ class ClientTransaction(Transaction):
         self.tu.on_response(self, msg, now, out)
 
 
+_NO_ACK = AckTemplate(b"", b"", 0)  # a finished INVITE client transaction's
+
+
 class ClientInvite(ClientTransaction):
-    """INVITE client transaction, RFC 3261 §17.1.1 (Figure 5) and RFC 6026 §8.4."""
+    """INVITE client transaction, RFC 3261 §17.1.1 (Figure 5) and RFC 6026 §8.4.
+
+    Timer C runs minutes (§16.6 step 11) while nearly every call is answered or refused in
+    seconds, and a cancelled timer's heap entry keeps its transaction alive until it is due.
+    So its entry is armed at most 64*T1 ahead (what Timers B, D and M keep the transaction
+    anyway) and armed again until the real deadline, ``timer_c_at``: a provisional response
+    that resets Timer C moves only that deadline."""
 
     INITIAL = CALLING
 
-    __slots__ = ("ack_template",)
+    __slots__ = ("ack_template", "timer_c_at")
 
     def __init__(self, *, ack_template: AckTemplate, **kw: Any) -> None:
         super().__init__(**kw)
         self.ack_template = ack_template
+        self.timer_c_at = 0.0
+
+    def _release(self) -> None:
+        super()._release()
+        self.ack_template = _NO_ACK
+        self.ack = None
 
     def start(self, now: float, out: Outbox) -> None:
         out.append(Send(self.request, self.peer))
@@ -238,15 +253,29 @@ class ClientInvite(ClientTransaction):
             self._interval = self.config.t1
             self._arm(TIMER_A, self._interval, now)
         self._arm(TIMER_B, 64 * self.config.t1, now)
-        self._arm(TIMER_C, self.config.timer_c, now)
+        self.arm_timer_c(self.config.timer_c, now)
 
     def reset_timer_c(self, now: float, out: Outbox, msg: Any) -> None:
         # §16.7 step 2: only provisional responses 101-199 reset Timer C.
         if msg.status > 100:
-            self._arm(TIMER_C, self.config.timer_c, now)
+            self.arm_timer_c(self.config.timer_c, now)
 
     def arm_timer_c(self, delay: float, now: float) -> None:
-        self._arm(TIMER_C, delay, now)
+        self.timer_c_at = when = now + delay
+        step = self.deadlines.get(TIMER_C)
+        if step is None or step > when:  # else the armed step comes first and moves on
+            self._arm_step(now)
+
+    def _arm_step(self, now: float) -> None:
+        when = min(self.timer_c_at, now + 64 * self.config.t1)
+        self.deadlines[TIMER_C] = when
+        self.tu.timers.push(when, self, TIMER_C)
+
+    def timer_fired(self, timer: str, now: float, out: Outbox) -> None:
+        if timer == TIMER_C and now < self.timer_c_at:
+            self._arm_step(now)  # a step on the way to Timer C's deadline
+            return
+        self.fire(TIMER_EVENTS[timer], now, out)
 
     def report_timer_c(self, now: float, out: Outbox, _: Any) -> None:
         self.tu.on_timer_c(self, now, out)

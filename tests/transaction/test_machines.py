@@ -3,6 +3,7 @@ is checked at the exact instant it must fire."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from stirshaken_proxy.transaction import (
     Transaction,
     timer_heap,
 )
-from stirshaken_proxy.transaction.machine import ClientTransaction
+from stirshaken_proxy.transaction.machine import TIMER_C, ClientTransaction
 
 UDP = Peer(Side.CARRIER, Transport.UDP, "127.0.0.1", 5080)
 TCP = Peer(Side.CARRIER, Transport.TCP, "127.0.0.1", 5080)
@@ -176,6 +177,45 @@ def test_timer_c_fires_and_resets_on_provisional() -> None:
     assert tu.timer_c == []
     tu.advance(14.0, [])
     assert tu.timer_c == [14.0]
+
+
+def test_timer_c_of_minutes_is_reached_in_steps_and_resets() -> None:
+    """The default 180 s: its heap entry is never more than 64*T1 ahead, the steps on the
+    way report nothing, and each provisional response moves the deadline."""
+    tu = TU()
+    txn = client_invite(tu)
+    txn.start(0.0, [])
+    txn.receive_response(response(180), 1.0, [])  # Timer C: 181 s
+    now = 1.0
+    while now < 100.0:
+        when = tu.timers.next_deadline()
+        assert when is not None and when - now <= 32.0
+        now = when
+        tu.advance(now, [])
+    txn.receive_response(response(183), 100.0, [])  # Timer C: 280 s
+    tu.advance(279.9, [])
+    assert tu.timer_c == []
+    assert txn.deadlines[TIMER_C] - 279.9 <= 32.0
+    tu.advance(280.0, [])
+    assert tu.timer_c == [280.0]
+
+
+def test_an_answered_invite_leaves_the_timer_heap_with_its_timer_m() -> None:
+    """A cancelled timer's entry keeps its transaction until it is due: after a 2xx, nothing
+    of the transaction may stay in the heap much past Timer M (not Timer C's 3 minutes)."""
+    tu = TU()
+    txn = client_invite(tu)
+    txn.start(0.0, [])
+    txn.receive_response(response(180), 0.5, [])
+    txn.receive_response(response(200), 1.0, [])
+    tu.advance(33.0, [])
+    assert txn.state is State.TERMINATED
+    assert txn.ack_template.head == b"" and txn.request == b""  # what it keeps is small
+    tu.advance(64.5, [])
+    assert len(tu.timers) == 0
+    assert tu.terminated == [txn]
+    tu.terminated.clear()
+    assert sys.getrefcount(txn) == 2  # this name and getrefcount's argument: nothing else
 
 
 # -- non-INVITE client (§17.1.2) ------------------------------------------------------------
