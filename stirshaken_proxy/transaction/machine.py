@@ -168,7 +168,7 @@ class Transaction:
 
     def _release(self) -> None:
         """Drop what a finished transaction no longer needs: stale timer entries keep the
-        object itself alive until their deadline (Timer C: 3 minutes), so it must be small."""
+        object itself alive until their deadline (up to 64*T1), so it must be small."""
         self.context = None
 
     def timer_fired(self, timer: str, now: float, out: Outbox) -> None:
@@ -184,7 +184,9 @@ class Transaction:
 
     # -- helpers shared by the actions --------------------------------------------------
     def _arm(self, timer: str, delay: float, now: float) -> None:
-        when = now + delay
+        self._arm_at(timer, now + delay)
+
+    def _arm_at(self, timer: str, when: float) -> None:
         self.deadlines[timer] = when
         self.tu.timers.push(when, self, timer)
 
@@ -267,15 +269,14 @@ class ClientInvite(ClientTransaction):
             self._arm_step(now)
 
     def _arm_step(self, now: float) -> None:
-        when = min(self.timer_c_at, now + 64 * self.config.t1)
-        self.deadlines[TIMER_C] = when
-        self.tu.timers.push(when, self, TIMER_C)
+        # At the deadline itself, not now + remainder: the last step fires at timer_c_at.
+        self._arm_at(TIMER_C, min(self.timer_c_at, now + 64 * self.config.t1))
 
     def timer_fired(self, timer: str, now: float, out: Outbox) -> None:
         if timer == TIMER_C and now < self.timer_c_at:
             self._arm_step(now)  # a step on the way to Timer C's deadline
             return
-        self.fire(TIMER_EVENTS[timer], now, out)
+        super().timer_fired(timer, now, out)
 
     def report_timer_c(self, now: float, out: Outbox, _: Any) -> None:
         self.tu.on_timer_c(self, now, out)
