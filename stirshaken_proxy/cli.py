@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -177,6 +179,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         _err(str(exc))
         return EXIT_DATA
+    except OSError as exc:
+        refused = _bind_refused(exc)
+        if refused is None:
+            raise
+        _err(f"cannot listen: {refused}")
+        return EXIT_FAILED
+
+
+def _bind_refused(exc: OSError) -> str | None:
+    """What a listener's failed bind says, with the reason (uvloop's UDP bind keeps the
+    errno on its cause); None when the error is not a bind's."""
+    cause = exc.__cause__
+    code = exc.errno if exc.errno is not None else (
+        cause.errno if isinstance(cause, OSError) else None)
+    if code not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        return None
+    text = str(exc) if exc.errno is not None else f"{exc}: {os.strerror(code)}"
+    if code == errno.EADDRINUSE:
+        text += " (is another instance running?)"
+    return text
 
 
 def _created(config: Config) -> None:
