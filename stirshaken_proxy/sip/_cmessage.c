@@ -1,5 +1,6 @@
 /* The compiled core: the per-message work of sip/message.py (indexing the header lines,
- * Via values, splitting header values) and the transaction timers' heap.
+ * Via values, splitting header values, serialising an edited message) and the transaction
+ * timers' heap.
  *
  * The Python implementation in message.py is the reference; this module gives the same
  * results (tests/sip/test_cores.py runs both on RFC 4475, the suite's messages and
@@ -813,6 +814,188 @@ static PyObject *split_values(PyObject *module, PyObject *const *args, Py_ssize_
     return out;
 }
 
+/* -- assemble: SipMessage.serialize ------------------------------------------------------ */
+
+PyDoc_STRVAR(assemble_doc,
+"assemble(raw, start_line, line_end, prepend, edits, headers, head_end, append,\n"
+"         has_content_length, body_start, body_end) -> bytes\n\n"
+"SipMessage.serialize's bytes from its fields: the start line (``start_line``, or\n"
+"raw[:line_end]), the prepended lines last-first, the header section raw[line_end:head_end]\n"
+"with each edited line (``edits``: header index -> replacement bytes, or None to remove it)\n"
+"in place of headers[i]'s raw[start:end], the appended lines, a Content-Length line if the\n"
+"message has none, the empty line, and the body raw[body_start:body_end]. Offsets are\n"
+"clamped as Python's slices clamp them.");
+
+/* A piece of the output: a pointer into a bytes object and a length. */
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} Piece;
+
+typedef struct {
+    Piece *items;
+    Py_ssize_t len, cap, total;
+    Piece small[32];
+} Pieces;
+
+static int pieces_add(Pieces *ps, const char *p, Py_ssize_t n) {
+    if (n <= 0)
+        return 0;
+    if (ps->len == ps->cap) {
+        Py_ssize_t cap = ps->cap * 2;
+        Piece *items = PyMem_Malloc((size_t)cap * sizeof(Piece));
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(items, ps->items, (size_t)ps->len * sizeof(Piece));
+        if (ps->items != ps->small)
+            PyMem_Free(ps->items);
+        ps->items = items;
+        ps->cap = cap;
+    }
+    ps->items[ps->len].p = p;
+    ps->items[ps->len].n = n;
+    ps->len++;
+    if (ps->total > PY_SSIZE_T_MAX - n) {
+        PyErr_SetString(PyExc_OverflowError, "message too large");
+        return -1;
+    }
+    ps->total += n;
+    return 0;
+}
+
+/* raw[a:b] as Python slices it (a, b >= 0). */
+static int pieces_slice(Pieces *ps, const char *raw, Py_ssize_t size, Py_ssize_t a,
+                        Py_ssize_t b) {
+    if (a > size)
+        a = size;
+    if (b > size)
+        b = size;
+    return b > a ? pieces_add(ps, raw + a, b - a) : 0;
+}
+
+static int pieces_bytes(Pieces *ps, PyObject *item) {
+    if (!PyBytes_Check(item)) {
+        PyErr_SetString(PyExc_TypeError, "header lines must be bytes");
+        return -1;
+    }
+    return pieces_add(ps, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item));
+}
+
+/* headers[i]'s (start, end): a compiled Header's fields, else the attributes. */
+static int header_span(PyObject *headers, Py_ssize_t i, Py_ssize_t *start, Py_ssize_t *end) {
+    if (i < 0 || i >= PyList_GET_SIZE(headers)) {
+        PyErr_SetString(PyExc_IndexError, "edited header index out of range");
+        return -1;
+    }
+    PyObject *h = PyList_GET_ITEM(headers, i);
+    if (Py_IS_TYPE(h, &HeaderType)) {
+        *start = ((Header *)h)->start;
+        *end = ((Header *)h)->end;
+        return 0;
+    }
+    PyObject *s = PyObject_GetAttrString(h, "start");
+    PyObject *e = s != NULL ? PyObject_GetAttrString(h, "end") : NULL;
+    if (e != NULL) {
+        *start = PyLong_AsSsize_t(s);
+        *end = PyLong_AsSsize_t(e);
+    }
+    Py_XDECREF(s);
+    Py_XDECREF(e);
+    return e == NULL || PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *assemble(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11 || !PyBytes_Check(args[0]) || !PyList_Check(args[3]) ||
+        !PyDict_Check(args[4]) || !PyList_Check(args[5]) || !PyList_Check(args[7])) {
+        PyErr_SetString(PyExc_TypeError, "assemble: bad arguments");
+        return NULL;
+    }
+    PyObject *raw = args[0], *start_line = args[1], *prepend = args[3], *edits = args[4],
+             *headers = args[5], *append = args[7];
+    Py_ssize_t line_end = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t head_end = PyLong_AsSsize_t(args[6]);
+    int has_cl = PyObject_IsTrue(args[8]);
+    Py_ssize_t body_start = PyLong_AsSsize_t(args[9]);
+    Py_ssize_t body_end = PyLong_AsSsize_t(args[10]);
+    if (PyErr_Occurred() || has_cl < 0)
+        return NULL;
+    if (line_end < 0 || head_end < 0 || body_start < 0 || body_end < 0) {
+        PyErr_SetString(PyExc_ValueError, "assemble: negative offset");
+        return NULL;
+    }
+    const char *p = PyBytes_AS_STRING(raw);
+    Py_ssize_t size = PyBytes_GET_SIZE(raw);
+    Pieces ps = {.len = 0, .cap = 32, .total = 0};
+    ps.items = ps.small;
+    PyObject *keys = NULL, *result = NULL;
+    char cl_line[64];
+
+    if (start_line == Py_None) {
+        if (pieces_slice(&ps, p, size, 0, line_end) < 0)
+            goto done;
+    } else if (pieces_bytes(&ps, start_line) < 0) {
+        goto done;
+    }
+    for (Py_ssize_t i = PyList_GET_SIZE(prepend) - 1; i >= 0; i--)
+        if (pieces_bytes(&ps, PyList_GET_ITEM(prepend, i)) < 0)
+            goto done;
+    Py_ssize_t pos = line_end;
+    if (PyDict_GET_SIZE(edits) > 0) {
+        keys = PyDict_Keys(edits);
+        if (keys == NULL || PyList_Sort(keys) < 0)
+            goto done;
+        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(keys); k++) {
+            PyObject *key = PyList_GET_ITEM(keys, k);
+            Py_ssize_t i = PyLong_AsSsize_t(key), start, end;
+            if ((i == -1 && PyErr_Occurred()) || header_span(headers, i, &start, &end) < 0)
+                goto done;
+            if (start < 0 || end < 0) {
+                PyErr_SetString(PyExc_ValueError, "assemble: negative offset");
+                goto done;
+            }
+            if (pieces_slice(&ps, p, size, pos, start) < 0)
+                goto done;
+            PyObject *edit = PyDict_GetItemWithError(edits, key);
+            if (edit == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_KeyError, "edit vanished");
+                goto done;
+            }
+            if (edit != Py_None && pieces_bytes(&ps, edit) < 0)
+                goto done;
+            pos = end;
+        }
+    }
+    if (pieces_slice(&ps, p, size, pos, head_end) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(append); i++)
+        if (pieces_bytes(&ps, PyList_GET_ITEM(append, i)) < 0)
+            goto done;
+    if (!has_cl) {
+        int n = snprintf(cl_line, sizeof cl_line, "Content-Length: %zd\r\n",
+                         body_end - body_start);
+        if (pieces_add(&ps, cl_line, n) < 0)
+            goto done;
+    }
+    if (pieces_add(&ps, "\r\n", 2) < 0 || pieces_slice(&ps, p, size, body_start, body_end) < 0)
+        goto done;
+    result = PyBytes_FromStringAndSize(NULL, ps.total);
+    if (result == NULL)
+        goto done;
+    char *w = PyBytes_AS_STRING(result);
+    for (Py_ssize_t i = 0; i < ps.len; i++) {
+        memcpy(w, ps.items[i].p, (size_t)ps.items[i].n);
+        w += ps.items[i].n;
+    }
+done:
+    Py_XDECREF(keys);
+    if (ps.items != ps.small)
+        PyMem_Free(ps.items);
+    return result;
+}
+
 /* -- TimerHeap: transaction timers (transaction/timers.py's TimerHeap is the reference) --
  *
  * A binary heap of (when, seq, transaction, timer) kept in one C array: no tuple per
@@ -1080,6 +1263,7 @@ static PyMethodDef methods[] = {
     {"via_fields", (PyCFunction)via_fields, METH_O, via_fields_doc},
     {"split_values", (PyCFunction)(void (*)(void))split_values, METH_FASTCALL,
      split_values_doc},
+    {"assemble", (PyCFunction)(void (*)(void))assemble, METH_FASTCALL, assemble_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -288,6 +288,11 @@ class SipMessage:
         self._start_line = line
 
     def serialize(self) -> bytes:
+        if _compiled is not None:
+            return _compiled.assemble(  # type: ignore[no-any-return]
+                self.raw, self._start_line, self.line_end, self._prepend, self._edits,
+                self.headers, self.head_end, self._append, "content-length" in self.index,
+                self.body_start, self.body_end)
         raw = self.raw
         parts: list[bytes] = [
             self._start_line if self._start_line is not None else raw[: self.line_end]

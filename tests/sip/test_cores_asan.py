@@ -42,6 +42,25 @@ for _ in range(int(sys.argv[2])):
         at = rnd.randint(0, len(data))
         data[at:at + rnd.randint(0, 6)] = bytes(rnd.randrange(256) for _ in range(rnd.randint(0, 6)))
     same_on_both(bytes(data))
+    try:  # the proxy's edits, serialised by assemble against the reference
+        edited = message.parse_message(bytes(data))
+    except message.SipError:
+        edited = None
+    if edited is not None:
+        for _ in range(rnd.randint(0, 4)):
+            i, roll = rnd.randrange(len(edited.headers)), rnd.random()
+            if roll < 0.3:
+                edited.replace_header(i, b"X: y\\r\\n")
+            elif roll < 0.6:
+                edited.remove_header(i)
+            elif roll < 0.8:
+                edited.prepend_header(b"Via: SIP/2.0/UDP p;branch=z9hG4bKq\\r\\n")
+            else:
+                edited.append_header(b"Max-Forwards: 9\\r\\n")
+        message.use_core("python")
+        reference = edited.serialize()
+        message.use_core("auto")
+        assert edited.serialize() == reference, bytes(data)
     text = rnd.choice(["SIP/2.0/UDP h", "SIP/2.0/TCP [::1]", "SIP/2.0/UDP h:5060;branch="]) \\
         + bytes(data[:40]).decode("latin-1")
     results = []
