@@ -46,9 +46,9 @@ from tests.support import (
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def session_cpu(sid: int) -> float:
-    """CPU seconds (user + system) of every process in session ``sid``."""
-    total = 0
+def session_cpu(sid: int) -> tuple[float, float]:
+    """CPU seconds (user, system) of every process in session ``sid``."""
+    user = system = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -57,8 +57,9 @@ def session_cpu(sid: int) -> float:
         except OSError:
             continue
         if int(fields[3]) == sid:  # field 6 of stat: the session id
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 @dataclass
@@ -168,7 +169,9 @@ def run_step(proxy: Proxy, work: Path, rate: int, seconds: int, hold_ms: int,
         result = run_uac("uac.xml", proxy.listen_port, free_port(), work, calls=calls, rate=rate,
                          hold_ms=hold_ms, caller="12025550142", time_limit=seconds * 3 + 30,
                          extra=("-l", str(rate * (hold_ms // 1000 + 3))))
-        used = session_cpu(os.getsid(proxy.proc.pid)) - before
+        after = session_cpu(os.getsid(proxy.proc.pid))
+    user, system = after[0] - before[0], after[1] - before[1]
+    calls_ok = max(1, result.successful)
     if dump is not None:
         dump.send_signal(signal.SIGINT)
         dump.wait(10)
@@ -177,7 +180,9 @@ def run_step(proxy: Proxy, work: Path, rate: int, seconds: int, hold_ms: int,
     pcap.unlink(missing_ok=True)
     return {"rate": rate, "ok": result.successful, "failed": result.failed,
             "retrans": result.retransmissions,
-            "cpu_us_per_call": used / max(1, result.successful) * 1e6,
+            "cpu_us_per_call": (user + system) / calls_ok * 1e6,
+            "user_us_per_call": user / calls_ok * 1e6,
+            "system_us_per_call": system / calls_ok * 1e6,
             "p50_us": percentile(lat, 0.5) * 1e6, "p99_us": percentile(lat, 0.99) * 1e6,
             "samples": len(lat)}
 
@@ -239,7 +244,9 @@ def main() -> None:
                     results.setdefault(proxy.name, []).append(row)
                     print(f"{proxy.name:20s} {rate:6d} cps  {row['ok']:7.0f} ok "  # noqa: T201
                           f"{row['failed']:5.0f} failed {row['retrans']:6.0f} retrans  "
-                          f"{row['cpu_us_per_call']:7.1f} µs CPU/call  INVITE +"
+                          f"{row['cpu_us_per_call']:7.1f} µs CPU/call "
+                          f"({row['user_us_per_call']:.0f} user {row['system_us_per_call']:.0f}"
+                          " system)  INVITE +"
                           f"{row['p50_us']:7.0f} µs p50 {row['p99_us']:8.0f} µs p99",
                           flush=True)
                     if row["failed"] or row["retrans"] or row["ok"] < rate * args.seconds:

@@ -97,9 +97,11 @@ class EngineShell:
             self.tcp[(side, transport)] = made
             return made
 
+        # One worker has no one to hand a message to: its datagrams go straight in.
+        sink = self.feed if self.worker is not None else self.process
         for side, host, port in endpoints:
             _, proto = await loop.create_datagram_endpoint(
-                lambda side=side: UdpEndpoint(side, self.feed, self.counters),  # type: ignore[misc]
+                lambda side=side: UdpEndpoint(side, sink, self.counters),  # type: ignore[misc]
                 local_addr=(host, port), reuse_port=shared)
             if udp_buffer and proto.transport is not None:
                 _size_buffers(proto.transport.get_extra_info("socket"), udp_buffer, side)
@@ -249,6 +251,9 @@ class EngineShell:
         deadline = engine.next_deadline() if exact else engine.earliest_deadline()
         if deadline is None:
             return
+        timer_at = self._timer_at
+        if timer_at is not None and deadline >= timer_at:
+            return  # the wake-up armed comes first (the rounding below only delays this one)
         # One wake-up serves every timer due within timer_resolution (RFC 3261 timers are
         # hundreds of milliseconds and up): far fewer loop callbacks under load.
         resolution = self.timer_resolution

@@ -23,18 +23,29 @@ Sink = Callable[[bytes, Peer], None]
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
+    PEERS_LIMIT = 4096  # source addresses whose Peer is kept (a dialer's trunks, next hops)
+
     def __init__(self, side: Side, sink: Sink, counters: Counter[str]) -> None:
         self.side = side
         self.sink = sink
         self.counters = counters
         self.transport: asyncio.DatagramTransport | None = None
+        # A Peer (a NamedTuple: ~10x a dict lookup to make) per source address, made once:
+        # a call's datagrams come from a handful of addresses.
+        self._peers: dict[tuple[Any, ...], Peer] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport is not a subclass of asyncio.DatagramTransport.
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.sink(data, Peer(self.side, Transport.UDP, addr[0], addr[1]))
+        peer = self._peers.get(addr)
+        if peer is None:
+            peers = self._peers
+            if len(peers) >= self.PEERS_LIMIT:
+                peers.clear()
+            peer = peers[addr] = Peer(self.side, Transport.UDP, addr[0], addr[1])
+        self.sink(data, peer)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable and the like: UDP is best effort, retransmission timers cover it.
