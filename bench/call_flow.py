@@ -3,6 +3,9 @@ INVITE (signed A), 180, 200, ACK, BYE, 200 — the messages bench.compare sends 
 without the sockets. µs of engine time per call, per core, best of several rounds:
 
     .venv/bin/python -m bench.call_flow [--calls 2000] [--core auto|python|compiled|both]
+                                        [--split]
+
+``--split`` prints the µs of each message of the call (INVITE, 180, 200, ACK, BYE, its 200).
 
 ``--profile`` prints cProfile's top functions instead. For instruction counts (repeatable on
 a busy machine) run it under ``valgrind --tool=callgrind`` twice, with --calls N and 2N, and
@@ -22,7 +25,7 @@ from bench.inprocess import INVITE, signing_engine
 from stirshaken_proxy.engine.proxy import ProxyEngine
 from stirshaken_proxy.sip import message
 from stirshaken_proxy.sip.message import parse_message
-from stirshaken_proxy.sip.transport import Peer, Side, Transport
+from stirshaken_proxy.sip.transport import Peer, Send, Side, Transport
 
 UAC = Peer(Side.DIALER, Transport.UDP, "127.0.0.1", 5070)
 UAS = Peer(Side.CARRIER, Transport.UDP, "127.0.0.1", 5080)
@@ -51,33 +54,42 @@ def _in_dialog(method: bytes, cseq: int, branch: bytes, call: int) -> bytes:
             % (method, branch, call, call, cseq, method))
 
 
-def calls(e: ProxyEngine, n: int, first: int = 0) -> float:
-    """Place ``n`` calls (numbered from ``first``); the engine's seconds for them."""
-    spent = 0.0
+STEPS = ("INVITE", "180", "200", "ACK", "BYE", "200 (BYE)")
+
+
+def calls(e: ProxyEngine, n: int, first: int = 0, split: dict[str, float] | None = None
+          ) -> float:
+    """Place ``n`` calls (numbered from ``first``); the engine's seconds for them (and, into
+    ``split``, the seconds for each message of STEPS)."""
+    spent = dict.fromkeys(STEPS, 0.0)
     now = 1_790_000_000.0
+    clock = time.perf_counter
+
+    def receive(step: str, data: bytes, peer: Peer) -> bytes:
+        t0 = clock()
+        out = e.receive(data, peer, now)
+        spent[step] += clock() - t0
+        last = out[-1] if out else None
+        return last.data if isinstance(last, Send) else b""
+
     for i in range(first, first + n):
         invite = (INVITE.replace(b"-3131-1-0", b"-3131-%d-0" % i)
                   .replace(b"1-3131@", b"%d-3131@" % i)
                   .replace(b"Tag001", b"Tag00%d" % i))
-        t0 = time.perf_counter()
-        out = e.receive(invite, UAC, now)
-        spent += time.perf_counter() - t0
-        fwd = out[-1].data
+        fwd = receive("INVITE", invite, UAC)
         ringing, ok = _answer(fwd, 180, b"Ringing"), _answer(fwd, 200, b"OK")
         ack = _in_dialog(b"ACK", 1, b"z9hG4bK-ack-%d" % i, i)
         bye = _in_dialog(b"BYE", 2, b"z9hG4bK-bye-%d" % i, i)
-        t0 = time.perf_counter()
-        e.receive(ringing, UAS, now)
-        e.receive(ok, UAS, now)
-        e.receive(ack, UAC, now)
-        fwd_bye = e.receive(bye, UAC, now)[-1].data
-        spent += time.perf_counter() - t0
-        bye_ok = _answer(fwd_bye, 200, b"OK")
-        t0 = time.perf_counter()
-        e.receive(bye_ok, UAS, now)
-        spent += time.perf_counter() - t0
+        receive("180", ringing, UAS)
+        receive("200", ok, UAS)
+        receive("ACK", ack, UAC)
+        fwd_bye = receive("BYE", bye, UAC)
+        receive("200 (BYE)", _answer(fwd_bye, 200, b"OK"), UAS)
         now += 0.001
-    return spent
+    if split is not None:
+        for step, seconds in spent.items():
+            split[step] = split.get(step, 0.0) + seconds
+    return sum(spent.values())
 
 
 def best_per_call(core: str, n: int, rounds: int = 5) -> float:
@@ -96,7 +108,21 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--core", default="both", choices=("auto", "python", "compiled", "both"))
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--split", action="store_true",
+                    help="also print µs per message of the call, for the core chosen")
     args = ap.parse_args()
+    if args.split:
+        message.use_core("auto" if args.core == "both" else args.core)
+        e = signing_engine(Path(tempfile.mkdtemp()))
+        calls(e, 50, first=10**6)
+        gc.collect()
+        split: dict[str, float] = {}
+        calls(e, args.calls, split=split)
+        for step, seconds in split.items():
+            sys.stdout.write(f"{step:10} {seconds / args.calls * 1e6:7.1f} µs\n")
+        sys.stdout.write(f"{'call':10} {sum(split.values()) / args.calls * 1e6:7.1f} µs "
+                         f"({message.core_in_use()} core)\n")
+        return
     if args.profile:
         import cProfile
         import pstats
