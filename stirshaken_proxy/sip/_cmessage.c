@@ -479,6 +479,31 @@ static int all_digits(PyObject *text) {
     return 1;
 }
 
+/* Whether the cache holds a From/To value without its final ";tag=TOKEN" (message.untagged:
+ * no other "tag" before it). 0 when it does not, or the value has no such tag. */
+static int untagged_known(PyObject *value, PyObject *known) {
+    if (PyUnicode_KIND(value) != PyUnicode_1BYTE_KIND)
+        return 0;
+    const unsigned char *v = PyUnicode_1BYTE_DATA(value);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value), at = -1;
+    for (Py_ssize_t i = n - 5; i >= 0; i--)
+        if (memcmp(v + i, ";tag=", 5) == 0) {
+            at = i;
+            break;
+        }
+    if (at < 0 || !is_token(v + at + 5, n - at - 5))
+        return 0;
+    for (Py_ssize_t i = 0; i + 3 <= at; i++)
+        if ((v[i] | 0x20) == 't' && (v[i + 1] | 0x20) == 'a' && (v[i + 2] | 0x20) == 'g')
+            return 0;
+    PyObject *head = PyUnicode_Substring(value, 0, at);
+    if (head == NULL)
+        return -1;
+    int r = PySet_Contains(known, head);
+    Py_DECREF(head);
+    return r;
+}
+
 /* Whether every From, To and Contact value is one the cache already found well-formed. */
 static int addresses_known(PyObject *headers, PyObject *index, PyObject *known) {
     PyObject *names[3] = {n_from, n_to, n_contact};
@@ -496,7 +521,10 @@ static int addresses_known(PyObject *headers, PyObject *index, PyObject *known) 
             PyObject *h = PyList_GET_ITEM(headers, at);
             if (Py_TYPE(h) != &HeaderType)
                 return 0;
-            int r = PySet_Contains(known, ((Header *)h)->value);
+            PyObject *value = ((Header *)h)->value;
+            int r = PySet_Contains(known, value);
+            if (r == 0 && k < 2)
+                r = untagged_known(value, known);
             if (r != 1)
                 return r;
         }

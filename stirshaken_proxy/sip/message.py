@@ -320,10 +320,23 @@ class SipMessage:
         return b"".join(parts)
 
 
+def untagged(value: str) -> str | None:
+    """A From/To value without its final ``;tag=TOKEN``, or None when it ends in no such tag
+    or names a tag before it. Every call from a dialer shares this part: a tag is a token,
+    so adding one to a well-formed value (or taking it off) leaves it well-formed."""
+    at = value.rfind(";tag=")
+    if at < 0 or not is_token(value[at + 5 :]):
+        return None
+    head = value[:at]
+    return head if "tag" not in head.lower() else None
+
+
 class ParseCache:
     """What a parser may remember between messages, both bounded: header names as written ->
     canonical names, and From, To and Contact values already found well-formed (every message
-    of a dialog repeats them, so each is checked once; only values of everyday length)."""
+    of a dialog repeats them, so each is checked once; only values of everyday length). From
+    and To are remembered without their tag (``untagged``): a dialer's calls differ only
+    there. Only single values are remembered (a list of Contacts, or '*', is no From)."""
 
     __slots__ = ("addresses", "names")
     NAMES_LIMIT = 4096
@@ -354,18 +367,23 @@ class ParseCache:
         known = self.addresses
         for name in ("from", "to"):
             value = msg.headers[msg.index[name][0]].value
-            if value not in known:
-                if len(split_values(value)) > 1:
-                    raise SipError(400, f"more than one {name}")
-                valid_name_addr(value)
-                self.remember_valid(value)
+            if value in known:
+                continue
+            head = untagged(value)
+            if head is not None and head in known:
+                continue
+            if len(split_values(value)) > 1:
+                raise SipError(400, f"more than one {name}")
+            valid_name_addr(value)
+            self.remember_valid(head if head is not None else value)
         for i in msg.index.get("contact", ()):
             value = msg.headers[i].value
             if value not in known:
                 for v in (value,) if "," not in value else split_values(value):
                     if v != "*":
                         valid_name_addr(v)
-                self.remember_valid(value)
+                if "," not in value and value != "*":
+                    self.remember_valid(value)
 
     def remember_valid(self, value: str) -> None:
         if len(value) > self.MAX_ADDRESS_LENGTH:

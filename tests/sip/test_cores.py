@@ -367,3 +367,38 @@ def test_assemble_refuses_what_serialise_never_passes() -> None:
         wrong[at] = bad
         with pytest.raises(error):
             _cmessage.assemble(*wrong)
+
+
+_ADDRESS_VALUES = st.sampled_from([
+    "<sip:a@b>", "*", "<sip:a@b>, <sip:c@d>", '"S" <sip:a@b>', "sip:a@b", "<sip:a@b",
+    "<sip:a@b>;tag=1;=x", "<sip:a@b>;=x", "<sip:a@b>;TAG=1"]) | st.sampled_from(
+    _ADDRESSES[0] + _ADDRESSES[1]) | _TEXT
+_TAGS = st.sampled_from(["", ";tag=1", ";tag=zz.9", ";tag=a b", ";tag=", ";tag=\xe9"])
+
+
+@st.composite
+def _dialog_values(draw: st.DrawFn) -> list[tuple[str, str, str, str, str]]:
+    """Messages whose From, To and Contact come from a pool of three values, so that one
+    message's Contact is often another's From."""
+    pool = draw(st.lists(_ADDRESS_VALUES, min_size=3, max_size=3))
+    value = st.sampled_from(pool)
+    return draw(st.lists(st.tuples(value, _TAGS, value, _TAGS, value), min_size=1, max_size=6))
+
+
+@FUZZ
+@given(_dialog_values())
+def test_a_long_lived_cache_never_changes_an_answer(
+        messages: list[tuple[str, str, str, str, str]]) -> None:
+    """The From/To/Contact values a cache remembers (From and To without their tags) never
+    let through a message that a fresh parse refuses, nor the other way round, on either
+    core."""
+    cores = ["python", "compiled"] if message.compiled_available() else ["python"]
+    caches = {core: ParseCache() for core in cores}
+    for from_, from_tag, to, to_tag, contact in messages:
+        data = (f"OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+                f"From: {from_}{from_tag}\r\nTo: {to}{to_tag}\r\nCall-ID: c\r\n"
+                f"CSeq: 1 OPTIONS\r\nContact: {contact}\r\nContent-Length: 0\r\n\r\n"
+                ).encode("latin-1", "replace")
+        fresh = outcome(data, "python", ParseCache())
+        for core in cores:
+            assert outcome(data, core, caches[core]) == fresh, (core, data)
