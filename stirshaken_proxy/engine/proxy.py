@@ -161,7 +161,7 @@ class _Context:
         self.timer_c_fired = False
         self.final_seen = False
         self.via_line = b""
-        self.route_lines: tuple[bytes, ...] = ()
+        self.route_lines = b""  # the Route lines as forwarded
         self.ruri = b""
         self.to_line = b""
         self.ack: AckTemplate | None = None
@@ -613,12 +613,11 @@ class ProxyEngine:
             ctx.ruri = msg.uri.encode("latin-1")
             ctx.via_line = via
             # CANCEL and the ACK of a non-2xx carry the Route lines as forwarded (§9.1).
-            ctx.route_lines = tuple(msg.current_lines("route"))
-            ctx.to_line = b"".join(msg.current_lines("to"))
+            ctx.route_lines = msg.joined("route", current=True)
+            ctx.to_line = msg.joined("to", current=True)
             ctx.ack = AckTemplate(
-                head=b"ACK " + ctx.ruri + b" SIP/2.0\r\n" + via + b"".join(ctx.route_lines),
-                from_call_id=b"".join(msg.current_lines("from"))
-                + b"".join(msg.raw_lines("call-id")),
+                head=b"ACK " + ctx.ruri + b" SIP/2.0\r\n" + via + ctx.route_lines,
+                from_call_id=msg.joined("from", current=True) + msg.joined("call-id"),
                 cseq=msg.cseq)
             client: ClientTransaction = ClientInvite(
                 key=key, peer=dest, tu=self, config=self.config.timers, request=data,
@@ -667,7 +666,7 @@ class ProxyEngine:
             return
         ctx.cancelled = True
         data = b"".join((
-            b"CANCEL ", ctx.ruri, b" SIP/2.0\r\n", ctx.via_line, *ctx.route_lines,
+            b"CANCEL ", ctx.ruri, b" SIP/2.0\r\n", ctx.via_line, ctx.route_lines,
             ctx.ack.from_call_id, ctx.to_line,
             b"CSeq: %d CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n" % ctx.ack.cseq,
         ))

@@ -1,5 +1,6 @@
 /* The compiled core: the per-message work of sip/message.py (indexing the header lines,
- * Via values, splitting header values, serialising an edited message) and the transaction
+ * Via values, splitting header values, serialising an edited message, joining a header's
+ * lines) and the transaction
  * timers' heap.
  *
  * The Python implementation in message.py is the reference; this module gives the same
@@ -1024,6 +1025,70 @@ done:
     return result;
 }
 
+/* -- joined_lines: SipMessage.joined ----------------------------------------------------- */
+
+PyDoc_STRVAR(joined_lines_doc,
+"joined_lines(raw, headers, positions, edits) -> bytes\n\n"
+"SipMessage.joined's bytes: the lines raw[start:end] of headers[i] for each i of\n"
+"``positions`` (None: no line), each replaced by edits[i] when ``edits`` has it (None there:\n"
+"the line is left out), one after another.");
+
+static PyObject *joined_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyList_Check(args[1]) ||
+        (args[2] != Py_None && !PyList_Check(args[2])) || !PyDict_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "joined_lines: bad arguments");
+        return NULL;
+    }
+    PyObject *raw = args[0], *headers = args[1], *positions = args[2], *edits = args[3];
+    if (positions == Py_None)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    const char *p = PyBytes_AS_STRING(raw);
+    Py_ssize_t size = PyBytes_GET_SIZE(raw);
+    Pieces ps = {.len = 0, .cap = 32, .total = 0};
+    ps.items = ps.small;
+    PyObject *result = NULL;
+    int edited = PyDict_GET_SIZE(edits) > 0;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(positions); k++) {
+        PyObject *key = PyList_GET_ITEM(positions, k);
+        if (edited) {
+            PyObject *edit = PyDict_GetItemWithError(edits, key);
+            if (edit != NULL) {
+                if (edit != Py_None && pieces_bytes(&ps, edit) < 0)
+                    goto done;
+                continue;
+            }
+            if (PyErr_Occurred())
+                goto done;
+        }
+        Py_ssize_t i = PyLong_AsSsize_t(key), start, end;
+        if ((i == -1 && PyErr_Occurred()) || header_span(headers, i, &start, &end) < 0)
+            goto done;
+        if (start < 0 || end < 0) {
+            PyErr_SetString(PyExc_ValueError, "joined_lines: negative offset");
+            goto done;
+        }
+        if (pieces_slice(&ps, p, size, start, end) < 0)
+            goto done;
+    }
+    if (ps.len == 1 && ps.items[0].p == p && ps.items[0].n == size) {
+        Py_INCREF(raw);
+        result = raw;
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, ps.total);
+    if (result == NULL)
+        goto done;
+    char *w = PyBytes_AS_STRING(result);
+    for (Py_ssize_t i = 0; i < ps.len; i++) {
+        memcpy(w, ps.items[i].p, (size_t)ps.items[i].n);
+        w += ps.items[i].n;
+    }
+done:
+    if (ps.items != ps.small)
+        PyMem_Free(ps.items);
+    return result;
+}
+
 /* -- TimerHeap: transaction timers (transaction/timers.py's TimerHeap is the reference) --
  *
  * A binary heap of (when, seq, transaction, timer) kept in one C array: no tuple per
@@ -1292,6 +1357,8 @@ static PyMethodDef methods[] = {
     {"split_values", (PyCFunction)(void (*)(void))split_values, METH_FASTCALL,
      split_values_doc},
     {"assemble", (PyCFunction)(void (*)(void))assemble, METH_FASTCALL, assemble_doc},
+    {"joined_lines", (PyCFunction)(void (*)(void))joined_lines, METH_FASTCALL,
+     joined_lines_doc},
     {NULL, NULL, 0, NULL},
 };
 

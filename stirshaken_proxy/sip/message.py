@@ -254,6 +254,14 @@ class SipMessage:
     def raw_lines(self, name: str) -> list[bytes]:
         return [self.header_line(i) for i in self.index.get(name, ())]
 
+    def joined(self, name: str, *, current: bool = False) -> bytes:
+        """The lines of a header, one after another: as received, or (``current``) as
+        serialise will write them (current_lines)."""
+        if _compiled is not None:
+            return _compiled.joined_lines(  # type: ignore[no-any-return]
+                self.raw, self.headers, self.index.get(name), self._edits if current else {})
+        return b"".join(self.current_lines(name) if current else self.raw_lines(name))
+
     def current_lines(self, name: str) -> list[bytes]:
         """The lines of a header as serialise will write them (recorded edits applied;
         lines added with prepend/append are not included)."""
@@ -614,9 +622,8 @@ def make_response(
     none and the response is not 100 (§8.2.6.2).
     """
     phrase = reason if reason is not None else reason_phrase(status)
-    parts = [b"SIP/2.0 %d %s\r\n" % (status, phrase.encode("utf-8"))]
-    parts.extend(request.raw_lines("via"))
-    parts.extend(request.raw_lines("from"))
+    parts = [b"SIP/2.0 %d %s\r\n" % (status, phrase.encode("utf-8")), request.joined("via"),
+             request.joined("from")]
     to_idx = request.index.get("to")
     if to_idx:
         to_value = request.headers[to_idx[0]].value
@@ -624,8 +631,8 @@ def make_response(
             parts.append(b"To: %s;tag=%s\r\n" % (to_value.encode("latin-1"), to_tag.encode()))
         else:
             parts.append(request.header_line(to_idx[0]))
-    parts.extend(request.raw_lines("call-id"))
-    parts.extend(request.raw_lines("cseq"))
+    parts.append(request.joined("call-id"))
+    parts.append(request.joined("cseq"))
     parts.extend(extra)
     parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
     parts.append(body)
