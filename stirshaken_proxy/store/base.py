@@ -168,12 +168,14 @@ def records_where(since: float, until: float, account: str | None,
 
 
 RecordRow = tuple[str, float, str | None, str, str]  # id, started, account, direction, JSON
+# One encoder for every record: json.dumps with any option builds a new one per call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def record_row(record: dict[str, Any]) -> RecordRow:
     """A call record (as JSON) as the call_records row of either backend."""
     return (record["id"], record["started"], record.get("account"), record["direction"],
-            json.dumps(record, separators=(",", ":")))
+            _COMPACT_JSON(record))
 
 
 class HealthStore(Protocol):
