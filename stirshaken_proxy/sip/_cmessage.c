@@ -1,7 +1,6 @@
 /* The compiled core: the per-message work of sip/message.py (indexing the header lines,
  * Via values, splitting header values, serialising an edited message, joining a header's
- * lines) and the transaction
- * timers' heap.
+ * lines) and the transaction timers' heap.
  *
  * The Python implementation in message.py is the reference; this module gives the same
  * results (tests/sip/test_cores.py runs both on RFC 4475, the suite's messages and
@@ -867,6 +866,30 @@ typedef struct {
     Piece small[32];
 } Pieces;
 
+static void pieces_init(Pieces *ps) {
+    ps->items = ps->small;
+    ps->len = ps->total = 0;
+    ps->cap = 32;
+}
+
+static void pieces_free(Pieces *ps) {
+    if (ps->items != ps->small)
+        PyMem_Free(ps->items);
+}
+
+/* The pieces copied, in order, into one new bytes object. */
+static PyObject *pieces_join(const Pieces *ps) {
+    PyObject *result = PyBytes_FromStringAndSize(NULL, ps->total);
+    if (result == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(result);
+    for (Py_ssize_t i = 0; i < ps->len; i++) {
+        memcpy(w, ps->items[i].p, (size_t)ps->items[i].n);
+        w += ps->items[i].n;
+    }
+    return result;
+}
+
 static int pieces_add(Pieces *ps, const char *p, Py_ssize_t n) {
     if (n <= 0)
         return 0;
@@ -912,27 +935,37 @@ static int pieces_bytes(Pieces *ps, PyObject *item) {
     return pieces_add(ps, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item));
 }
 
-/* headers[i]'s (start, end): a compiled Header's fields, else the attributes. */
-static int header_span(PyObject *headers, Py_ssize_t i, Py_ssize_t *start, Py_ssize_t *end) {
+/* headers[key]'s (start, end): a compiled Header's fields, else the attributes; an error
+ * for an index out of range or a negative offset. */
+static int header_span(PyObject *headers, PyObject *key, Py_ssize_t *start, Py_ssize_t *end) {
+    Py_ssize_t i = PyLong_AsSsize_t(key);
+    if (i == -1 && PyErr_Occurred())
+        return -1;
     if (i < 0 || i >= PyList_GET_SIZE(headers)) {
-        PyErr_SetString(PyExc_IndexError, "edited header index out of range");
+        PyErr_SetString(PyExc_IndexError, "header index out of range");
         return -1;
     }
     PyObject *h = PyList_GET_ITEM(headers, i);
     if (Py_IS_TYPE(h, &HeaderType)) {
         *start = ((Header *)h)->start;
         *end = ((Header *)h)->end;
-        return 0;
+    } else {
+        PyObject *s = PyObject_GetAttrString(h, "start");
+        PyObject *e = s != NULL ? PyObject_GetAttrString(h, "end") : NULL;
+        if (e != NULL) {
+            *start = PyLong_AsSsize_t(s);
+            *end = PyLong_AsSsize_t(e);
+        }
+        Py_XDECREF(s);
+        Py_XDECREF(e);
+        if (e == NULL || PyErr_Occurred())
+            return -1;
     }
-    PyObject *s = PyObject_GetAttrString(h, "start");
-    PyObject *e = s != NULL ? PyObject_GetAttrString(h, "end") : NULL;
-    if (e != NULL) {
-        *start = PyLong_AsSsize_t(s);
-        *end = PyLong_AsSsize_t(e);
+    if (*start < 0 || *end < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative header offset");
+        return -1;
     }
-    Py_XDECREF(s);
-    Py_XDECREF(e);
-    return e == NULL || PyErr_Occurred() ? -1 : 0;
+    return 0;
 }
 
 static PyObject *assemble(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -956,8 +989,8 @@ static PyObject *assemble(PyObject *module, PyObject *const *args, Py_ssize_t na
     }
     const char *p = PyBytes_AS_STRING(raw);
     Py_ssize_t size = PyBytes_GET_SIZE(raw);
-    Pieces ps = {.len = 0, .cap = 32, .total = 0};
-    ps.items = ps.small;
+    Pieces ps;
+    pieces_init(&ps);
     PyObject *keys = NULL, *result = NULL;
     char cl_line[64];
 
@@ -977,14 +1010,9 @@ static PyObject *assemble(PyObject *module, PyObject *const *args, Py_ssize_t na
             goto done;
         for (Py_ssize_t k = 0; k < PyList_GET_SIZE(keys); k++) {
             PyObject *key = PyList_GET_ITEM(keys, k);
-            Py_ssize_t i = PyLong_AsSsize_t(key), start, end;
-            if ((i == -1 && PyErr_Occurred()) || header_span(headers, i, &start, &end) < 0)
-                goto done;
-            if (start < 0 || end < 0) {
-                PyErr_SetString(PyExc_ValueError, "assemble: negative offset");
-                goto done;
-            }
-            if (pieces_slice(&ps, p, size, pos, start) < 0)
+            Py_ssize_t start, end;
+            if (header_span(headers, key, &start, &end) < 0 ||
+                pieces_slice(&ps, p, size, pos, start) < 0)
                 goto done;
             PyObject *edit = PyDict_GetItemWithError(edits, key);
             if (edit == NULL) {
@@ -1010,18 +1038,10 @@ static PyObject *assemble(PyObject *module, PyObject *const *args, Py_ssize_t na
     }
     if (pieces_add(&ps, "\r\n", 2) < 0 || pieces_slice(&ps, p, size, body_start, body_end) < 0)
         goto done;
-    result = PyBytes_FromStringAndSize(NULL, ps.total);
-    if (result == NULL)
-        goto done;
-    char *w = PyBytes_AS_STRING(result);
-    for (Py_ssize_t i = 0; i < ps.len; i++) {
-        memcpy(w, ps.items[i].p, (size_t)ps.items[i].n);
-        w += ps.items[i].n;
-    }
+    result = pieces_join(&ps);
 done:
     Py_XDECREF(keys);
-    if (ps.items != ps.small)
-        PyMem_Free(ps.items);
+    pieces_free(&ps);
     return result;
 }
 
@@ -1044,8 +1064,8 @@ static PyObject *joined_lines(PyObject *module, PyObject *const *args, Py_ssize_
         return PyBytes_FromStringAndSize(NULL, 0);
     const char *p = PyBytes_AS_STRING(raw);
     Py_ssize_t size = PyBytes_GET_SIZE(raw);
-    Pieces ps = {.len = 0, .cap = 32, .total = 0};
-    ps.items = ps.small;
+    Pieces ps;
+    pieces_init(&ps);
     PyObject *result = NULL;
     int edited = PyDict_GET_SIZE(edits) > 0;
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(positions); k++) {
@@ -1060,32 +1080,14 @@ static PyObject *joined_lines(PyObject *module, PyObject *const *args, Py_ssize_
             if (PyErr_Occurred())
                 goto done;
         }
-        Py_ssize_t i = PyLong_AsSsize_t(key), start, end;
-        if ((i == -1 && PyErr_Occurred()) || header_span(headers, i, &start, &end) < 0)
-            goto done;
-        if (start < 0 || end < 0) {
-            PyErr_SetString(PyExc_ValueError, "joined_lines: negative offset");
-            goto done;
-        }
-        if (pieces_slice(&ps, p, size, start, end) < 0)
+        Py_ssize_t start, end;
+        if (header_span(headers, key, &start, &end) < 0 ||
+            pieces_slice(&ps, p, size, start, end) < 0)
             goto done;
     }
-    if (ps.len == 1 && ps.items[0].p == p && ps.items[0].n == size) {
-        Py_INCREF(raw);
-        result = raw;
-        goto done;
-    }
-    result = PyBytes_FromStringAndSize(NULL, ps.total);
-    if (result == NULL)
-        goto done;
-    char *w = PyBytes_AS_STRING(result);
-    for (Py_ssize_t i = 0; i < ps.len; i++) {
-        memcpy(w, ps.items[i].p, (size_t)ps.items[i].n);
-        w += ps.items[i].n;
-    }
+    result = pieces_join(&ps);
 done:
-    if (ps.items != ps.small)
-        PyMem_Free(ps.items);
+    pieces_free(&ps);
     return result;
 }
 

@@ -155,6 +155,9 @@ class Via:
         return None
 
 
+_NO_EDITS: dict[int, bytes | None] = {}  # joined's lines as received (never written to)
+
+
 class SipMessage:
     """A parsed request or response over its original bytes, with recorded edits."""
 
@@ -259,7 +262,8 @@ class SipMessage:
         serialise will write them (current_lines)."""
         if _compiled is not None:
             return _compiled.joined_lines(  # type: ignore[no-any-return]
-                self.raw, self.headers, self.index.get(name), self._edits if current else {})
+                self.raw, self.headers, self.index.get(name),
+                self._edits if current else _NO_EDITS)
         return b"".join(self.current_lines(name) if current else self.raw_lines(name))
 
     def current_lines(self, name: str) -> list[bytes]:
