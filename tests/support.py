@@ -21,19 +21,43 @@ SCENARIOS = ROOT / "sipp_scenarios"
 HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (bound to 0, then released)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((HOST, 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind((HOST, port))
-                except OSError:
-                    continue
-            return int(port)
-    raise RuntimeError("no free port")
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports are taken below the kernel's ephemeral range, so that no socket's automatic source
+# port (SIPp's, Kamailio's, a service's own outgoing connections) can take one between the
+# test picking it and the service binding it, and none is handed out twice in one run.
+_PORT_FLOOR = 20000
+_handed_out: set[int] = set()
+_next_port = [0]
+
+
+def free_port(host: str = HOST) -> int:
+    """A port free for both UDP and TCP on ``host``, not handed out before in this run."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    top = max(_PORT_FLOOR + 1000, _ephemeral_floor())
+    span = top - _PORT_FLOOR
+    if not _next_port[0]:
+        _next_port[0] = _PORT_FLOOR + (os.getpid() * 7919) % span
+    for _ in range(span):
+        port = _next_port[0]
+        _next_port[0] = _PORT_FLOOR + (port + 1 - _PORT_FLOOR) % span
+        if port in _handed_out:
+            continue
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as t, \
+                    socket.socket(family, socket.SOCK_DGRAM) as u:
+                t.bind((host, port))
+                u.bind((host, port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port on {host}")
 
 
 @dataclass

@@ -10,24 +10,14 @@ import pytest
 
 from stirshaken_proxy.stir.passport import decode_passport
 from tests.service.conftest import requires_sipp
-from tests.support import SCENARIOS, Ports, running_service, scrape, signing_config, write_config
+from tests.support import SCENARIOS, Ports, free_port, running_service, scrape, signing_config, write_config
 
 V6 = "::1"
 
 
 def free_port6() -> int:
     """A port free for both UDP and TCP on ::1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as t:
-            t.bind((V6, 0))
-            port = int(t.getsockname()[1])
-            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind((V6, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port on ::1")
+    return free_port(V6)
 
 
 def have_ipv6() -> bool:
