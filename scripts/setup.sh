@@ -23,6 +23,8 @@ if [ "${1:-}" = "test" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# The compiled core's ES256 signer links OpenSSL's libcrypto (setup.py; optional like the rest).
+[ -f /usr/include/openssl/ecdsa.h ] || need+=(libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null

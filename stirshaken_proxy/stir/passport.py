@@ -2,7 +2,9 @@
 
 Signing is on the hot path of every outbound INVITE, so the JOSE header and the fixed claim
 fragments are encoded once per signing identity; a call only formats its own claims, signs,
-and turns the DER signature into the raw r||s that JWS ES256 wants (RFC 7518 §3.4).
+and writes the raw r||s that JWS ES256 wants (RFC 7518 §3.4). With the compiled core in use
+the signature comes from ``_es256`` (OpenSSL, nonces made in batches: see its header);
+``cryptography`` is the reference and the fallback.
 """
 
 from __future__ import annotations
@@ -11,18 +13,29 @@ import base64
 import binascii
 import enum
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
 
+from ..sip.message import core_in_use
+
+_es256: ModuleType | None
+try:
+    from . import _es256
+except ImportError:  # built without OpenSSL's headers (or without a C compiler)
+    _es256 = None
+
 _ES256 = ec.ECDSA(hashes.SHA256())
+NONCE_BATCH = 32  # ES256 nonces the compiled signer makes at a time
 
 
 class Attestation(enum.Enum):
@@ -57,6 +70,27 @@ def der_to_raw(der: bytes) -> bytes:
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
+def raw_signer(key: ec.EllipticCurvePrivateKey, *, compiled: bool | None = None
+               ) -> Callable[[bytes], bytes]:
+    """A function signing bytes with ``key``, returning the raw r||s: the compiled signer
+    while the compiled core is in use (``compiled`` None) or when asked for, else
+    ``cryptography``'s."""
+    if compiled is None:
+        compiled = core_in_use() == "compiled" and _es256 is not None
+    if compiled:
+        if _es256 is None:
+            raise ValueError("the compiled ES256 signer was not built in this install")
+        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        sign: Callable[[bytes], bytes] = _es256.Signer(der, NONCE_BATCH).sign
+        return sign
+    return lambda data: der_to_raw(key.sign(data, _ES256))
+
+
+def compiled_signer_available() -> bool:
+    return _es256 is not None
+
+
 def raw_to_der(raw: bytes) -> bytes:
     if len(raw) != 64:
         raise ValueError("ES256 signature must be 64 bytes (r||s)")
@@ -75,13 +109,13 @@ class SigningIdentity:
 class Signer:
     """Signs SHAKEN PASSporTs for one signing identity."""
 
-    __slots__ = ("_div_header_b64", "_div_info", "_header_b64", "_info", "_key", "identity")
+    __slots__ = ("_div_header_b64", "_div_info", "_header_b64", "_info", "_raw_sign", "identity")
 
     def __init__(self, identity: SigningIdentity) -> None:
         if not isinstance(identity.key.curve, ec.SECP256R1):
             raise ValueError(f"signing key {identity.name!r} is not a P-256 key (ES256)")
         self.identity = identity
-        self._key = identity.key
+        self._raw_sign = raw_signer(identity.key)
         header = canonical_json({"alg": "ES256", "ppt": "shaken", "typ": "passport",
                                  "x5u": identity.x5u})
         self._header_b64 = b64url(header.encode())
@@ -100,8 +134,7 @@ class Signer:
 
     def sign_claims(self, claims: str, header_b64: str | None = None) -> str:
         signing_input = (header_b64 or self._header_b64) + "." + b64url(claims.encode())
-        signature = der_to_raw(self._key.sign(signing_input.encode("ascii"), _ES256))
-        return signing_input + "." + b64url(signature)
+        return signing_input + "." + b64url(self._raw_sign(signing_input.encode("ascii")))
 
     def sign(self, *, attest: Attestation, orig: str, dest: list[str], iat: int,
              origid: str) -> str:

@@ -1,0 +1,159 @@
+"""The compiled ES256 signer (stir/_es256.c): signatures that `cryptography` verifies, each
+nonce used once, a forked process never using its parent's nonces, and the same PASSporTs
+as the reference signer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from stirshaken_proxy.sip import message
+from stirshaken_proxy.stir import passport
+from stirshaken_proxy.stir.passport import (
+    Attestation,
+    Signer,
+    SigningIdentity,
+    decode_passport,
+    raw_signer,
+    raw_to_der,
+)
+
+compiled = pytest.mark.skipif(not passport.compiled_signer_available(),
+                              reason="the compiled ES256 signer is not built in this install")
+ES256 = ec.ECDSA(hashes.SHA256())
+
+
+def _der(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _verifies(key: ec.EllipticCurvePrivateKey, data: bytes, raw: bytes) -> bool:
+    try:
+        key.public_key().verify(raw_to_der(raw), data, ES256)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_the_compiled_signer_is_built_where_the_compiled_core_is() -> None:
+    # scripts/setup.sh installs OpenSSL's headers (libssl-dev) beside gcc.
+    if os.environ.get("STIRSHAKEN_CORE") == "python" or not message.compiled_available():
+        pytest.skip("a run without the compiled core")
+    assert passport.compiled_signer_available()
+
+
+@compiled
+@pytest.mark.parametrize("data", [b"", b"a", b"x" * 300, bytes(range(256)) * 40])
+def test_signatures_verify_with_cryptography(data: bytes) -> None:
+    from stirshaken_proxy.stir import _es256
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    raw = _es256.Signer(_der(key), 4).sign(data)
+    assert len(raw) == 64
+    assert _verifies(key, data, raw)
+    assert not _verifies(key, data + b"!", raw)
+    assert not _verifies(ec.generate_private_key(ec.SECP256R1()), data, raw)
+
+
+@compiled
+def test_each_nonce_is_used_once_and_the_pool_refills_by_batches() -> None:
+    from stirshaken_proxy.stir import _es256
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer = _es256.Signer(_der(key), 8)
+    assert (signer.pooled, signer.made) == (0, 0)
+    seen = set()
+    for n in range(1, 26):
+        raw = signer.sign(b"call %d" % n)
+        assert _verifies(key, b"call %d" % n, raw)
+        seen.add(raw[:32])  # r = (k*G).x: a repeated r would be a repeated nonce
+        assert signer.made == 8 * ((n + 7) // 8)
+        assert signer.pooled == signer.made - n
+    assert len(seen) == 25
+
+
+@compiled
+def test_a_forked_child_makes_its_own_nonces() -> None:
+    from stirshaken_proxy.stir import _es256
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer = _es256.Signer(_der(key), 16)
+    signer.sign(b"before the fork")
+    assert signer.pooled == 15
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what its first signature used, then leave at once
+        try:
+            raw = signer.sign(b"child")
+            os.write(write, bytes([signer.pooled]) + signer.made.to_bytes(4, "big") + raw)
+        finally:
+            os._exit(0)
+    os.close(write)
+    report = b""
+    while chunk := os.read(read, 1024):
+        report += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    pooled, made, raw = report[0], int.from_bytes(report[1:5], "big"), report[5:]
+    assert _verifies(key, b"child", raw)
+    assert (pooled, made) == (15, 32)  # the parent's 15 dropped, 16 made afresh
+    parents = {signer.sign(b"parent %d" % i)[:32] for i in range(15)}
+    assert raw[:32] not in parents
+    assert signer.made == 16  # the parent still had its own
+
+
+@compiled
+@pytest.mark.parametrize("der", [
+    b"",
+    b"not a key",
+    _der(ec.generate_private_key(ec.SECP384R1())),  # ES256 is P-256 only
+])
+def test_what_is_not_a_p256_key_is_refused(der: bytes) -> None:
+    from stirshaken_proxy.stir import _es256
+
+    with pytest.raises(ValueError, match="P-256"):
+        _es256.Signer(der)
+
+
+@compiled
+def test_a_batch_outside_its_bounds_is_refused() -> None:
+    from stirshaken_proxy.stir import _es256
+
+    der = _der(ec.generate_private_key(ec.SECP256R1()))
+    for batch in (0, -1, 5000):
+        with pytest.raises(ValueError, match="batch"):
+            _es256.Signer(der, batch)
+
+
+@pytest.mark.parametrize("use_compiled", [
+    False, pytest.param(True, marks=compiled)])
+def test_both_signers_make_passports_that_verify(use_compiled: bool) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer = Signer(SigningIdentity(name="t", key=key, x5u="https://cert.example.org/a.pem"))
+    signer._raw_sign = raw_signer(key, compiled=use_compiled)
+    token = signer.sign(attest=Attestation.A, orig="12025550100", dest=["12025550199"],
+                        iat=1_700_000_000, origid="5f3f3f7a-4c1b-4d1e-9a37-0d2c9b6a1e01")
+    decoded = decode_passport(token)
+    assert decoded.claims["orig"] == {"tn": "12025550100"}
+    assert decoded.verify(key.public_key())
+    assert not decoded.verify(ec.generate_private_key(ec.SECP256R1()).public_key())
+
+
+def test_the_signer_follows_the_core_in_use() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    before = message.core_in_use()
+    try:
+        message.use_core("python")
+        assert not hasattr(raw_signer(key), "__self__")  # cryptography's, through der_to_raw
+        if passport.compiled_signer_available() and message.compiled_available():
+            from stirshaken_proxy.stir import _es256
+
+            message.use_core("compiled")
+            assert isinstance(getattr(raw_signer(key), "__self__", None), _es256.Signer)
+    finally:
+        message.use_core(before)
