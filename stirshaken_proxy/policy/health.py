@@ -218,12 +218,21 @@ class NumberHealth:
         if s.quarantined_until > now:
             return
         lim = self.limits
-        t = s.totals(now, lim.window_hours)
-        if t["attempts"] >= lim.min_samples and t["answer_ratio"] < lim.min_answer_ratio:
-            self._quarantine(s.tn, f"answer ratio {t['answer_ratio']:.2f} under "
+        # The sums totals() gives, without its per-code counts (twice a call, on the call path).
+        first = int(now // HOUR) - lim.window_hours
+        attempts = answered = ended = 0
+        duration = 0.0
+        for b in s.buckets:
+            if b.hour > first:
+                attempts += b.attempts
+                answered += b.answered
+                ended += b.ended
+                duration += b.duration
+        if attempts >= lim.min_samples and answered / attempts < lim.min_answer_ratio:
+            self._quarantine(s.tn, f"answer ratio {answered / attempts:.2f} under "
                              f"{lim.min_answer_ratio}", now, None)
-        elif t["ended"] >= lim.min_samples and t["average_duration"] < lim.min_average_duration:
-            self._quarantine(s.tn, f"average duration {t['average_duration']:.0f} s under "
+        elif ended >= lim.min_samples and duration / ended < lim.min_average_duration:
+            self._quarantine(s.tn, f"average duration {duration / ended:.0f} s under "
                              f"{lim.min_average_duration:.0f} s", now, None)
 
     def report(self, tn: str, now: float) -> dict[str, object]:

@@ -70,11 +70,11 @@ def der_to_raw(der: bytes) -> bytes:
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
-def raw_signer(key: ec.EllipticCurvePrivateKey, *, compiled: bool | None = None
-               ) -> Callable[[bytes], bytes]:
-    """A function signing bytes with ``key``, returning the raw r||s: the compiled signer
-    while the compiled core is in use (``compiled`` None) or when asked for, else
-    ``cryptography``'s."""
+def jws_signer(key: ec.EllipticCurvePrivateKey, *, compiled: bool | None = None
+               ) -> Callable[[str, str], str]:
+    """``sign(header_b64, payload) -> compact JWS`` (RFC 7515 §7.1) with ES256 and ``key``:
+    the compiled signer while the compiled core is in use (``compiled`` None) or when asked
+    for, else the reference below on ``cryptography``."""
     if compiled is None:
         compiled = core_in_use() == "compiled" and _es256 is not None
     if compiled:
@@ -82,9 +82,15 @@ def raw_signer(key: ec.EllipticCurvePrivateKey, *, compiled: bool | None = None
             raise ValueError("the compiled ES256 signer was not built in this install")
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        sign: Callable[[bytes], bytes] = _es256.Signer(der, NONCE_BATCH).sign
-        return sign
-    return lambda data: der_to_raw(key.sign(data, _ES256))
+        sign_jws: Callable[[str, str], str] = _es256.Signer(der, NONCE_BATCH).sign_jws
+        return sign_jws
+
+    def reference(header_b64: str, payload: str) -> str:
+        signing_input = header_b64 + "." + b64url(payload.encode())
+        raw = der_to_raw(key.sign(signing_input.encode("ascii"), _ES256))
+        return signing_input + "." + b64url(raw)
+
+    return reference
 
 
 def compiled_signer_available() -> bool:
@@ -109,13 +115,13 @@ class SigningIdentity:
 class Signer:
     """Signs SHAKEN PASSporTs for one signing identity."""
 
-    __slots__ = ("_div_header_b64", "_div_info", "_header_b64", "_info", "_raw_sign", "identity")
+    __slots__ = ("_div_header_b64", "_div_info", "_header_b64", "_info", "_sign_jws", "identity")
 
     def __init__(self, identity: SigningIdentity) -> None:
         if not isinstance(identity.key.curve, ec.SECP256R1):
             raise ValueError(f"signing key {identity.name!r} is not a P-256 key (ES256)")
         self.identity = identity
-        self._raw_sign = raw_signer(identity.key)
+        self._sign_jws = jws_signer(identity.key)
         header = canonical_json({"alg": "ES256", "ppt": "shaken", "typ": "passport",
                                  "x5u": identity.x5u})
         self._header_b64 = b64url(header.encode())
@@ -133,8 +139,7 @@ class Signer:
                 f'"orig":{{"tn":"{orig}"}},"origid":"{origid}"}}')
 
     def sign_claims(self, claims: str, header_b64: str | None = None) -> str:
-        signing_input = (header_b64 or self._header_b64) + "." + b64url(claims.encode())
-        return signing_input + "." + b64url(self._raw_sign(signing_input.encode("ascii")))
+        return self._sign_jws(header_b64 or self._header_b64, claims)
 
     def sign(self, *, attest: Attestation, orig: str, dest: list[str], iat: int,
              origid: str) -> str:

@@ -144,3 +144,40 @@ def test_account_velocity_limit_overrides_the_default() -> None:
             h.attempt(pick.tn, T0 + i)
             picks += 1
     assert picks == 3
+
+
+def test_quarantine_decisions_match_the_totals_the_report_shows() -> None:
+    """The automatic quarantine (judged on every final and BYE) decides on the sums that
+    totals() reports, across hours that leave the window: a random mix of calls, checked
+    against a judge written on totals()."""
+    import random
+
+    rng = random.Random(7)
+    for trial in range(40):
+        limits = HealthLimits(min_samples=rng.choice([1, 5, 20]),
+                              min_answer_ratio=rng.choice([0.1, 0.3, 0.6]),
+                              min_average_duration=rng.choice([5.0, 20.0]),
+                              window_hours=rng.choice([1, 3]))
+        health = NumberHealth(limits)
+        tn = "12025550100"
+        now = 1_000_000.0
+        for _ in range(rng.randrange(1, 120)):
+            now += rng.choice([1.0, 60.0, 1800.0])
+            health.attempt(tn, now)
+            s = health.numbers[tn]
+            was = s.quarantined_until > now
+            t = s.totals(now, limits.window_hours)
+            code = rng.choice([200, 200, 486, 503])
+            # What the judge must decide after this final, from the report's own totals.
+            t_after = dict(t)
+            if code == 200:
+                t_after["answered"] += 1
+                t_after["answer_ratio"] = t_after["answered"] / t_after["attempts"]
+            expect = (not was and t_after["attempts"] >= limits.min_samples
+                      and t_after["answer_ratio"] < limits.min_answer_ratio) or (
+                not was and t_after["ended"] >= limits.min_samples
+                and t_after["average_duration"] < limits.min_average_duration)
+            health.final(tn, code, now)
+            assert (s.quarantined_until > now and not was) == expect, (trial, now)
+            if code == 200 and rng.random() < 0.8:
+                health.ended(tn, rng.choice([1.0, 10.0, 60.0]), now)

@@ -17,8 +17,10 @@ from stirshaken_proxy.stir.passport import (
     Attestation,
     Signer,
     SigningIdentity,
+    b64url,
+    b64url_decode,
     decode_passport,
-    raw_signer,
+    jws_signer,
     raw_to_der,
 )
 
@@ -135,7 +137,7 @@ def test_a_batch_outside_its_bounds_is_refused() -> None:
 def test_both_signers_make_passports_that_verify(use_compiled: bool) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     signer = Signer(SigningIdentity(name="t", key=key, x5u="https://cert.example.org/a.pem"))
-    signer._raw_sign = raw_signer(key, compiled=use_compiled)
+    signer._sign_jws = jws_signer(key, compiled=use_compiled)
     token = signer.sign(attest=Attestation.A, orig="12025550100", dest=["12025550199"],
                         iat=1_700_000_000, origid="5f3f3f7a-4c1b-4d1e-9a37-0d2c9b6a1e01")
     decoded = decode_passport(token)
@@ -144,16 +146,43 @@ def test_both_signers_make_passports_that_verify(use_compiled: bool) -> None:
     assert not decoded.verify(ec.generate_private_key(ec.SECP256R1()).public_key())
 
 
+@pytest.mark.parametrize("header", ["", "eyJhbGciOiJFUzI1NiJ9"])
+@pytest.mark.parametrize("payload", ["", "a", "ab", "abc", "abcd", '{"nam":"Caf\u00e9 \u2603"}',
+                                     "x" * 5000])
+@pytest.mark.parametrize("use_compiled", [False, pytest.param(True, marks=compiled)])
+def test_compact_jws_as_rfc_7515_writes_it(header: str, payload: str, use_compiled: bool) -> None:
+    """header.payload.signature, each base64url without padding, the payload UTF-8; the
+    signature over the first two parts."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = jws_signer(key, compiled=use_compiled)(header, payload)
+    head, body, signature = token.split(".")
+    assert head == header
+    assert body == b64url(payload.encode())
+    assert "=" not in token
+    assert _verifies(key, f"{head}.{body}".encode(), b64url_decode(signature))
+
+
+@compiled
+def test_a_header_that_is_not_ascii_is_refused() -> None:
+    from stirshaken_proxy.stir import _es256
+
+    signer = _es256.Signer(_der(ec.generate_private_key(ec.SECP256R1())))
+    with pytest.raises(ValueError, match="ASCII"):
+        signer.sign_jws("h\u00e9", "{}")
+    with pytest.raises(TypeError):
+        signer.sign_jws(b"h", "{}")  # type: ignore[arg-type]
+
+
 def test_the_signer_follows_the_core_in_use() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     before = message.core_in_use()
     try:
         message.use_core("python")
-        assert not hasattr(raw_signer(key), "__self__")  # cryptography's, through der_to_raw
+        assert not hasattr(jws_signer(key), "__self__")  # the reference, on cryptography
         if passport.compiled_signer_available() and message.compiled_available():
             from stirshaken_proxy.stir import _es256
 
             message.use_core("compiled")
-            assert isinstance(getattr(raw_signer(key), "__self__", None), _es256.Signer)
+            assert isinstance(getattr(jws_signer(key), "__self__", None), _es256.Signer)
     finally:
         message.use_core(before)
