@@ -5,6 +5,11 @@ as the reference signer."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -27,6 +32,7 @@ from stirshaken_proxy.stir.passport import (
 compiled = pytest.mark.skipif(not passport.compiled_signer_available(),
                               reason="the compiled ES256 signer is not built in this install")
 ES256 = ec.ECDSA(hashes.SHA256())
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _der(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -186,3 +192,63 @@ def test_the_signer_follows_the_core_in_use() -> None:
             assert isinstance(getattr(jws_signer(key), "__self__", None), _es256.Signer)
     finally:
         message.use_core(before)
+
+
+ASAN_RUN = """
+import importlib.machinery, importlib.util, random, sys
+spec = importlib.util.spec_from_file_location(
+    "_es256", sys.argv[1], loader=importlib.machinery.ExtensionFileLoader("_es256", sys.argv[1]))
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from stirshaken_proxy.stir.passport import b64url, b64url_decode, raw_to_der
+key = ec.generate_private_key(ec.SECP256R1())
+der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                        serialization.NoEncryption())
+rnd = random.Random(7)
+for bad in (b"", der[:40], der[:-1] + b"x", bytes(rnd.randrange(256) for _ in range(200))):
+    try:
+        module.Signer(bad)
+    except ValueError:
+        pass
+signer = module.Signer(der, 3)
+signer.__init__(der, 5)  # initialised again: the first pool is let go
+alphabet = "abc{}\\":,0123456789\\u00e9\\u2603\\U0001f600"
+for n in range(int(sys.argv[2])):
+    payload = "".join(rnd.choice(alphabet) for _ in range(rnd.randrange(0, 300)))
+    header = b64url(bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 40))))
+    token = signer.sign_jws(header, payload)
+    head, body, signature = token.split(".")
+    assert head == header and body == b64url(payload.encode())
+    key.public_key().verify(raw_to_der(b64url_decode(signature)), (head + "." + body).encode(),
+                            ec.ECDSA(hashes.SHA256()))
+    data = payload.encode()
+    key.public_key().verify(raw_to_der(signer.sign(data)), data, ec.ECDSA(hashes.SHA256()))
+print("signed", signer.made)
+"""
+
+
+@pytest.mark.skipif(not shutil.which("gcc") or not os.path.exists("/usr/include/openssl/ecdsa.h"),
+                    reason="gcc or OpenSSL's headers are not installed")
+def test_the_compiled_signer_under_address_sanitizer(tmp_path: Path) -> None:
+    from tests.sip.test_cores_asan import _libasan
+
+    libasan = _libasan()
+    if libasan is None:
+        pytest.skip("gcc with libasan is not installed")
+    so = tmp_path / "_es256_asan.so"
+    build = subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
+         "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+         f"-I{sysconfig.get_paths()['include']}", str(ROOT / "stirshaken_proxy/stir/_es256.c"),
+         "-lcrypto", "-o", str(so)],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert build.returncode == 0, build.stderr
+    env = {**os.environ, "LD_PRELOAD": libasan, "PYTHONPATH": str(ROOT), "PYTHONMALLOC": "malloc",
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    done = subprocess.run([sys.executable, "-c", ASAN_RUN, str(so), "400"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == "signed 800"
