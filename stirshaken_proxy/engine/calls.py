@@ -34,28 +34,20 @@ class TrackedCall:
     done: bool = False  # its final response (non-2xx) or BYE was counted
 
 
-class CallTable:
-    """Signed calls by Call-ID, bounded (the oldest go first)."""
+class CallTable(dict[str, TrackedCall]):
+    """Signed calls by Call-ID, bounded (the oldest go first). A dict, so that the tests the
+    proxy makes on every message (is any call tracked? this one?) run in C."""
 
-    __slots__ = ("_calls", "max_calls")
+    __slots__ = ("max_calls",)
 
     def __init__(self, max_calls: int = 200_000) -> None:
+        super().__init__()
         self.max_calls = max_calls
-        self._calls: dict[str, TrackedCall] = {}
-
-    def __len__(self) -> int:
-        return len(self._calls)
-
-    def get(self, call_id: str) -> TrackedCall | None:
-        return self._calls.get(call_id)
 
     def add(self, call_id: str, call: TrackedCall) -> None:
-        self._calls[call_id] = call
-        if len(self._calls) > self.max_calls:
-            del self._calls[next(iter(self._calls))]
-
-    def pop(self, call_id: str) -> TrackedCall | None:
-        return self._calls.pop(call_id, None)
+        self[call_id] = call
+        if len(self) > self.max_calls:
+            del self[next(iter(self))]
 
 
 def identity_map(msg: SipMessage, chosen: str) -> IdentityMap:

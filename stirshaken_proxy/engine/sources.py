@@ -20,7 +20,8 @@ class SourceFilter:
     def allows(self, host: str) -> bool:
         if self.allow_any:
             return True
-        return self.lists(host)
+        verdict = self._cache.get(host)  # (lists' first step, without its call: every request)
+        return verdict if verdict is not None else self.lists(host)
 
     def lists(self, host: str) -> bool:
         """The address is in one of the networks (whatever allow_any says)."""

@@ -105,8 +105,8 @@ class StiLeg:
                 presented=facts.orig, dest=facts.dest)
             if type(outcome) is Signed:
                 learned.presented = outcome.orig
-                learned.attest = outcome.attest.value
-                learned.attest_reason = outcome.reason.value
+                learned.attest = outcome.attest._value_  # (not .value: a Python property)
+                learned.attest_reason = outcome.reason._value_
             elif type(outcome) is Refusal:
                 learned.attest_reason = outcome.cause
             elif isinstance(outcome, Unsigned):
@@ -203,6 +203,6 @@ class StiLeg:
         # A replaced caller ID is still mapped for what follows (the BYE itself, its 200,
         # retransmissions); the table's bound retires it.
         if call.identities is None:
-            self.calls.pop(call_id)
+            self.calls.pop(call_id, None)
         else:
             call.done = True

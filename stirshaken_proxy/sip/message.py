@@ -122,7 +122,7 @@ class Header:
 class Via:
     """One Via value (RFC 3261 §20.42)."""
 
-    __slots__ = ("branch", "host", "params", "port", "text", "transport")
+    __slots__ = ("branch", "host", "params", "port", "rfc3261_branch", "text", "transport")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -139,12 +139,9 @@ class Via:
             if self.port is not None and self.port > 65535:
                 raise SipError(400, "malformed Via port")
             self.params = parse_params(m.group(4), "Via") if m.group(4) is not None else {}
-        self.branch = self.params.get("branch") or ""
-
-    @property
-    def rfc3261_branch(self) -> bool:
-        """True when the branch carries the magic cookie and something after it (§8.1.1.7)."""
-        return self.branch.startswith(BRANCH_COOKIE) and len(self.branch) > len(BRANCH_COOKIE)
+        self.branch = branch = self.params.get("branch") or ""
+        # The branch carries the magic cookie and something after it (§8.1.1.7).
+        self.rfc3261_branch = branch.startswith(BRANCH_COOKIE) and len(branch) > 7
 
     def response_address(self) -> tuple[str, int] | None:
         """Where a response is sent: received/rport when present (RFC 3581), else None."""

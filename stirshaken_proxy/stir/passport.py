@@ -135,7 +135,7 @@ class Signer:
         """The claims in canonical form: attest, dest, iat, orig, origid (sorted keys).
         TNs are digits only, origid a UUID: no JSON escaping is needed (callers ensure it)."""
         dests = '","'.join(dest)
-        return (f'{{"attest":"{attest.value}","dest":{{"tn":["{dests}"]}},"iat":{iat},'
+        return (f'{{"attest":"{attest._value_}","dest":{{"tn":["{dests}"]}},"iat":{iat},'
                 f'"orig":{{"tn":"{orig}"}},"origid":"{origid}"}}')
 
     def sign_claims(self, claims: str, header_b64: str | None = None) -> str:

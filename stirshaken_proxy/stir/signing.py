@@ -241,7 +241,8 @@ class Authenticator:
             self.latency.observe(self.clock() - started)
         if health is not None:
             events.append(health.attempt(orig, now))
-        self.stats[("calls_signed", account.name, level.value, decision.reason.value)] += 1
+        # _value_, not .value: Enum.value is a Python-level property (two calls each).
+        self.stats[("calls_signed", account.name, level._value_, decision.reason._value_)] += 1
         # Positional, in field order (identity, attest, reason, account, orig, dest, iat,
         # substitution, events, more, branded): keywords cost twice as much, once per call.
         return Signed(signer.identity_value(token), level, decision.reason,
