@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from ..policy.accounts import Account
 from ..sip.errors import SipError
 from ..sip.message import ParseCache, SipMessage, make_response, parse_message
+from ..sip.numbers import TnMemo
 from ..sip.transport import Peer, Send
 from ..sip.uri import parse_uri
 from ..stats import Stats
@@ -100,6 +101,7 @@ class RedirectEngine:
         self._server = b"Server: " + config.server_name.encode() + b"\r\n"
         self._cache = ParseCache()
         self._dates = DateLines()
+        self._tns = TnMemo()  # calling numbers of the From/PAI values seen
         # (branch, sent-by, source) of each INVITE answered lately -> (expiry, the answer)
         self._answers: OrderedDict[tuple[object, ...], tuple[float, bytes]] = OrderedDict()
         self._pending: dict[tuple[object, ...], _Waiting] = {}  # INVITEs waiting, by key
@@ -253,7 +255,7 @@ class RedirectEngine:
         if auth is None or not is_initial_invite(msg):
             self._answer(msg, source, key, 302, None, (contact,), now, out)
             return
-        facts = call_facts(msg, account, auth.policy)
+        facts = call_facts(msg, account, auth.policy, self._tns)
         if isinstance(facts, BadDate):
             self.stats[("sign_refused", "bad_date")] += 1
             self._answer(msg, source, key, 400, "Bad Request (Date)", (), now, out)

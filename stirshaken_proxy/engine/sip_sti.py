@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..policy.accounts import Account
 from ..sip.message import SipMessage
-from ..sip.numbers import called_tn, calling_tn, diverted_from_tn
+from ..sip.numbers import TnMemo, called_tn, calling_tn, diverted_from_tn
 from ..stats import Stats
 from ..stir.rcd import RcdError, check_reason
 from ..stir.signing import AuthPolicy, CallFacts, Refusal, Signed
@@ -82,10 +82,11 @@ def is_initial_invite(msg: SipMessage) -> bool:
     return msg.method == "INVITE" and "tag=" not in (msg.get("to") or "")
 
 
-def call_facts(msg: SipMessage, account: Account | None,
-               policy: AuthPolicy) -> CallFacts | BadDate | BadReason:
+def call_facts(msg: SipMessage, account: Account | None, policy: AuthPolicy,
+               tns: TnMemo | None = None) -> CallFacts | BadDate | BadReason:
     """The facts of a dialer-side INVITE for the authentication service. The dialer's local
-    presence request and call reason headers stop here."""
+    presence request and call reason headers stop here. ``tns``: the calling numbers of
+    From and P-Asserted-Identity values seen before."""
     cc = policy.country_code
     date_text = msg.get("date")
     date = None
@@ -98,7 +99,8 @@ def call_facts(msg: SipMessage, account: Account | None,
     if msg.has(name):
         asked = (msg.get(name) or "").strip().lower() in _TRUE
         msg.remove_all(name)
-    orig = calling_tn(msg.values("p-asserted-identity"), msg.get("from"), country_code=cc)
+    orig = calling_tn(msg.values("p-asserted-identity"), msg.get("from"), country_code=cc,
+                      memo=tns)
     dest = called_tn(msg.uri, msg.get("to"), country_code=cc)
     index = msg.index
     key = policy.reason_header_key

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from ..sip.message import SipMessage
+from ..sip.numbers import TnMemo
 from ..sip.transport import Peer, Side
 from ..stats import Stats
 from ..stir.signing import CallFacts, NeedsNumber, Picked, Refusal, Signed, Unsigned
@@ -67,6 +68,7 @@ class StiLeg:
         self.stats = stats
         self.calls = CallTable()  # signed calls: health tracking, replaced caller IDs
         self._dates = DateLines()
+        self._tns = TnMemo()  # calling numbers of the From/PAI values seen
         self.picked: Picked | None = None  # the shared pick a resumed request decides with
         self._tokens = 0
         # What the last decided initial INVITE was found to be, for its call record (kept
@@ -90,7 +92,7 @@ class StiLeg:
             strip_untrusted(msg, account, self.stats)
         if msg.method != "INVITE" or "tag=" in (msg.get("to") or ""):
             return None  # SHAKEN signs initial INVITEs only
-        facts = call_facts(msg, account, auth.policy)
+        facts = call_facts(msg, account, auth.policy, self._tns)
         if type(facts) is not CallFacts:
             if isinstance(facts, BadDate):
                 self.stats[("sign_refused", "bad_date")] += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 from .errors import SipError
+from .message import untagged
 from .uri import parse_name_addr
 
 _VISUAL = str.maketrans("", "", "-.() \t")
@@ -62,15 +63,47 @@ def _tn_of(value: str | None, country_code: str) -> str | None:
         return None
 
 
-def calling_tn(pai_values: list[str], from_value: str | None, *,
-               country_code: str = "1") -> str | None:
-    """The calling number: the first P-Asserted-Identity value holding a number (a tel URI or
-    a sip URI with one), else From."""
-    for value in pai_values:
+class TnMemo:
+    """Canonical numbers of From and P-Asserted-Identity values already seen (bounded). Every
+    call of a dialer's number repeats the same value but for the From tag, so a value is
+    remembered without its final ``;tag=TOKEN`` (``untagged``: the tag is a header
+    parameter, outside the URI, so the number does not depend on it)."""
+
+    __slots__ = ("_tns", "country_code")
+    LIMIT = 20_000
+    MAX_LENGTH = 256
+
+    def __init__(self) -> None:
+        self._tns: dict[str, str | None] = {}
+        self.country_code = "1"
+
+    def tn_of(self, value: str, country_code: str) -> str | None:
+        if country_code != self.country_code:  # (a reload changed it)
+            self._tns.clear()
+            self.country_code = country_code
+        key = untagged(value) or value
+        try:
+            return self._tns[key]
+        except KeyError:
+            pass
         tn = _tn_of(value, country_code)
+        if len(key) <= self.MAX_LENGTH:
+            if len(self._tns) >= self.LIMIT:
+                self._tns.clear()
+            self._tns[key] = tn
+        return tn
+
+
+def calling_tn(pai_values: list[str], from_value: str | None, *,
+               country_code: str = "1", memo: TnMemo | None = None) -> str | None:
+    """The calling number: the first P-Asserted-Identity value holding a number (a tel URI or
+    a sip URI with one), else From. ``memo``: remembers each value's number."""
+    of = memo.tn_of if memo is not None else _tn_of
+    for value in pai_values:
+        tn = of(value, country_code)
         if tn is not None:
             return tn
-    return _tn_of(from_value, country_code)
+    return of(from_value, country_code) if from_value else None
 
 
 def diverted_from_tn(diversion: list[str], history_info: list[str], *,
