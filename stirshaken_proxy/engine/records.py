@@ -9,17 +9,18 @@ the final response, answer and end times.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 OUTBOUND = "outbound"  # from the dialer side: signed toward the carrier
 INBOUND = "inbound"  # from the carrier side: verified toward the PBX
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CallRecord:
+class CallRecord(NamedTuple):
     """One call (an action: the shell writes it behind to the store and the exports).
-    The JSON schema of ``as_json`` is README's "Call records"."""
+    The JSON schema of ``as_json`` is README's "Call records". (Immutable, and a NamedTuple
+    rather than a frozen dataclass: one is made per call, and a frozen dataclass sets each
+    of its 18 fields through object.__setattr__.)"""
 
     id: str  # unique across instances and workers: the webhook's idempotency key
     call_id: str
@@ -41,29 +42,11 @@ class CallRecord:
     worker: int
 
     def as_json(self) -> dict[str, Any]:
-        # Every field is a str, number or None: no deep copy needed (dataclasses.asdict
-        # costs ten times this, in the writer's thread, holding the GIL).
-        return {name: getattr(self, name) for name in _FIELDS}
+        # Every field is a str, number or None: no deep copy needed.
+        return dict(zip(_FIELDS, self, strict=True))
 
 
-_FIELDS = tuple(f.name for f in fields(CallRecord))
-
-
-@dataclass(slots=True, kw_only=True)
-class _Open:
-    call_id: str
-    direction: str
-    account: str | None
-    orig: str | None
-    presented: str | None
-    dest: str | None
-    attest: str | None
-    attest_reason: str | None
-    verstat: str | None
-    verify_code: int | None
-    started: float
-    status: int = 0
-    answered: float | None = None
+_FIELDS = CallRecord._fields
 
 
 @dataclass(slots=True, kw_only=True)
@@ -78,6 +61,23 @@ class RecordFacts:
     attest_reason: str | None = None
     verstat: str | None = None
     verify_code: int | None = None
+
+
+_NO_FACTS = RecordFacts()  # (never changed: what a call the STI leg learned nothing of has)
+
+
+class _Open:
+    """A call in progress: what was learned of it when it started, and its answer."""
+
+    __slots__ = ("answered", "call_id", "direction", "facts", "started", "status")
+
+    def __init__(self, call_id: str, direction: str, facts: RecordFacts, started: float) -> None:
+        self.call_id = call_id
+        self.direction = direction
+        self.facts = facts
+        self.started = started
+        self.status = 0
+        self.answered: float | None = None
 
 
 class CallLog:
@@ -100,11 +100,7 @@ class CallLog:
               out: list[Any]) -> None:
         if not self.enabled:
             return
-        f = facts or RecordFacts()
-        self._open[call_id] = _Open(
-            call_id=call_id, direction=direction, account=f.account, orig=f.orig,
-            presented=f.presented, dest=f.dest, attest=f.attest, attest_reason=f.attest_reason,
-            verstat=f.verstat, verify_code=f.verify_code, started=now)
+        self._open[call_id] = _Open(call_id, direction, facts or _NO_FACTS, now)
         if len(self._open) > self.max_calls:
             oldest = next(iter(self._open))
             out.append(self._record(self._open.pop(oldest), now))
@@ -136,16 +132,14 @@ class CallLog:
         return [self._record(call, now) for call in calls.values()]
 
     def _record(self, call: _Open, now: float) -> CallRecord:
-        answered = call.answered
+        answered, f = call.answered, call.facts
+        # Positional, in field order (see CallRecord).
         return CallRecord(
-            id=f"{self.instance}-{self.worker}-{int(call.started * 1000):x}-{next(self._seq)}",
-            call_id=call.call_id, direction=call.direction, account=call.account,
-            orig=call.orig, presented=call.presented, dest=call.dest, attest=call.attest,
-            attest_reason=call.attest_reason, verstat=call.verstat,
-            verify_code=call.verify_code, status=call.status or 0, started=call.started,
-            answered=answered, ended=now,
-            duration=round(now - answered, 3) if answered is not None else 0.0,
-            instance=self.instance, worker=self.worker)
+            f"{self.instance}-{self.worker}-{int(call.started * 1000):x}-{next(self._seq)}",
+            call.call_id, call.direction, f.account, f.orig, f.presented, f.dest, f.attest,
+            f.attest_reason, f.verstat, f.verify_code, call.status or 0, call.started,
+            answered, now, round(now - answered, 3) if answered is not None else 0.0,
+            self.instance, self.worker)
 
 
 __all__ = ["INBOUND", "OUTBOUND", "CallLog", "CallRecord", "RecordFacts"]
