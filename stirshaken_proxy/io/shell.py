@@ -155,7 +155,10 @@ class EngineShell:
             log.exception("internal error on a message from %s:%d", peer.host, peer.port)
             return
         self.execute(actions)
-        self.arm_timer()
+        # arm_timer's first test, here: after most messages the armed wake-up comes first.
+        deadline = self.engine.earliest_deadline()
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+            self._arm(deadline)
 
     def credentials_ready(self, urls: tuple[str, ...]) -> None:
         """Fetched credentials are in (io.fetcher.CredentialFeed tells every front end)."""
@@ -197,7 +200,9 @@ class EngineShell:
             if type(action) is Send:
                 data, peer = action
                 if peer.transport is _UDP:
-                    self.udp[peer.side].send(data, peer.host, peer.port)
+                    transport = self.udp[peer.side].transport
+                    if transport is not None and not transport.is_closing():
+                        transport.sendto(data, (peer.host, peer.port))
                 else:
                     self._send_stream(data, peer)
             elif type(action) is HealthEvent:
@@ -254,6 +259,10 @@ class EngineShell:
         timer_at = self._timer_at
         if timer_at is not None and deadline >= timer_at:
             return  # the wake-up armed comes first (the rounding below only delays this one)
+        self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        """A wake-up at ``deadline`` (rounded up), unless one armed comes first."""
         # One wake-up serves every timer due within timer_resolution (RFC 3261 timers are
         # hundreds of milliseconds and up): far fewer loop callbacks under load.
         resolution = self.timer_resolution

@@ -23,6 +23,8 @@ Sink = Callable[[bytes, Peer], None]
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
+    """A UDP listener: datagrams to the sink. (The shell sends on its transport itself.)"""
+
     PEERS_LIMIT = 4096  # source addresses whose Peer is kept (a dialer's trunks, next hops)
 
     def __init__(self, side: Side, sink: Sink, counters: Counter[str]) -> None:
@@ -50,10 +52,6 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable and the like: UDP is best effort, retransmission timers cover it.
         self.counters["udp_errors"] += 1
-
-    def send(self, data: bytes, host: str, port: int) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(data, (host, port))
 
 
 @dataclass(frozen=True, kw_only=True)
