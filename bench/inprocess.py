@@ -30,7 +30,12 @@ from stirshaken_proxy.policy.inventory import Inventory, NumberBlock
 from stirshaken_proxy.sip.message import ParseCache, parse_message
 from stirshaken_proxy.sip.transport import Peer, Side, Transport
 from stirshaken_proxy.stir.credentials import CachePolicy, TrustStore
-from stirshaken_proxy.stir.passport import Signer, SigningIdentity
+from stirshaken_proxy.stir.passport import (
+    Signer,
+    SigningIdentity,
+    compiled_signer_available,
+    jws_signer,
+)
 from stirshaken_proxy.stir.signing import Authenticator, AuthPolicy
 from stirshaken_proxy.stir.verification import (
     FetchKind,
@@ -177,6 +182,17 @@ def bench_verify_warm(n: int) -> Callable[[], None]:
     return run
 
 
+def bench_compiled_es256(n: int) -> Callable[[], None]:
+    """The compiled core's signer (stir/_es256.c): the whole JWS, nonces made in batches."""
+    sign = jws_signer(ec.generate_private_key(ec.SECP256R1()), compiled=True)
+    payload = "x" * 200
+
+    def run() -> None:
+        for _ in range(n):
+            sign("eyJhbGciOiJFUzI1NiJ9", payload)
+    return run
+
+
 def bench_raw_es256_verify(n: int) -> Callable[[], None]:
     key = ec.generate_private_key(ec.SECP256R1())
     algorithm = ec.ECDSA(hashes.SHA256())
@@ -213,6 +229,8 @@ def main() -> None:
         ("engine: signed INVITE (parse+attest+sign+edit)",
          timeit(bench_engine_signed_invite, 20000)),
         ("raw ES256 sign (cryptography)", timeit(bench_raw_es256, 20000)),
+        *([("ES256 JWS, compiled signer", timeit(bench_compiled_es256, 20000))]
+          if compiled_signer_available() else []),
         ("verify Identity, warm cache (all checks)", timeit(bench_verify_warm, 5000)),
         ("raw ES256 verify (cryptography)", timeit(bench_raw_es256_verify, 5000)),
     ]
