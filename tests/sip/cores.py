@@ -14,7 +14,8 @@ FIELDS = ("is_request", "method", "uri", "status", "reason", "line_end", "head_e
 
 
 def _via(v: message.Via) -> tuple[Any, ...]:
-    return (v.text, v.transport, v.host, v.port, list(v.params.items()), v.branch)
+    return (v.text, v.transport, v.host, v.port, list(v.params.items()), v.branch,
+            v.rfc3261_branch)
 
 
 def outcome(data: bytes, core: str, cache: ParseCache | None = None, *, stream: bool = False,
@@ -34,10 +35,14 @@ def outcome(data: bytes, core: str, cache: ParseCache | None = None, *, stream: 
             vias: Any = [_via(v) for v in msg.vias()]
         except SipError as exc:
             vias = ("error", exc.status, exc.detail)
+        top = _via(msg.top_via())
+        # Every slot set, and of the same type, on both cores.
+        slots = [(name, type(getattr(msg, name)).__name__)
+                 for name in message.SipMessage.__slots__]
         return ("ok", *(getattr(msg, f) for f in FIELDS),
                 [(type(h).__name__ == "Header", h.name, h.value, h.start, h.end)
                  for h in msg.headers],
-                sorted(msg.index.items()), _via(msg.top_via()), vias, msg.serialize())
+                sorted(msg.index.items()), top, vias, slots, msg.serialize())
     finally:
         message.use_core(before)
 
