@@ -141,7 +141,7 @@ class Via:
             self.params = parse_params(m.group(4), "Via") if m.group(4) is not None else {}
         self.branch = branch = self.params.get("branch") or ""
         # The branch carries the magic cookie and something after it (§8.1.1.7).
-        self.rfc3261_branch = branch.startswith(BRANCH_COOKIE) and len(branch) > 7
+        self.rfc3261_branch = branch.startswith(BRANCH_COOKIE) and len(branch) > len(BRANCH_COOKIE)
 
     def response_address(self) -> tuple[str, int] | None:
         """Where a response is sent: received/rport when present (RFC 3581), else None."""
