@@ -93,13 +93,24 @@ class NumberStats:
             recent.popleft()
         return len(recent)
 
+    def sums(self, now: float, window_hours: int) -> tuple[int, int, int, float]:
+        """Attempts, answered, ended and their duration over the window: what the automatic
+        quarantine judges, twice a call (without totals()'s per-code counts)."""
+        first = int(now // HOUR) - window_hours
+        attempts = answered = ended = 0
+        duration = 0.0
+        for b in self.buckets:
+            if b.hour > first:
+                attempts += b.attempts
+                answered += b.answered
+                ended += b.ended
+                duration += b.duration
+        return attempts, answered, ended, duration
+
     def totals(self, now: float, window_hours: int) -> dict[str, float]:
+        attempts, answered, ended, duration = self.sums(now, window_hours)
         hour = int(now // HOUR)
         live = [b for b in self.buckets if b.hour > hour - window_hours]
-        attempts = sum(b.attempts for b in live)
-        answered = sum(b.answered for b in live)
-        ended = sum(b.ended for b in live)
-        duration = sum(b.duration for b in live)
         finals: Counter[int] = Counter()
         for b in live:
             finals.update(b.finals)
@@ -218,16 +229,7 @@ class NumberHealth:
         if s.quarantined_until > now:
             return
         lim = self.limits
-        # The sums totals() gives, without its per-code counts (twice a call, on the call path).
-        first = int(now // HOUR) - lim.window_hours
-        attempts = answered = ended = 0
-        duration = 0.0
-        for b in s.buckets:
-            if b.hour > first:
-                attempts += b.attempts
-                answered += b.answered
-                ended += b.ended
-                duration += b.duration
+        attempts, answered, ended, duration = s.sums(now, lim.window_hours)
         if attempts >= lim.min_samples and answered / attempts < lim.min_answer_ratio:
             self._quarantine(s.tn, f"answer ratio {answered / attempts:.2f} under "
                              f"{lim.min_answer_ratio}", now, None)

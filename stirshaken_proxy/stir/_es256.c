@@ -40,7 +40,7 @@ typedef struct {
     int batch;      /* nonces made per refill */
     int count;      /* nonces in the pool */
     unsigned long generation;
-    unsigned long long made;  /* nonces made, for tests and metrics */
+    unsigned long long made;  /* nonces made (tests read it) */
 } Signer;
 
 static void
