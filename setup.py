@@ -10,6 +10,9 @@ FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror=implicit"]
 setup(ext_modules=[
     Extension("stirshaken_proxy.sip._cmessage", ["stirshaken_proxy/sip/_cmessage.c"],
               extra_compile_args=FLAGS, optional=True),
+    Extension("stirshaken_proxy.transaction._cmachine",
+              ["stirshaken_proxy/transaction/_cmachine.c"], extra_compile_args=FLAGS,
+              optional=True),
     Extension("stirshaken_proxy.stir._es256", ["stirshaken_proxy/stir/_es256.c"],
               extra_compile_args=FLAGS, libraries=["crypto"], optional=True),
 ])

@@ -27,15 +27,12 @@ from ..stir.signing import Picked
 from ..transaction import (
     AckTemplate,
     ClientInvite,
-    ClientNonInvite,
-    ServerInvite,
-    ServerNonInvite,
     State,
     TimerConfig,
     Transaction,
     timer_heap,
 )
-from ..transaction.machine import ClientTransaction, Event, ServerTransaction
+from ..transaction.machine import ClientTransaction, Event, ServerTransaction, machines
 from .actions import Action
 from .flood import FloodConfig, FloodGuard
 from .records import INBOUND, OUTBOUND, CallLog
@@ -177,6 +174,7 @@ class ProxyEngine:
         self.services = services
         self.sides = {DIALER: config.dialer, CARRIER: config.carrier}
         self.timers = timer_heap()  # the compiled core's when it is in use
+        self.machines = machines()  # its transactions likewise
         self.server_txns: dict[tuple[object, ...], ServerTransaction] = {}
         self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
         self.stats: Stats = stats if stats is not None else Stats()
@@ -418,7 +416,8 @@ class ProxyEngine:
                 self.records.ended(msg.call_id, now, out)
             if services.digest is not None:
                 services.digest.call_ended(msg.call_id, now)
-        cls = ServerInvite if method == "INVITE" else ServerNonInvite
+        m = self.machines
+        cls = m.server_invite if method == "INVITE" else m.server_non_invite
         txn = cls(key=key, peer=source, tu=self, config=self.config.timers, request=msg)
         self.server_txns[key] = txn
         if method == "INVITE":
@@ -619,12 +618,12 @@ class ProxyEngine:
                 head=b"ACK " + ctx.ruri + b" SIP/2.0\r\n" + via + ctx.route_lines,
                 from_call_id=msg.joined("from", current=True) + msg.joined("call-id"),
                 cseq=msg.cseq)
-            client: ClientTransaction = ClientInvite(
+            client: ClientTransaction = self.machines.client_invite(
                 key=key, peer=dest, tu=self, config=self.config.timers, request=data,
                 ack_template=ctx.ack)
         else:
-            client = ClientNonInvite(key=key, peer=dest, tu=self, config=self.config.timers,
-                                     request=data)
+            client = self.machines.client_non_invite(
+                key=key, peer=dest, tu=self, config=self.config.timers, request=data)
         client.context = ctx
         ctx.client = client
         self.client_txns[key] = client
@@ -671,8 +670,9 @@ class ProxyEngine:
             b"CSeq: %d CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n" % ctx.ack.cseq,
         ))
         branch = client.key[0]
-        cancel = ClientNonInvite(key=(branch, "CANCEL"), peer=client.peer, tu=self,
-                                 config=self.config.timers, request=data)
+        cancel = self.machines.client_non_invite(
+            key=(branch, "CANCEL"), peer=client.peer, tu=self, config=self.config.timers,
+            request=data)
         cancel.context = _Context(_CANCEL, None)
         self.client_txns[cancel.key] = cancel
         self.stats[("sip_cancels_sent",)] += 1
@@ -724,13 +724,14 @@ class ProxyEngine:
         if ctx.kind is _CANCEL:
             return  # responses to our CANCEL stop here
         status = msg.status
-        if status < 200 and isinstance(txn, ClientInvite):
+        invite = isinstance(txn, self.machines.client_invite)
+        if status < 200 and invite:
             ctx.provisional = True
             if ctx.cancel_pending:
                 self._send_cancel(ctx, now, out)
         if status == 100:
             return  # 100 Trying is hop by hop (§16.7 step 3)
-        if status >= 200 and isinstance(txn, ClientInvite) and not ctx.final_seen:
+        if status >= 200 and invite and not ctx.final_seen:
             ctx.final_seen = True
             self.sti.call_final(self.services, msg.call_id, status, now, out)
             if self.records:  # (a re-INVITE's call has its final status already)
@@ -745,7 +746,7 @@ class ProxyEngine:
 
     def on_timeout(self, txn: Transaction, now: float, out: list[Action]) -> None:
         self.stats[("sip_transaction_timeouts",)] += 1
-        if not isinstance(txn, ClientTransaction):
+        if not isinstance(txn, self.machines.client):
             return
         ctx: _Context = txn.context
         server = ctx.server
@@ -756,7 +757,7 @@ class ProxyEngine:
             status = 503 if ctx.transport_error else 408
             request = server.request  # (the final response lets go of it)
             server.send_response(self._respond(request, status), status, now, out)
-            if isinstance(txn, ClientInvite) and self.records:
+            if isinstance(txn, self.machines.client_invite) and self.records:
                 self.records.final(request.call_id, status, now, out)
 
     def on_timer_c(self, txn: ClientInvite, now: float, out: list[Action]) -> None:
@@ -773,7 +774,7 @@ class ProxyEngine:
         txn.terminate()
 
     def on_terminated(self, txn: Transaction) -> None:
-        if isinstance(txn, ServerTransaction):
+        if isinstance(txn, self.machines.server):
             if self.server_txns.get(txn.key) is txn:
                 del self.server_txns[txn.key]
         elif self.client_txns.get(txn.key) is txn:

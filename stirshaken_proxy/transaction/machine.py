@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol
 
+from ..sip import message
 from ..sip.message import SipMessage
 from ..sip.transport import Outbox, Peer, Send, Transport
 from .timers import Timers
@@ -480,3 +481,38 @@ ServerNonInvite.TABLE = {
     (S.COMPLETED, E.TIMER_J): (S.TERMINATED, ()),
 }
 del CI, CN, SI, SN, S, E
+
+
+class Machines(NamedTuple):
+    """The transaction classes of one core: the reference above, or the compiled core's
+    (``_cmachine.c``: the same tables, read from these classes; the steps in C)."""
+
+    client: type[ClientTransaction]
+    server: type[ServerTransaction]
+    client_invite: type[ClientInvite]
+    client_non_invite: type[ClientNonInvite]
+    server_invite: type[ServerInvite]
+    server_non_invite: type[ServerNonInvite]
+
+
+REFERENCE = Machines(ClientTransaction, ServerTransaction, ClientInvite, ClientNonInvite,
+                     ServerInvite, ServerNonInvite)
+COMPILED: Machines | None = None
+try:
+    from . import _cmachine
+except ImportError:  # installed without a C compiler: the reference alone
+    pass
+else:
+    _cmachine.bind(State, Event, Send, Transport.UDP, _NO_ACK,
+                   (ClientInvite, ClientNonInvite, ServerInvite, ServerNonInvite))
+    COMPILED = Machines(
+        _cmachine.ClientTransaction, _cmachine.ServerTransaction, _cmachine.ClientInvite,
+        _cmachine.ClientNonInvite, _cmachine.ServerInvite, _cmachine.ServerNonInvite)
+
+
+def machines() -> Machines:
+    """The compiled core's transactions while that core is in use, else the reference (as
+    ``timers.timer_heap`` chooses the heap)."""
+    if COMPILED is not None and message.compiled_core() is not None:
+        return COMPILED
+    return REFERENCE

@@ -22,11 +22,13 @@ from stirshaken_proxy.transaction import (
     Transaction,
     timer_heap,
 )
-from stirshaken_proxy.transaction.machine import TIMER_C, ClientTransaction
+from stirshaken_proxy.transaction.machine import TIMER_C, ClientTransaction, machines
 
 UDP = Peer(Side.CARRIER, Transport.UDP, "127.0.0.1", 5080)
 TCP = Peer(Side.CARRIER, Transport.TCP, "127.0.0.1", 5080)
 CFG = TimerConfig()  # T1 0.5 s, T2 4 s, T4 5 s, D 32 s, C 180 s
+# The core in use: the compiled transactions, or the reference (STIRSHAKEN_CORE=python).
+M = machines()
 
 
 class TU:
@@ -72,7 +74,7 @@ def response(status: int, method: str = "INVITE") -> SipMessage:
 
 
 def client_invite(tu: TU, peer: Peer = UDP, cfg: TimerConfig = CFG) -> ClientInvite:
-    return ClientInvite(key=("b", "INVITE"), peer=peer, tu=tu, config=cfg, request=b"INVITE",
+    return M.client_invite(key=("b", "INVITE"), peer=peer, tu=tu, config=cfg, request=b"INVITE",
                         ack_template=AckTemplate(head=b"ACK sip:c@d SIP/2.0\r\nVia: v\r\n",
                                                  from_call_id=b"From: f\r\n", cseq=1))
 
@@ -221,7 +223,7 @@ def test_an_answered_invite_leaves_the_timer_heap_with_its_timer_m() -> None:
 # -- non-INVITE client (§17.1.2) ------------------------------------------------------------
 def test_timer_e_caps_at_t2_and_timer_f() -> None:
     tu = TU()
-    txn = ClientNonInvite(key=("b", "BYE"), peer=UDP, tu=tu, config=CFG, request=b"BYE")
+    txn = M.client_non_invite(key=("b", "BYE"), peer=UDP, tu=tu, config=CFG, request=b"BYE")
     txn.start(0.0, [])
     sends: list[tuple[float, bytes]] = []
     tu.advance(100.0, sends)
@@ -231,7 +233,7 @@ def test_timer_e_caps_at_t2_and_timer_f() -> None:
 
 def test_timer_e_is_t2_in_proceeding_and_timer_k() -> None:
     tu = TU()
-    txn = ClientNonInvite(key=("b", "BYE"), peer=UDP, tu=tu, config=CFG, request=b"BYE")
+    txn = M.client_non_invite(key=("b", "BYE"), peer=UDP, tu=tu, config=CFG, request=b"BYE")
     txn.start(0.0, [])
     sends: list[tuple[float, bytes]] = []
     tu.advance(0.6, sends)  # one retransmission at 0.5, next due at 1.5
@@ -249,7 +251,7 @@ def test_timer_e_is_t2_in_proceeding_and_timer_k() -> None:
 # -- INVITE server (§17.2.1) ----------------------------------------------------------------
 def test_timer_g_retransmits_final_until_timer_h() -> None:
     tu = TU()
-    txn = ServerInvite(key="k", peer=UDP, tu=tu, config=CFG, request=request())
+    txn = M.server_invite(key="k", peer=UDP, tu=tu, config=CFG, request=request())
     out: list[Send] = []
     txn.send_response(b"SIP/2.0 486", 486, 0.0, out)
     sends: list[tuple[float, bytes]] = []
@@ -260,7 +262,7 @@ def test_timer_g_retransmits_final_until_timer_h() -> None:
 
 def test_ack_confirms_and_timer_i() -> None:
     tu = TU()
-    txn = ServerInvite(key="k", peer=UDP, tu=tu, config=CFG, request=request())
+    txn = M.server_invite(key="k", peer=UDP, tu=tu, config=CFG, request=request())
     txn.send_response(b"SIP/2.0 486", 486, 0.0, [])
     out: list[Send] = []
     txn.receive_request(0.2, out)  # INVITE retransmission: the final again
@@ -277,7 +279,7 @@ def test_ack_confirms_and_timer_i() -> None:
 
 def test_server_invite_reliable_has_no_timer_g_and_i_zero() -> None:
     tu = TU()
-    txn = ServerInvite(key="k", peer=TCP, tu=tu, config=CFG, request=request())
+    txn = M.server_invite(key="k", peer=TCP, tu=tu, config=CFG, request=request())
     txn.send_response(b"SIP/2.0 486", 486, 0.0, [])
     sends: list[tuple[float, bytes]] = []
     tu.advance(10.0, sends)
@@ -289,7 +291,7 @@ def test_server_invite_reliable_has_no_timer_g_and_i_zero() -> None:
 
 def test_server_invite_2xx_accepted_timer_l() -> None:
     tu = TU()
-    txn = ServerInvite(key="k", peer=UDP, tu=tu, config=CFG, request=request())
+    txn = M.server_invite(key="k", peer=UDP, tu=tu, config=CFG, request=request())
     out: list[Send] = []
     txn.send_response(b"SIP/2.0 100", 100, 0.0, out)
     txn.receive_request(0.1, out)  # retransmitted INVITE: the 100 again
@@ -308,7 +310,7 @@ def test_server_invite_2xx_accepted_timer_l() -> None:
 @pytest.mark.parametrize(("peer", "timer_j"), [(UDP, 32.0), (TCP, 0.0)])
 def test_timer_j(peer: Peer, timer_j: float) -> None:
     tu = TU()
-    txn = ServerNonInvite(key="k", peer=peer, tu=tu, config=CFG, request=request("BYE"))
+    txn = M.server_non_invite(key="k", peer=peer, tu=tu, config=CFG, request=request("BYE"))
     out: list[Send] = []
     txn.receive_request(0.0, out)
     assert out == []  # Trying: nothing to resend yet
