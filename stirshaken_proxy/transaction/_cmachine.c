@@ -192,56 +192,68 @@ static int arm_timer_c(Txn *self, double delay, double now) {
     return arm_step(self, now);
 }
 
+/* The ACK of a non-2xx answer (§17.1.1.3): the template's lines, the response's To line (with
+ * the tag the answer gave), its own CSeq line. */
+static PyObject *make_ack(PyObject *t, PyObject *msg) {
+    PyObject *head = PyTuple_GET_ITEM(t, 0), *from_call_id = PyTuple_GET_ITEM(t, 1);
+    long long cseq = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 2));
+    if (cseq == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *index = PyObject_GetAttr(msg, s_index);
+    if (index == NULL)
+        return NULL;
+    PyObject *to = PyObject_GetItem(index, s_to);
+    Py_DECREF(index);
+    if (to == NULL)
+        return NULL;
+    PyObject *first = PySequence_GetItem(to, 0);
+    Py_DECREF(to);
+    if (first == NULL)
+        return NULL;
+    PyObject *args[2] = {msg, first};
+    PyObject *line = PyObject_VectorcallMethod(
+        s_header_line, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(first);
+    if (line == NULL)
+        return NULL;
+    if (!PyBytes_Check(head) || !PyBytes_Check(from_call_id) || !PyBytes_Check(line)) {
+        Py_DECREF(line);
+        PyErr_SetString(PyExc_TypeError, "ACK pieces must be bytes");
+        return NULL;
+    }
+    char tail[96];
+    int tail_len = snprintf(tail, sizeof tail,
+                            "CSeq: %lld ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+                            cseq);
+    Py_ssize_t a = PyBytes_GET_SIZE(head), b = PyBytes_GET_SIZE(from_call_id),
+               c = PyBytes_GET_SIZE(line);
+    PyObject *ack = PyBytes_FromStringAndSize(NULL, a + b + c + tail_len);
+    if (ack == NULL) {
+        Py_DECREF(line);
+        return NULL;
+    }
+    char *p = PyBytes_AS_STRING(ack);
+    memcpy(p, PyBytes_AS_STRING(head), a);
+    memcpy(p + a, PyBytes_AS_STRING(from_call_id), b);
+    memcpy(p + a + b, PyBytes_AS_STRING(line), c);
+    memcpy(p + a + b + c, tail, tail_len);
+    Py_DECREF(line);
+    return ack;
+}
+
 static int send_ack(Txn *self, PyObject *out, PyObject *msg) {
     if (self->ack == Py_None) {
+        /* Held: the attribute lookups below could run code that releases the template. */
         PyObject *t = self->ack_template;
         if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
             PyErr_SetString(PyExc_TypeError, "ack_template: an AckTemplate");
             return -1;
         }
-        PyObject *head = PyTuple_GET_ITEM(t, 0), *from_call_id = PyTuple_GET_ITEM(t, 1);
-        long long cseq = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 2));
-        if (cseq == -1 && PyErr_Occurred())
+        Py_INCREF(t);
+        PyObject *ack = make_ack(t, msg);
+        Py_DECREF(t);
+        if (ack == NULL)
             return -1;
-        PyObject *index = PyObject_GetAttr(msg, s_index);
-        if (index == NULL)
-            return -1;
-        PyObject *to = PyObject_GetItem(index, s_to);
-        Py_DECREF(index);
-        if (to == NULL)
-            return -1;
-        PyObject *first = PySequence_GetItem(to, 0);
-        Py_DECREF(to);
-        if (first == NULL)
-            return -1;
-        PyObject *args[2] = {msg, first};
-        PyObject *line = PyObject_VectorcallMethod(
-            s_header_line, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        Py_DECREF(first);
-        if (line == NULL)
-            return -1;
-        if (!PyBytes_Check(head) || !PyBytes_Check(from_call_id) || !PyBytes_Check(line)) {
-            Py_DECREF(line);
-            PyErr_SetString(PyExc_TypeError, "ACK pieces must be bytes");
-            return -1;
-        }
-        char tail[96];
-        int tail_len = snprintf(tail, sizeof tail,
-                                "CSeq: %lld ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-                                cseq);
-        Py_ssize_t a = PyBytes_GET_SIZE(head), b = PyBytes_GET_SIZE(from_call_id),
-                   c = PyBytes_GET_SIZE(line);
-        PyObject *ack = PyBytes_FromStringAndSize(NULL, a + b + c + tail_len);
-        if (ack == NULL) {
-            Py_DECREF(line);
-            return -1;
-        }
-        char *p = PyBytes_AS_STRING(ack);
-        memcpy(p, PyBytes_AS_STRING(head), a);
-        memcpy(p + a, PyBytes_AS_STRING(from_call_id), b);
-        memcpy(p + a + b, PyBytes_AS_STRING(line), c);
-        memcpy(p + a + b + c, tail, tail_len);
-        Py_DECREF(line);
         Py_SETREF(self->ack, ack);
     }
     PyObject *ack = self->ack;
@@ -346,9 +358,10 @@ static void release(Txn *self) {
 
 static int finish(Txn *self) {
     PyDict_Clear(self->deadlines);
-    int rc = tu_call(self, s_on_terminated, 1, NULL, NULL, NULL);
+    if (tu_call(self, s_on_terminated, 1, NULL, NULL, NULL) < 0)
+        return -1; /* (as in machine.py: an error there leaves the release undone) */
     release(self);
-    return rc;
+    return 0;
 }
 
 /* 1: applied, 0: the state ignores the event, -1: an error (raised). */

@@ -114,18 +114,35 @@ def _libasan() -> str | None:
     return found if found and os.path.isabs(found) and os.path.exists(found) else None
 
 
-@pytest.mark.skipif(_libasan() is None, reason="gcc with libasan is not installed")
-def test_the_compiled_core_under_address_sanitizer(tmp_path: Path) -> None:
-    so = tmp_path / "_cmessage_asan.so"
+def build_sanitized(source: Path, out: Path, *libs: str) -> None:
+    """A C module of the compiled core built with AddressSanitizer and UBSan (any finding
+    aborts), for a run under sanitizer_env."""
     build = subprocess.run(
         ["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
          "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-         f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-o", str(so)],
+         f"-I{sysconfig.get_paths()['include']}", str(source), *libs, "-o", str(out)],
         capture_output=True, text=True, timeout=120, check=False)
     assert build.returncode == 0, build.stderr
-    env = {**os.environ, "LD_PRELOAD": str(_libasan()), "PYTHONPATH": str(ROOT),
+
+
+def sanitizer_env(*, own_malloc: bool = False) -> dict[str, str]:
+    """The environment of a Python run with ASan loaded first; ``own_malloc``: every object
+    its own allocation (Python's allocator off), so ASan guards each one's end."""
+    libasan = _libasan()
+    assert libasan is not None
+    env = {**os.environ, "LD_PRELOAD": libasan, "PYTHONPATH": str(ROOT),
            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    if own_malloc:
+        env["PYTHONMALLOC"] = "malloc"
+    return env
+
+
+@pytest.mark.skipif(_libasan() is None, reason="gcc with libasan is not installed")
+def test_the_compiled_core_under_address_sanitizer(tmp_path: Path) -> None:
+    so = tmp_path / "_cmessage_asan.so"
+    build_sanitized(SOURCE, so)
+    env = sanitizer_env()
     runs = os.environ.get("ASAN_INPUTS", "3000")
     done = subprocess.run([sys.executable, "-c", RUN, str(so), runs], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False)

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -232,23 +231,14 @@ print("signed", signer.made)
 @pytest.mark.skipif(not shutil.which("gcc") or not os.path.exists("/usr/include/openssl/ecdsa.h"),
                     reason="gcc or OpenSSL's headers are not installed")
 def test_the_compiled_signer_under_address_sanitizer(tmp_path: Path) -> None:
-    from tests.sip.test_cores_asan import _libasan
+    from tests.sip.test_cores_asan import _libasan, build_sanitized, sanitizer_env
 
-    libasan = _libasan()
-    if libasan is None:
+    if _libasan() is None:
         pytest.skip("gcc with libasan is not installed")
     so = tmp_path / "_es256_asan.so"
-    build = subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
-         "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-         f"-I{sysconfig.get_paths()['include']}", str(ROOT / "stirshaken_proxy/stir/_es256.c"),
-         "-lcrypto", "-o", str(so)],
-        capture_output=True, text=True, timeout=120, check=False)
-    assert build.returncode == 0, build.stderr
-    env = {**os.environ, "LD_PRELOAD": libasan, "PYTHONPATH": str(ROOT), "PYTHONMALLOC": "malloc",
-           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
-           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
-    done = subprocess.run([sys.executable, "-c", ASAN_RUN, str(so), "400"], env=env, cwd=ROOT,
+    build_sanitized(ROOT / "stirshaken_proxy/stir/_es256.c", so, "-lcrypto")
+    done = subprocess.run([sys.executable, "-c", ASAN_RUN, str(so), "400"],
+                          env=sanitizer_env(own_malloc=True), cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.strip() == "signed 800"

@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
-from tests.sip.test_cores_asan import _libasan
+from tests.sip.test_cores_asan import _libasan, build_sanitized, sanitizer_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "stirshaken_proxy/transaction/_cmachine.c"
@@ -40,17 +39,9 @@ sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "tests/transaction/test_ma
                     reason="the compiled transactions run with the compiled core")
 def test_the_compiled_transactions_under_address_sanitizer(tmp_path: Path) -> None:
     so = tmp_path / "_cmachine_asan.so"
-    build = subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
-         "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-         f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-o", str(so)],
-        capture_output=True, text=True, timeout=120, check=False)
-    assert build.returncode == 0, build.stderr
-    env = {**os.environ, "LD_PRELOAD": str(_libasan()), "PYTHONPATH": str(ROOT),
-           "PYTHONMALLOC": "malloc",  # each object its own allocation, guarded by ASan
-           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
-           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
-    done = subprocess.run([sys.executable, "-c", RUN, str(so)], env=env, cwd=ROOT,
+    build_sanitized(SOURCE, so)
+    done = subprocess.run([sys.executable, "-c", RUN, str(so)],
+                          env=sanitizer_env(own_malloc=True), cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-4000:])
     assert " passed" in done.stdout and "failed" not in done.stdout, done.stdout[-2000:]

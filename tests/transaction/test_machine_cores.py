@@ -40,7 +40,8 @@ REQUEST = parse_message(
 
 class TU:
     """Records every callback; on_timer_c does what the proxy does (re-arms, or ends the
-    transaction), and on_response may end it, so reentrant calls are compared too."""
+    transaction), and on_response may end it, so reentrant calls are compared too; some
+    seeds make a callback raise, so the error paths are compared as well."""
 
     def __init__(self, reentrant: int) -> None:
         self.timers = timer_heap()
@@ -51,12 +52,16 @@ class TU:
         self.seen.append(("response", msg.status, now))
         if self.reentrant % 5 == 1 and msg.status >= 200:
             txn.terminate()
+        if self.reentrant % 7 == 3 and msg.status == 486:
+            raise RuntimeError("the transaction user failed")  # the steps after it do not run
 
     def on_timeout(self, txn: Any, now: float, out: list[Send]) -> None:
         self.seen.append(("timeout", now))
 
     def on_terminated(self, txn: Any) -> None:
         self.seen.append(("terminated", txn.state.name))
+        if self.reentrant == 12:
+            raise RuntimeError("the transaction user failed")  # the release is not done
 
     def on_timer_c(self, txn: Any, now: float, out: list[Send]) -> None:
         self.seen.append(("timer_c", now))
