@@ -388,9 +388,12 @@ _EXPORT_MAX = 1_000_000
 
 
 def _health(config: Config, args: argparse.Namespace) -> int:
-    """The statistics the service writes behind to the store, with each number's state."""
+    """Each number's statistics and state: the running service's (its admin API), or, when
+    it does not answer, what it wrote behind to the store (up to a flush_interval old)."""
     import json
     import time
+    import urllib.error
+    import urllib.request
 
     from .policy.health import NumberHealth
 
@@ -398,13 +401,18 @@ def _health(config: Config, args: argparse.Namespace) -> int:
     try:
         if auth.health is None:
             raise ConfigError(f"{config.path}: [health] enabled = false")
-        health = NumberHealth(auth.health)
-        for tn, data in store.health().load().items():
-            health.restore(tn, data)
+        url = f"http://{config.admin.host}:{config.admin.port}/numbers/health"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                reports: list[dict[str, object]] = json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            health = NumberHealth(auth.health)
+            for tn, data in store.health().load().items():
+                health.restore(tn, data)
+            now = time.time()
+            reports = [health.report(tn, now) for tn in sorted(health.numbers)]
     finally:
         store.close()
-    now = time.time()
-    reports = [health.report(tn, now) for tn in sorted(health.numbers)]
     if args.json:
         for r in reports:
             sys.stdout.write(json.dumps(r, separators=(",", ":")) + "\n")

@@ -66,7 +66,10 @@ flush_interval = 0.3
     assert "12025550142" in table and "healthy" in table
     rows = [json.loads(line) for line in cli(cfg, "health", "--json").splitlines()]
     assert rows[0]["attempts"] == 30 and rows[0]["calls_last_hour"] == 30
-    # A restarted service carries on from there, and the operator can quarantine.
+    # A restarted service carries on from there, and the operator can quarantine. (Its
+    # statistics are now written behind once a minute: what the CLI shows meanwhile is the
+    # running service's.)
+    cfg.write_text(cfg.read_text().replace("flush_interval = 0.3", "flush_interval = 60"))
     svc2 = Service(cfg, ports.admin, tmp_path / "proxy2.log")
     svc2.start()
     try:
@@ -74,6 +77,9 @@ flush_interval = 0.3
         out = cli(cfg, "quarantine", "12025550142", "--hours", "2", "--reason", "complaints")
         assert "quarantined complaints" in out
         assert health(ports.admin)["12025550142"]["state"] == "quarantined"
+        row = json.loads(cli(cfg, "health", "--json").splitlines()[0])
+        assert (row["state"], row["quarantine_reason"]) == ("quarantined", "complaints")
         assert "healthy" in cli(cfg, "release", "12025550142")
+        assert "healthy" in cli(cfg, "health")
     finally:
         svc2.stop()
