@@ -230,11 +230,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _store(config: Config) -> tuple[Store, AuthConfig]:
+def _auth(config: Config) -> AuthConfig:
     if config.auth is None:
         raise ConfigError(f"{config.path}: no [[accounts]] and [[signing]]: there is no "
                           "inventory to manage")
-    a = config.auth
+    return config.auth
+
+
+def _store(config: Config) -> tuple[Store, AuthConfig]:
+    a = _auth(config)
     return open_store(path=a.store_path, url=a.store_url, instance=a.store_instance), a
 
 
@@ -397,22 +401,25 @@ def _health(config: Config, args: argparse.Namespace) -> int:
 
     from .policy.health import NumberHealth
 
-    store, auth = _store(config)
+    limits = _auth(config).health
+    if limits is None:
+        raise ConfigError(f"{config.path}: [health] enabled = false")
     try:
-        if auth.health is None:
-            raise ConfigError(f"{config.path}: [health] enabled = false")
-        url = f"http://{config.admin.host}:{config.admin.port}/numbers/health"
+        with urllib.request.urlopen(_admin_url(config, "/numbers/health"), timeout=5) as r:
+            reports: list[dict[str, object]] = json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        opened = _open_store(config)  # the service does not answer: what it wrote behind
+        if opened is None:
+            return EXIT_DATA
+        store, _ = opened
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                reports: list[dict[str, object]] = json.loads(r.read())
-        except (urllib.error.URLError, OSError, ValueError):
-            health = NumberHealth(auth.health)
+            health = NumberHealth(limits)
             for tn, data in store.health().load().items():
                 health.restore(tn, data)
-            now = time.time()
-            reports = [health.report(tn, now) for tn in sorted(health.numbers)]
-    finally:
-        store.close()
+        finally:
+            store.close()
+        now = time.time()
+        reports = [health.report(tn, now) for tn in sorted(health.numbers)]
     if args.json:
         for r in reports:
             sys.stdout.write(json.dumps(r, separators=(",", ":")) + "\n")
@@ -427,6 +434,11 @@ def _health(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _admin_url(config: Config, path: str) -> str:
+    """The running service's admin API (the config's [admin] address)."""
+    return f"http://{config.admin.host}:{config.admin.port}{path}"
+
+
 def _admin_post(config: Config, args: argparse.Namespace) -> int:
     import json
     import urllib.error
@@ -435,9 +447,8 @@ def _admin_post(config: Config, args: argparse.Namespace) -> int:
 
     query = {"hours": str(args.hours), "reason": args.reason} \
         if args.numbers_command == "quarantine" else {}
-    url = (f"http://{config.admin.host}:{config.admin.port}/numbers/"
-           f"{urllib.parse.quote(args.tn)}/{args.numbers_command}?"
-           + urllib.parse.urlencode(query))
+    url = _admin_url(config, f"/numbers/{urllib.parse.quote(args.tn)}/"
+                             f"{args.numbers_command}?" + urllib.parse.urlencode(query))
     import base64
 
     if config.admin.password_file is None:
