@@ -8,11 +8,13 @@ bundle, so calls in progress keep their mapping and their statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..sip.message import SipMessage
 from ..sip.transport import Side
 from ..sip.uri import uri_user, with_uri_user
 
+_V = TypeVar("_V")
 _IDENTITY_HEADERS = (("from", b"From"), ("to", b"To"),
                      ("p-asserted-identity", b"P-Asserted-Identity"))
 
@@ -34,9 +36,10 @@ class TrackedCall:
     done: bool = False  # its final response (non-2xx) or BYE was counted
 
 
-class CallTable(dict[str, TrackedCall]):
-    """Signed calls by Call-ID, bounded (the oldest go first). A dict, so that the tests the
-    proxy makes on every message (is any call tracked? this one?) run in C."""
+class CallTable(dict[str, _V]):
+    """Signed calls (or what is kept of them) by Call-ID, bounded (the oldest go first). A
+    dict, so that the tests the proxy makes on every message (is any call tracked? this
+    one?) run in C."""
 
     __slots__ = ("max_calls",)
 
@@ -44,7 +47,7 @@ class CallTable(dict[str, TrackedCall]):
         super().__init__()
         self.max_calls = max_calls
 
-    def add(self, call_id: str, call: TrackedCall) -> None:
+    def add(self, call_id: str, call: _V) -> None:
         self[call_id] = call
         if len(self) > self.max_calls:
             del self[next(iter(self))]

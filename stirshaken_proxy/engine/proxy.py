@@ -174,6 +174,9 @@ class ProxyEngine:
         self.services = services
         self.sides = {DIALER: config.dialer, CARRIER: config.carrier}
         self.timers = timer_heap()  # the compiled core's when it is in use
+        # The heap's first entry, armed or not (never later than next_deadline): asked after
+        # every message, so the heap's own method, without a frame of ours around it.
+        self.earliest_deadline = self.timers.earliest
         self.machines = machines()  # its transactions likewise
         self.server_txns: dict[tuple[object, ...], ServerTransaction] = {}
         self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
@@ -188,12 +191,16 @@ class ProxyEngine:
             for port in {side.advertise_port, side.port, side.advertise_tls_port or
                          side.advertise_port, side.tls_port or side.port}}
         self._own_route_prefixes = tuple(f"<sip:{h}:{p}" for h, p in sorted(self._local))
+        self._rr_line = {(name, transport): self._rr(side, transport)
+                         for name, side in self.sides.items() for transport in Transport}
+        # Our Record-Route values exactly as we write them: as UAs send them back in Route,
+        # a set lookup settles them.
+        self._own_routes = {line[len(b"Record-Route: "):-2].decode("latin-1")
+                            for line in self._rr_line.values()}
         self._branch_prefix = "z9hG4bK" + rng(4).hex() + "."
         self._branch_seq = itertools.count(1)
         self._tag = rng(4).hex()
         self._via_prefix = {name: self._via_start(side) for name, side in self.sides.items()}
-        self._rr_line = {(name, transport): self._rr(side, transport)
-                         for name, side in self.sides.items() for transport in Transport}
         self._next_hop = {
             name: Peer(name, side.next_hop_transport, side.next_hop_host, side.next_hop_port)
             for name, side in self.sides.items()
@@ -201,6 +208,9 @@ class ProxyEngine:
         self._server_header = b"Server: " + config.server_name.encode() + b"\r\n"
         self.flood = FloodGuard(config.flood)
         self._flood_exempt = self._exempt(config)
+        # Per side, per source address: (trusted by the flood guard, refused by the side's
+        # source list), as _admission decides them; kept until a reload replaces the lists.
+        self._admitted: dict[Side, dict[str, tuple[bool, bool]]] = {DIALER: {}, CARRIER: {}}
         # While draining for shutdown, new dialogs are refused; transactions in flight finish.
         self.draining = False
         self._waiting: dict[str, list[_Parked]] = {}  # x5u URL -> requests waiting for it
@@ -223,6 +233,8 @@ class ProxyEngine:
             self.flood.config = config.flood
             self._flood_exempt = self._exempt(self.config)
         self.services = services
+        for known in self._admitted.values():
+            known.clear()
 
     # -- configuration-derived bytes ----------------------------------------------------
     @staticmethod
@@ -281,11 +293,6 @@ class ProxyEngine:
 
     def next_deadline(self) -> float | None:
         return self.timers.next_deadline()
-
-    def earliest_deadline(self) -> float | None:
-        """The heap's first entry, armed or not (never later than next_deadline): cheap to
-        ask after every message."""
-        return self.timers.earliest()
 
     def credentials_ready(self, urls: tuple[str, ...], now: float) -> list[Action]:
         """The verification service has these credentials now (fetched, or failed): the
@@ -376,15 +383,29 @@ class ProxyEngine:
         from_tag = msg.from_().tag
         return ("2543", msg.call_id, from_tag, msg.cseq, via.text, method, source)
 
+    def _admission(self, source: Peer) -> tuple[bool, bool]:
+        """(trusted by the flood guard, refused by its side's source list) for ``source``;
+        remembered per address when no certificate names the peer."""
+        dialer = source.side is DIALER
+        verdict = (self._trusted(source.host), self._unlisted(source) if dialer
+                   else not self.services.carrier_sources.allows(source.host))
+        if not source.names:
+            known = self._admitted[source.side]
+            if len(known) >= 4096:
+                known.clear()
+            known[source.host] = verdict
+        return verdict
+
     def _on_request(self, msg: SipMessage, source: Peer, now: float, out: list[Action]) -> None:
         method = msg.method
-        if not self._trusted(source.host) and not self.flood.allow(source.host, now):
+        trusted, refused = (None if source.names else self._admitted[source.side].get(
+            source.host)) or self._admission(source)
+        if not trusted and not self.flood.allow(source.host, now):
             self.stats[("sip_dropped", "flood")] += 1
             return
         services = self.services
         dialer = source.side is DIALER
-        if (self._unlisted(source) if dialer
-                else not services.carrier_sources.allows(source.host)) and (
+        if refused and (
                 services.digest is None or not dialer
                 or not self._digest_admits(msg, method, source, now)):
             self.stats[("sip_refused_sources", source.side)] += 1
@@ -412,7 +433,7 @@ class ProxyEngine:
             return
         if method == "BYE":
             self.sti.call_ended(self.services, msg.call_id, now, out)
-            if self.records:
+            if self.records.open_calls:
                 self.records.ended(msg.call_id, now, out)
             if services.digest is not None:
                 services.digest.call_ended(msg.call_id, now)
@@ -562,7 +583,7 @@ class ProxyEngine:
             msg.prepend_header(self._rr_line[(out_side, self.sides[out_side].next_hop_transport)])
         via = self._via_prefix[out_side] + branch.encode() + b"\r\n"
         msg.prepend_header(via)
-        if self.sti.calls:  # calls we signed: one may have a replaced caller ID
+        if self.sti.replaced:  # a call whose caller ID we replaced
             self.sti.map_identities(msg, out_side)
         return via, self._next_hop[out_side]
 
@@ -574,7 +595,8 @@ class ProxyEngine:
         for i in idx:
             values = split_values(msg.headers[i].value)
             kept = list(values)
-            while kept and self._is_own_route(kept[0]):
+            own = self._own_routes
+            while kept and (kept[0] in own or self._is_own_route(kept[0])):
                 kept.pop(0)
             if kept:
                 if len(kept) != len(values):
@@ -699,23 +721,13 @@ class ProxyEngine:
         if addr is None:
             self.stats[("sip_dropped", "response_unmatched")] += 1
             return
-        self._strip_top_via(msg)
         carrier = self.sides[CARRIER]
         side = CARRIER if top.port in (carrier.advertise_port, carrier.advertise_tls_port) \
             else DIALER
         dest = Peer(_OPPOSITE[side], _UDP, addr[0], addr[1])
-        if self.sti.calls:  # calls we signed: one may have a replaced caller ID
+        if self.sti.replaced:  # a call whose caller ID we replaced
             self.sti.map_identities(msg, dest.side)
-        out.append(Send(msg.serialize(), dest))
-
-    @staticmethod
-    def _strip_top_via(msg: SipMessage) -> None:
-        i = msg.index["via"][0]
-        values = split_values(msg.headers[i].value)
-        if len(values) == 1:
-            msg.remove_header(i)
-        else:
-            msg.replace_header(i, b"Via: " + ", ".join(values[1:]).encode("latin-1") + b"\r\n")
+        out.append(Send(msg.without_top_via(), dest))
 
     # -- TransactionUser ------------------------------------------------------------------
     def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float,
@@ -734,15 +746,14 @@ class ProxyEngine:
         if status >= 200 and invite and not ctx.final_seen:
             ctx.final_seen = True
             self.sti.call_final(self.services, msg.call_id, status, now, out)
-            if self.records:  # (a re-INVITE's call has its final status already)
+            if self.records.open_calls:  # (a re-INVITE's has its final status already)
                 self.records.final(msg.call_id, status, now, out)
         server = ctx.server
         if server is None:
             return
-        self._strip_top_via(msg)
-        if self.sti.calls:  # calls we signed: one may have a replaced caller ID
+        if self.sti.replaced:  # a call whose caller ID we replaced
             self.sti.map_identities(msg, server.peer.side)
-        server.send_response(msg.serialize(), status, now, out)
+        server.send_response(msg.without_top_via(), status, now, out)
 
     def on_timeout(self, txn: Transaction, now: float, out: list[Action]) -> None:
         self.stats[("sip_transaction_timeouts",)] += 1
@@ -757,7 +768,7 @@ class ProxyEngine:
             status = 503 if ctx.transport_error else 408
             request = server.request  # (the final response lets go of it)
             server.send_response(self._respond(request, status), status, now, out)
-            if isinstance(txn, self.machines.client_invite) and self.records:
+            if isinstance(txn, self.machines.client_invite) and self.records.open_calls:
                 self.records.final(request.call_id, status, now, out)
 
     def on_timer_c(self, txn: ClientInvite, now: float, out: list[Action]) -> None:

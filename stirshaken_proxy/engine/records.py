@@ -90,20 +90,20 @@ class CallLog:
         self.instance = instance
         self.worker = worker
         self.max_calls = max_calls
-        self._open: dict[str, _Open] = {}
+        self.open_calls: dict[str, _Open] = {}  # answered or not, not ended
         self._seq = itertools.count(1)
 
     def __len__(self) -> int:
-        return len(self._open)
+        return len(self.open_calls)
 
     def start(self, call_id: str, direction: str, facts: RecordFacts | None, now: float,
               out: list[Any]) -> None:
         if not self.enabled:
             return
-        self._open[call_id] = _Open(call_id, direction, facts or _NO_FACTS, now)
-        if len(self._open) > self.max_calls:
-            oldest = next(iter(self._open))
-            out.append(self._record(self._open.pop(oldest), now))
+        self.open_calls[call_id] = _Open(call_id, direction, facts or _NO_FACTS, now)
+        if len(self.open_calls) > self.max_calls:
+            oldest = next(iter(self.open_calls))
+            out.append(self._record(self.open_calls.pop(oldest), now))
 
     def answered_here(self, call_id: str, direction: str, facts: RecordFacts | None, status: int,
                       now: float, out: list[Any]) -> None:
@@ -112,23 +112,23 @@ class CallLog:
         self.final(call_id, status, now, out)
 
     def final(self, call_id: str, status: int, now: float, out: list[Any]) -> None:
-        call = self._open.get(call_id)
+        call = self.open_calls.get(call_id)
         if call is None or call.status:
             return
         call.status = status
         if 200 <= status < 300:
             call.answered = now
         else:
-            out.append(self._record(self._open.pop(call_id), now))
+            out.append(self._record(self.open_calls.pop(call_id), now))
 
     def ended(self, call_id: str, now: float, out: list[Any]) -> None:
-        call = self._open.pop(call_id, None)
+        call = self.open_calls.pop(call_id, None)
         if call is not None:
             out.append(self._record(call, now))
 
     def close(self, now: float) -> list[CallRecord]:
         """At shutdown: every call still open, recorded as it stands (status 0: none yet)."""
-        calls, self._open = self._open, {}
+        calls, self.open_calls = self.open_calls, {}
         return [self._record(call, now) for call in calls.values()]
 
     def _record(self, call: _Open, now: float) -> CallRecord:

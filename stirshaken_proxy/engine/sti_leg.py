@@ -17,7 +17,7 @@ from ..stats import Stats
 from ..stir.signing import CallFacts, NeedsNumber, Picked, Refusal, Signed, Unsigned
 from ..stir.verification import NeedsCredentials
 from .actions import Action, Fetch, PickNumber
-from .calls import CallTable, TrackedCall, identity_map, map_identities
+from .calls import CallTable, IdentityMap, TrackedCall, identity_map, map_identities
 from .records import RecordFacts
 from .services import Services
 from .sip_sti import (
@@ -66,7 +66,11 @@ class StiLeg:
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
-        self.calls = CallTable()  # signed calls: health tracking, replaced caller IDs
+        # Signed calls: health tracking, replaced caller IDs.
+        self.calls: CallTable[TrackedCall] = CallTable()
+        # The calls among them whose caller ID was replaced: their messages are mapped. A
+        # table of its own so that the test on every message (any such call?) is one check.
+        self.replaced: CallTable[IdentityMap] = CallTable()
         self._dates = DateLines()
         self._tns = TnMemo()  # calling numbers of the From/PAI values seen
         self.picked: Picked | None = None  # the shared pick a resumed request decides with
@@ -133,6 +137,8 @@ class StiLeg:
             if outcome.events or identities is not None:
                 out.extend(outcome.events)
                 self.calls.add(msg.call_id, TrackedCall(tn=outcome.orig, identities=identities))
+                if identities is not None:
+                    self.replaced.add(msg.call_id, identities)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("signed %s %s->%s attest %s (%s)", msg.call_id, outcome.orig,
                           outcome.dest, outcome.attest.value, outcome.reason.value, extra={
@@ -171,10 +177,11 @@ class StiLeg:
 
     # -- the calls we signed ---------------------------------------------------------------
     def map_identities(self, msg: SipMessage, out_side: Side) -> None:
-        if self.calls:
-            call = self.calls.get(msg.call_id)
-            if call is not None and call.identities is not None:
-                map_identities(msg, call.identities, out_side)
+        """The caller ID of a call whose number was replaced, mapped for ``out_side`` (the
+        proxy asks only while ``replaced`` holds a call)."""
+        entry = self.replaced.get(msg.call_id)
+        if entry is not None:
+            map_identities(msg, entry, out_side)
 
     def call_final(self, services: Services, call_id: str, status: int, now: float,
                    out: list[Action]) -> None:

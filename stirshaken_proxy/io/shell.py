@@ -36,7 +36,9 @@ class Engine(Protocol):
 
     def next_deadline(self) -> float | None: ...
 
-    def earliest_deadline(self) -> float | None: ...
+    # Asked after every message: the proxy's is its timer heap's own (C) method.
+    @property
+    def earliest_deadline(self) -> Callable[[], float | None]: ...
 
     def credentials_ready(self, urls: tuple[str, ...], now: float) -> list[Action]: ...
 
@@ -67,6 +69,8 @@ class EngineShell:
         self.record: Callable[[CallRecord], None] | None = None  # call records written behind
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        # A deadline above this rounds up to _timer_at or later: the armed wake-up serves it.
+        self._timer_cover = 0.0
         self._endpoints = 0
 
     # -- listeners ------------------------------------------------------------------------
@@ -155,9 +159,9 @@ class EngineShell:
             log.exception("internal error on a message from %s:%d", peer.host, peer.port)
             return
         self.execute(actions)
-        # arm_timer's first test, here: after most messages the armed wake-up comes first.
+        # arm_timer's first test, here: after most messages the armed wake-up serves.
         deadline = self.engine.earliest_deadline()
-        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+        if deadline is not None and (self._timer_at is None or deadline <= self._timer_cover):
             self._arm(deadline)
 
     def credentials_ready(self, urls: tuple[str, ...]) -> None:
@@ -256,9 +260,8 @@ class EngineShell:
         deadline = engine.next_deadline() if exact else engine.earliest_deadline()
         if deadline is None:
             return
-        timer_at = self._timer_at
-        if timer_at is not None and deadline >= timer_at:
-            return  # the wake-up armed comes first (the rounding below only delays this one)
+        if self._timer_at is not None and deadline > self._timer_cover:
+            return  # the wake-up armed serves it (the rounding below would not arm earlier)
         self._arm(deadline)
 
     def _arm(self, deadline: float) -> None:
@@ -273,6 +276,7 @@ class EngineShell:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
         self._timer_at = deadline
+        self._timer_cover = deadline - resolution
         self._timer = loop.call_at(loop.time() + max(0.0, deadline - time.time()), self._on_timer)
 
     def _on_timer(self) -> None:

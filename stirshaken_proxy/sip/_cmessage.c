@@ -431,6 +431,9 @@ static PyObject *s_is_request, *s_method, *s_uri, *s_status, *s_reason, *s_line_
     *s_index;
 static PyObject *n_via, *n_from, *n_to, *n_call_id, *n_cseq, *n_max_forwards,
     *n_content_length, *n_contact;
+static PyObject *v_text, *v_transport, *v_host, *v_port, *v_params, *v_branch,
+    *v_rfc3261_branch, *v_top_via, *v_comma, *v_empty;
+static PyObject *split_values(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 static int set_ssize(PyObject *obj, PyObject *name, Py_ssize_t v) {
     PyObject *o = PyLong_FromSsize_t(v);
@@ -532,19 +535,88 @@ static int addresses_known(PyObject *headers, PyObject *index, PyObject *known) 
     return 1;
 }
 
+/* The top Via of a message parse_fast accepted, as message.SipMessage.top_via makes it, put
+ * in msg._top_via: an instance of ``via_class`` (message.Via) with its slots set from
+ * via_fields. A value of another form is left to the caller (msg._top_via stays None): the
+ * reference reads it, or refuses it. 0, or -1 with an exception set. */
+static int set_top_via(PyObject *module, PyObject *msg, PyObject *headers, PyObject *index,
+                       PyObject *via_class) {
+    Py_ssize_t count;
+    PyObject *first = first_value(headers, index, n_via, &count);
+    if (first == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *text;
+    int has_comma = PyUnicode_FindChar(first, ',', 0, PyUnicode_GET_LENGTH(first), 1) >= 0;
+    if (has_comma) {
+        PyObject *argv[2] = {first, v_comma};
+        PyObject *values = split_values(module, argv, 2);
+        if (values == NULL)
+            return -1;
+        if (PyList_GET_SIZE(values) == 0) {
+            Py_DECREF(values);
+            return 0;
+        }
+        text = PyList_GET_ITEM(values, 0);
+        Py_INCREF(text);
+        Py_DECREF(values);
+    } else {
+        text = first;
+        Py_INCREF(text);
+    }
+    PyObject *fields = via_fields(module, text);
+    if (fields == NULL || fields == Py_None) {
+        Py_DECREF(text);
+        Py_XDECREF(fields);
+        return fields == NULL ? -1 : 0;
+    }
+    PyObject *params = PyTuple_GET_ITEM(fields, 3);
+    PyObject *branch = PyDict_GetItemWithError(params, v_branch);
+    if (branch == NULL && PyErr_Occurred())
+        goto failed_fields;
+    if (branch == NULL || branch == Py_None || PyUnicode_GET_LENGTH(branch) == 0)
+        branch = v_empty;
+    Py_ssize_t blen = PyUnicode_GET_LENGTH(branch);
+    int rfc3261 = blen > 7 && PyUnicode_KIND(branch) == PyUnicode_1BYTE_KIND &&
+                  memcmp(PyUnicode_1BYTE_DATA(branch), "z9hG4bK", 7) == 0;
+    PyTypeObject *type = (PyTypeObject *)via_class;
+    PyObject *via = type->tp_alloc(type, 0);
+    if (via == NULL)
+        goto failed_fields;
+    if (PyObject_SetAttr(via, v_text, text) < 0 ||
+        PyObject_SetAttr(via, v_transport, PyTuple_GET_ITEM(fields, 0)) < 0 ||
+        PyObject_SetAttr(via, v_host, PyTuple_GET_ITEM(fields, 1)) < 0 ||
+        PyObject_SetAttr(via, v_port, PyTuple_GET_ITEM(fields, 2)) < 0 ||
+        PyObject_SetAttr(via, v_params, params) < 0 ||
+        PyObject_SetAttr(via, v_branch, branch) < 0 ||
+        PyObject_SetAttr(via, v_rfc3261_branch, rfc3261 ? Py_True : Py_False) < 0 ||
+        PyObject_SetAttr(msg, v_top_via, via) < 0) {
+        Py_DECREF(via);
+        goto failed_fields;
+    }
+    Py_DECREF(via);
+    Py_DECREF(fields);
+    Py_DECREF(text);
+    return 0;
+failed_fields:
+    Py_DECREF(fields);
+    Py_DECREF(text);
+    return -1;
+}
+
 PyDoc_STRVAR(parse_fast_doc,
 "parse_fast(msg, data, max_size, stream, names, canonical, addresses, check_uri,\n"
-"           check_addresses) -> bool\n\n"
+"           check_addresses, via_class) -> bool\n\n"
 "Fill the fresh SipMessage ``msg`` from ``data`` as message.parse_message does, for a\n"
 "message of the everyday shape. False (or a SipError from a callback) for any other\n"
 "message: the caller then parses it with the reference parser, which gives the answer or\n"
 "the exact error. ``check_uri(uri)`` checks a Request-URI the simple form does not cover;\n"
 "``check_addresses(msg)`` checks From, To and Contact values the ``addresses`` set does\n"
-"not hold. The top Via is left to the caller.");
+"not hold. The top Via, of the everyday form, is made too (an instance of ``via_class``);\n"
+"of any other form it is left to the caller.");
 
 static PyObject *parse_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "parse_fast takes 9 arguments");
+    if (nargs != 10 || !PyType_Check(args[9])) {
+        PyErr_SetString(PyExc_TypeError, "parse_fast takes 10 arguments, the last a class");
         return NULL;
     }
     PyObject *msg = args[0], *data = args[1], *names = args[4], *canonical = args[5];
@@ -747,7 +819,8 @@ static PyObject *parse_fast(PyObject *module, PyObject *const *args, Py_ssize_t 
         length = available;
     }
     if (set_ssize(msg, s_body_start, body_start) < 0 ||
-        set_ssize(msg, s_body_end, body_start + length) < 0)
+        set_ssize(msg, s_body_end, body_start + length) < 0 ||
+        set_top_via(module, msg, headers, index, args[9]) < 0)
         goto done;
     result = Py_True;
     Py_INCREF(result);
@@ -1381,6 +1454,10 @@ static int intern_names(void) {
     NAME(n_cseq, "cseq") NAME(n_max_forwards, "max-forwards")
     NAME(n_content_length, "content-length") NAME(n_contact, "contact")
     NAME(s_deadlines, "deadlines")
+    NAME(v_text, "text") NAME(v_transport, "transport") NAME(v_host, "host")
+    NAME(v_port, "port") NAME(v_params, "params") NAME(v_branch, "branch")
+    NAME(v_rfc3261_branch, "rfc3261_branch") NAME(v_top_via, "_top_via") NAME(v_comma, ",")
+    NAME(v_empty, "")
 #undef NAME
     return 0;
 }

@@ -296,6 +296,18 @@ class SipMessage:
     def set_start_line(self, line: bytes) -> None:
         self._start_line = line
 
+    def without_top_via(self) -> bytes:
+        """The message serialised without its top Via value: a response a proxy relays
+        (RFC 3261 §16.7 step 3). The Via line goes, or keeps the values after the first."""
+        i = self.index["via"][0]
+        first = self.headers[i].value
+        values = split_values(first) if "," in first else None
+        if values is None or len(values) == 1:
+            self._edits[i] = None
+        else:
+            self._edits[i] = b"Via: " + ", ".join(values[1:]).encode("latin-1") + b"\r\n"
+        return self.serialize()
+
     def serialize(self) -> bytes:
         if _compiled is not None:
             return _compiled.assemble(  # type: ignore[no-any-return]
@@ -417,8 +429,9 @@ def parse_message(data: bytes, *, max_size: int = 65535, stream: bool = False,
         try:
             if _compiled.parse_fast(msg, data, max_size, stream, cache.names, cache.canonical,
                                     cache.addresses, _check_request_uri,
-                                    cache.check_addresses):
-                msg.top_via()
+                                    cache.check_addresses, Via):
+                if msg._top_via is None:  # a Via of another form: the reference reads it
+                    msg.top_via()
                 return msg
         except SipError:
             pass  # the reference parser below gives the answer and the exact error

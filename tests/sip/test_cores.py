@@ -44,8 +44,14 @@ def test_the_everyday_messages_take_the_compiled_path() -> None:
     msg = SipMessage(INVITE)
     assert _cmessage.parse_fast(msg, INVITE, 65535, False, cache.names, cache.canonical,
                                 cache.addresses, message._check_request_uri,
-                                cache.check_addresses) is True
+                                cache.check_addresses, message.Via) is True
     assert type(msg.headers[0]).__module__ == "stirshaken_proxy.sip._cmessage"
+    # The top Via made there too, as the reference makes it.
+    top, reference = msg._top_via, message.Via(msg.get("via") or "")
+    assert type(top) is message.Via
+    assert [getattr(top, name) for name in message.Via.__slots__] == [
+        getattr(reference, name) for name in message.Via.__slots__]
+    assert top.rfc3261_branch is True
     assert _cmessage.via_fields("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1;rport") == (
         "UDP", "127.0.0.1", 5070, {"branch": "z9hG4bK-1", "rport": None})
 
