@@ -221,6 +221,22 @@ def test_rejections(data: bytes, source: Peer, status: int) -> None:
     assert not any(s.peer.side == "carrier" for s in out)
 
 
+def test_a_reload_of_the_source_lists_applies_to_addresses_already_seen() -> None:
+    """The admission verdicts kept per address go with the lists they came from."""
+    e = engine()
+    stranger = Peer(Side.DIALER, Transport.UDP, "127.0.0.2", 5070)
+    (r,) = e.receive(invite("z9hG4bKs1", call_id=b"s1"), stranger, 0.0)
+    assert r.data.startswith(b"SIP/2.0 403 ")
+    with_services(e, dialer_sources=SourceFilter(("127.0.0.2/32",)))
+    out = e.receive(invite("z9hG4bKs2", call_id=b"s2"), stranger, 1.0)
+    assert [s.peer for s in out] == [stranger, carrier_peer()]  # 100 Trying, forwarded
+    # And back: the address the first list admitted is refused by the next one.
+    with_services(e, dialer_sources=SourceFilter(("127.0.0.3/32",)))
+    (r,) = e.receive(invite("z9hG4bKs3", call_id=b"s3"), stranger, 2.0)
+    assert r.data.startswith(b"SIP/2.0 403 ")
+    assert e.stats[("sip_refused_sources", Side.DIALER)] == 2
+
+
 def test_options_to_the_proxy_itself() -> None:
     e = engine()
     ping = (b"OPTIONS sip:127.0.0.1:5062 SIP/2.0\r\n"

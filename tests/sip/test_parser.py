@@ -177,6 +177,23 @@ def test_edits_leave_other_lines_byte_identical() -> None:
     assert again.get("x-odd") == "spaced folded"
 
 
+@pytest.mark.parametrize(("vias", "left"), [
+    (b"Via: SIP/2.0/UDP a;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP b;branch=z9hG4bK2\r\n",
+     b"Via: SIP/2.0/UDP b;branch=z9hG4bK2\r\n"),
+    (b"Via: SIP/2.0/UDP a;branch=z9hG4bK1 ,SIP/2.0/UDP b;branch=z9hG4bK2\r\n",
+     b"Via: SIP/2.0/UDP b;branch=z9hG4bK2\r\n"),
+    (b"Via: SIP/2.0/UDP a;branch=z9hG4bK1;x=\"p,q\"\r\nVia: SIP/2.0/UDP b\r\n",
+     b"Via: SIP/2.0/UDP b\r\n"),
+])
+def test_a_relayed_response_loses_its_top_via_value_only(vias: bytes, left: bytes) -> None:
+    data = (b"SIP/2.0 180 Ringing\r\n" + vias + b"From: <sip:a@example.com>;tag=1\r\n"
+            b"To: <sip:b@example.com>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n"
+            b"Content-Length: 0\r\n\r\n")
+    out = parse_message(data).without_top_via()
+    assert out == data.replace(vias, left)
+    assert parse_message(out).top_via().host == "b"
+
+
 def test_udp_trailing_octets_are_dropped_and_missing_length_is_added() -> None:
     data = _swap(b"Content-Length: 0\r\n", b"") + b"v=0\r\n"
     msg = parse_message(data)
