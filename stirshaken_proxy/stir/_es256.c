@@ -1,20 +1,29 @@
-/* ES256 (ECDSA P-256 with SHA-256, RFC 7518 §3.4) signing with nonces made ahead, in batches.
+/* ES256 (ECDSA P-256 with SHA-256, RFC 7518 §3.4) signing with nonces made ahead.
  *
  * The costly half of an ECDSA signature is the nonce's point k*G, which does not depend on the
  * message. Made one at a time between SIP messages it runs with cold caches (the generator
- * table alone is ~150 KB); made `batch` at a time in one loop it runs warm. Each call then
+ * table alone is ~150 KB); made `batch` at a time in one loop it runs warm. Each signature then
  * only hashes, computes s = k^-1 (z + r*d) mod n and writes r||s.
+ *
+ * Made ahead (the default), the batches are made by a thread of the signer's own, which never
+ * touches a Python object: when the pool falls to half, the signature that took it there wakes
+ * the thread, which fills it again while the event loop's thread goes on. A signature never
+ * waits for a batch (a batch of 32 is ~0.6 ms, which every 32nd INVITE would otherwise carry):
+ * with the pool empty it makes its one nonce itself. The thread signs nothing; it works on a
+ * copy of the key. Without `ahead`, the signature that finds the pool empty makes the batch.
  *
  * A nonce is used once: it is taken out of the pool before it is used and cleared after. A
  * process that forks (the service's workers) must not use its parent's nonces: an atfork
- * handler moves a generation counter, and a pool made in another generation is discarded.
- * OpenSSL's ECDSA_sign_setup / ECDSA_do_sign_ex are the API made for this (deprecated in
- * OpenSSL 3 but present in every 3.x libcrypto).
+ * handler moves a generation counter, and a pool made in another generation is discarded (the
+ * child has no copy of the thread either: it starts its own). OpenSSL's ECDSA_sign_setup /
+ * ECDSA_do_sign_ex are the API made for this (deprecated in OpenSSL 3 but present in every 3.x
+ * libcrypto).
  */
 #define PY_SSIZE_T_CLEAN
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <Python.h>
 #include <pthread.h>
+#include <time.h>
 #include <openssl/bn.h>
 #include <openssl/ec.h>
 #include <openssl/ecdsa.h>
@@ -37,10 +46,19 @@ typedef struct {
     EC_KEY *key;
     BIGNUM **kinv;
     BIGNUM **r;
-    int batch;      /* nonces made per refill */
+    int batch;      /* the pool's size: nonces made per batch */
     int count;      /* nonces in the pool */
+    int ahead;      /* batches made by the thread */
     unsigned long generation;
     unsigned long long made;  /* nonces made (tests read it) */
+    /* the thread (ahead): the pool, count and made are under `lock` while it runs */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_t thread;
+    int running;    /* a thread was started in this generation and not joined */
+    int stop;       /* the thread is asked to end */
+    int filling;    /* the thread is making a batch */
+    EC_KEY *thread_key;  /* the thread's copy of the key */
 } Signer;
 
 static void
@@ -54,6 +72,19 @@ drop_pool(Signer *self)
     self->count = 0;
 }
 
+/* One nonce (its k^-1 and r) with `key`; 0, or -1 (OpenSSL's error cleared). */
+static int
+make_nonce(EC_KEY *key, BN_CTX *ctx, BIGNUM **kinv, BIGNUM **r)
+{
+    *kinv = *r = NULL;
+    if (!ECDSA_sign_setup(key, ctx, kinv, r)) {
+        ERR_clear_error();
+        return -1;
+    }
+    return 0;
+}
+
+/* The pool filled in the caller's thread (without `ahead`). */
 static int
 refill(Signer *self)
 {
@@ -61,9 +92,8 @@ refill(Signer *self)
     if (ctx == NULL)
         return -1;
     while (self->count < self->batch) {
-        BIGNUM *kinv = NULL, *r = NULL;
-        if (!ECDSA_sign_setup(self->key, ctx, &kinv, &r)) {
-            ERR_clear_error();
+        BIGNUM *kinv, *r;
+        if (make_nonce(self->key, ctx, &kinv, &r) < 0) {
             BN_CTX_free(ctx);
             return -1;
         }
@@ -76,23 +106,89 @@ refill(Signer *self)
     return 0;
 }
 
+/* The thread: waits until the pool is at half or below, then fills it, a nonce at a time
+ * outside the lock. Holds no Python object and never the GIL. */
+static void *
+fill_ahead(void *arg)
+{
+    Signer *self = arg;
+    BN_CTX *ctx = BN_CTX_new();
+    pthread_mutex_lock(&self->lock);
+    while (!self->stop) {
+        if (ctx == NULL || self->count > self->batch / 2) {
+            self->filling = 0;
+            pthread_cond_wait(&self->wake, &self->lock);
+            continue;
+        }
+        self->filling = 1;
+        while (!self->stop && self->count < self->batch) {
+            pthread_mutex_unlock(&self->lock);
+            BIGNUM *kinv, *r;
+            int failed = make_nonce(self->thread_key, ctx, &kinv, &r) < 0;
+            pthread_mutex_lock(&self->lock);
+            if (failed)
+                break;  /* the signatures make their own meanwhile */
+            if (self->count < self->batch) {
+                self->kinv[self->count] = kinv;
+                self->r[self->count] = r;
+                self->count++;
+                self->made++;
+            } else {
+                BN_clear_free(kinv);
+                BN_clear_free(r);
+            }
+        }
+        self->filling = 0;
+        if (!self->stop && self->count > self->batch / 2)
+            continue;
+        if (!self->stop)  /* a failure: wait to be woken again rather than spin */
+            pthread_cond_wait(&self->wake, &self->lock);
+    }
+    self->filling = 0;
+    pthread_mutex_unlock(&self->lock);
+    BN_CTX_free(ctx);
+    return NULL;
+}
+
+/* Ends the thread of this generation, if there is one. It holds no Python object and never
+ * waits for the GIL: joined with the GIL held, it finishes at most the nonce it is making. */
+static void
+stop_thread(Signer *self)
+{
+    if (!self->running || self->generation != fork_generation)
+        return;
+    pthread_mutex_lock(&self->lock);
+    self->stop = 1;
+    pthread_cond_signal(&self->wake);
+    pthread_mutex_unlock(&self->lock);
+    pthread_join(self->thread, NULL);
+    self->running = 0;
+    self->stop = 0;
+}
+
 static void
 Signer_dealloc(Signer *self)
 {
+    stop_thread(self);
     drop_pool(self);
     PyMem_Free(self->kinv);
     PyMem_Free(self->r);
     EC_KEY_free(self->key);
+    EC_KEY_free(self->thread_key);
+    if (self->ahead && self->generation == fork_generation) {
+        pthread_cond_destroy(&self->wake);
+        pthread_mutex_destroy(&self->lock);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int
 Signer_init(Signer *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"der", "batch", NULL};
+    static char *kwlist[] = {"der", "batch", "ahead", NULL};
     Py_buffer der;
-    int batch = 32;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|i", kwlist, &der, &batch))
+    int batch = 32, ahead = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|ip", kwlist, &der, &batch, &ahead))
         return -1;
     if (batch < 1 || batch > 4096) {
         PyBuffer_Release(&der);
@@ -110,9 +206,24 @@ Signer_init(Signer *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "not a P-256 private key (DER)");
         return -1;
     }
-    if (self->key != NULL) {  /* __init__ called again */
+    EC_KEY *thread_key = NULL;
+    if (ahead && (thread_key = EC_KEY_dup(key)) == NULL) {
+        ERR_clear_error();
+        EC_KEY_free(key);
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (self->key != NULL) {  /* __init__ called again: the first one's thread and pool go */
+        stop_thread(self);
         drop_pool(self);
         EC_KEY_free(self->key);
+        EC_KEY_free(self->thread_key);
+        self->key = self->thread_key = NULL;
+        if (self->ahead && self->generation == fork_generation) {
+            pthread_cond_destroy(&self->wake);
+            pthread_mutex_destroy(&self->lock);
+        }
+        self->ahead = 0;
     }
     PyMem_Free(self->kinv);
     PyMem_Free(self->r);
@@ -120,14 +231,77 @@ Signer_init(Signer *self, PyObject *args, PyObject *kwds)
     self->r = PyMem_Calloc((size_t)batch, sizeof(BIGNUM *));
     if (self->kinv == NULL || self->r == NULL) {
         EC_KEY_free(key);
-        self->key = NULL;
+        EC_KEY_free(thread_key);
         PyErr_NoMemory();
         return -1;
     }
+    if (ahead && (pthread_mutex_init(&self->lock, NULL) != 0 ||
+                  pthread_cond_init(&self->wake, NULL) != 0)) {
+        EC_KEY_free(key);
+        EC_KEY_free(thread_key);
+        PyErr_SetString(PyExc_RuntimeError, "ES256: no lock for the nonce thread");
+        return -1;
+    }
     self->key = key;
+    self->thread_key = thread_key;
     self->batch = batch;
     self->count = 0;
+    self->ahead = ahead;
+    self->running = self->stop = self->filling = 0;
     self->generation = fork_generation;
+    return 0;
+}
+
+/* A nonce for the signature: from the pool (waking the thread at half), or made here. 0, or
+ * -1 with a Python exception set. */
+static int
+take_nonce(Signer *self, BIGNUM **kinv, BIGNUM **r)
+{
+    if (self->generation != fork_generation) {
+        /* A forked child: not the parent's nonces; and no thread here, whatever the parent's
+         * state (its lock is made anew: the parent's thread may have held it at the fork). */
+        drop_pool(self);
+        if (self->ahead) {
+            pthread_mutex_init(&self->lock, NULL);
+            pthread_cond_init(&self->wake, NULL);
+        }
+        self->running = self->stop = self->filling = 0;
+        self->generation = fork_generation;
+    }
+    if (!self->ahead) {
+        if (self->count == 0 && refill(self) < 0) {
+            PyErr_SetString(PyExc_RuntimeError, "ES256: could not make nonces");
+            return -1;
+        }
+        self->count--;
+        *kinv = self->kinv[self->count];
+        *r = self->r[self->count];
+        self->kinv[self->count] = self->r[self->count] = NULL;
+        return 0;
+    }
+    pthread_mutex_lock(&self->lock);
+    int have = self->count > 0;
+    if (have) {
+        self->count--;
+        *kinv = self->kinv[self->count];
+        *r = self->r[self->count];
+        self->kinv[self->count] = self->r[self->count] = NULL;
+    }
+    if (self->count <= self->batch / 2 && !self->filling) {
+        if (!self->running) {
+            if (pthread_create(&self->thread, NULL, fill_ahead, self) == 0)
+                self->running = 1;
+        } else {
+            pthread_cond_signal(&self->wake);
+        }
+    }
+    if (!have)
+        self->made++;  /* the one made below */
+    pthread_mutex_unlock(&self->lock);
+    if (!have && make_nonce(self->key, NULL, kinv, r) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "ES256: could not make a nonce");
+        return -1;
+    }
     return 0;
 }
 
@@ -140,17 +314,9 @@ sign_digest(Signer *self, const unsigned char *digest, unsigned char raw[64])
         PyErr_SetString(PyExc_ValueError, "signer not initialised");
         return -1;
     }
-    if (self->generation != fork_generation) {  /* a forked child: not the parent's nonces */
-        drop_pool(self);
-        self->generation = fork_generation;
-    }
-    if (self->count == 0 && refill(self) < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "ES256: could not make nonces");
+    BIGNUM *kinv, *r;
+    if (take_nonce(self, &kinv, &r) < 0)
         return -1;
-    }
-    self->count--;
-    BIGNUM *kinv = self->kinv[self->count], *r = self->r[self->count];
-    self->kinv[self->count] = self->r[self->count] = NULL;
     ECDSA_SIG *sig = ECDSA_do_sign_ex(digest, SHA256_DIGEST_LENGTH, kinv, r, self->key);
     BN_clear_free(kinv);
     BN_clear_free(r);
@@ -267,16 +433,59 @@ Signer_sign_jws(Signer *self, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+static int
+locked(Signer *self)
+{
+    if (self->ahead && self->generation == fork_generation) {
+        pthread_mutex_lock(&self->lock);
+        return 1;
+    }
+    return 0;
+}
+
 static PyObject *
 Signer_pooled(Signer *self, void *closure)
 {
-    return PyLong_FromLong(self->generation == fork_generation ? self->count : 0);
+    int held = locked(self);
+    long count = self->generation == fork_generation ? self->count : 0;
+    if (held)
+        pthread_mutex_unlock(&self->lock);
+    return PyLong_FromLong(count);
 }
 
 static PyObject *
 Signer_made(Signer *self, void *closure)
 {
-    return PyLong_FromUnsignedLongLong(self->made);
+    int held = locked(self);
+    unsigned long long made = self->made;
+    if (held)
+        pthread_mutex_unlock(&self->lock);
+    return PyLong_FromUnsignedLongLong(made);
+}
+
+/* settle(timeout) -> bool: waits (the GIL released) until the thread has no batch to make:
+ * True once the pool is above half and the thread idle. For tests. */
+static PyObject *
+Signer_settle(Signer *self, PyObject *arg)
+{
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!self->ahead || self->generation != fork_generation)
+        Py_RETURN_TRUE;
+    int settled = 0;
+    struct timespec pause = {0, 1000000};
+    Py_BEGIN_ALLOW_THREADS
+    for (double waited = 0.0; waited <= timeout; waited += 0.001) {
+        pthread_mutex_lock(&self->lock);
+        settled = !self->filling && (self->count > self->batch / 2 || !self->running);
+        pthread_mutex_unlock(&self->lock);
+        if (settled)
+            break;
+        nanosleep(&pause, NULL);
+    }
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(settled);
 }
 
 static PyMethodDef Signer_methods[] = {
@@ -284,6 +493,8 @@ static PyMethodDef Signer_methods[] = {
      "sign(data) -> bytes: the raw 64-byte r||s ES256 signature of data."},
     {"sign_jws", (PyCFunction)(void (*)(void))Signer_sign_jws, METH_FASTCALL,
      "sign_jws(header_b64, payload) -> str: the compact JWS, signed with ES256."},
+    {"settle", (PyCFunction)Signer_settle, METH_O,
+     "settle(timeout) -> bool: waits until the nonce thread has no batch to make."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -298,8 +509,8 @@ static PyTypeObject SignerType = {
     .tp_name = "stirshaken_proxy.stir._es256.Signer",
     .tp_basicsize = sizeof(Signer),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Signer(der, batch=32): ES256 with a P-256 private key (DER), nonces made "
-              "batch at a time.",
+    .tp_doc = "Signer(der, batch=32, ahead=True): ES256 with a P-256 private key (DER), "
+              "nonces made batch at a time (ahead: by a thread of its own).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Signer_init,
     .tp_dealloc = (destructor)Signer_dealloc,
@@ -308,7 +519,7 @@ static PyTypeObject SignerType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_es256", "ES256 signing with nonces made in batches.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_es256", "ES256 signing with nonces made ahead, in batches.", -1, NULL,
     NULL, NULL, NULL, NULL,
 };
 

@@ -69,10 +69,11 @@ def test_signatures_verify_with_cryptography(data: bytes) -> None:
 
 @compiled
 def test_each_nonce_is_used_once_and_the_pool_refills_by_batches() -> None:
+    """Without ``ahead``: the signature that finds the pool empty makes the batch."""
     from stirshaken_proxy.stir import _es256
 
     key = ec.generate_private_key(ec.SECP256R1())
-    signer = _es256.Signer(_der(key), 8)
+    signer = _es256.Signer(_der(key), 8, ahead=False)
     assert (signer.pooled, signer.made) == (0, 0)
     seen = set()
     for n in range(1, 26):
@@ -85,18 +86,50 @@ def test_each_nonce_is_used_once_and_the_pool_refills_by_batches() -> None:
 
 
 @compiled
-def test_a_forked_child_makes_its_own_nonces() -> None:
+def test_nonces_made_ahead_by_the_signers_thread() -> None:
+    """With ``ahead`` (the default) a thread refills the pool once it is at half: no signature
+    makes a batch, an empty pool costs the signature one nonce of its own, and every nonce is
+    still used once."""
     from stirshaken_proxy.stir import _es256
 
     key = ec.generate_private_key(ec.SECP256R1())
     signer = _es256.Signer(_der(key), 16)
+    assert (signer.pooled, signer.made) == (0, 0)
+    signer.sign(b"first")  # the pool was empty: its own nonce, and the thread started
+    assert signer.settle(10.0)
+    assert (signer.pooled, signer.made) == (16, 17)
+    for n in range(8):  # down to half: the thread is woken by the one that reaches it
+        signer.sign(b"call %d" % n)
+    assert signer.settle(10.0)
+    assert (signer.pooled, signer.made) == (16, 25)
+    seen = set()
+    for n in range(400):  # faster than the thread can keep up: every nonce once all the same
+        raw = signer.sign(b"call %d" % n)
+        assert _verifies(key, b"call %d" % n, raw)
+        seen.add(raw[:32])
+    assert len(seen) == 400
+    assert signer.settle(10.0) and signer.pooled > 8
+    assert signer.made - signer.pooled == 1 + 8 + 400  # made = used + pooled
+    del signer  # the thread is stopped and joined while it may be making a batch
+
+
+@compiled
+@pytest.mark.parametrize("ahead", [False, True], ids=["inline", "ahead"])
+def test_a_forked_child_makes_its_own_nonces(ahead: bool) -> None:
+    from stirshaken_proxy.stir import _es256
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer = _es256.Signer(_der(key), 16, ahead=ahead)
     signer.sign(b"before the fork")
-    assert signer.pooled == 15
+    assert signer.settle(10.0)
+    before = (signer.pooled, signer.made)
+    assert before == ((15, 16) if not ahead else (16, 17))
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report what its first signature used, then leave at once
         try:
             raw = signer.sign(b"child")
+            signer.settle(10.0)
             os.write(write, bytes([signer.pooled]) + signer.made.to_bytes(4, "big") + raw)
         finally:
             os._exit(0)
@@ -108,10 +141,12 @@ def test_a_forked_child_makes_its_own_nonces() -> None:
     os.waitpid(pid, 0)
     pooled, made, raw = report[0], int.from_bytes(report[1:5], "big"), report[5:]
     assert _verifies(key, b"child", raw)
-    assert (pooled, made) == (15, 32)  # the parent's 15 dropped, 16 made afresh
-    parents = {signer.sign(b"parent %d" % i)[:32] for i in range(15)}
+    # The parent's pool dropped; 16 made afresh (ahead: one for the signature, then the
+    # child's own thread filled the pool).
+    assert (pooled, made) == ((15, 32) if not ahead else (16, 34))
+    parents = {signer.sign(b"parent %d" % i)[:32] for i in range(before[0])}
     assert raw[:32] not in parents
-    assert signer.made == 16  # the parent still had its own
+    assert signer.made == before[1]  # the parent still had its own
 
 
 @compiled
@@ -211,20 +246,34 @@ for bad in (b"", der[:40], der[:-1] + b"x", bytes(rnd.randrange(256) for _ in ra
         module.Signer(bad)
     except ValueError:
         pass
-signer = module.Signer(der, 3)
-signer.__init__(der, 5)  # initialised again: the first pool is let go
 alphabet = "abc{}\\":,0123456789\\u00e9\\u2603\\U0001f600"
-for n in range(int(sys.argv[2])):
-    payload = "".join(rnd.choice(alphabet) for _ in range(rnd.randrange(0, 300)))
-    header = b64url(bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 40))))
-    token = signer.sign_jws(header, payload)
-    head, body, signature = token.split(".")
-    assert head == header and body == b64url(payload.encode())
-    key.public_key().verify(raw_to_der(b64url_decode(signature)), (head + "." + body).encode(),
-                            ec.ECDSA(hashes.SHA256()))
-    data = payload.encode()
-    key.public_key().verify(raw_to_der(signer.sign(data)), data, ec.ECDSA(hashes.SHA256()))
-print("signed", signer.made)
+verify = key.public_key().verify
+
+def run(signer):
+    seen = set()
+    for n in range(int(sys.argv[2])):
+        payload = "".join(rnd.choice(alphabet) for _ in range(rnd.randrange(0, 300)))
+        header = b64url(bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 40))))
+        token = signer.sign_jws(header, payload)
+        head, body, signature = token.split(".")
+        assert head == header and body == b64url(payload.encode())
+        raw = b64url_decode(signature)
+        verify(raw_to_der(raw), (head + "." + body).encode(), ec.ECDSA(hashes.SHA256()))
+        data = payload.encode()
+        raw2 = signer.sign(data)
+        verify(raw_to_der(raw2), data, ec.ECDSA(hashes.SHA256()))
+        seen.update((raw[:32], raw2[:32]))
+    return len(seen)
+
+used = []
+for ahead in (False, True):
+    signer = module.Signer(der, 3, ahead=ahead)
+    signer.sign(b"x")
+    signer.__init__(der, 5, ahead=ahead)  # initialised again: the first pool (and thread) go
+    used.append(run(signer))
+    assert signer.made >= 2 * int(sys.argv[2])
+    del signer  # ahead: its thread stopped and joined, maybe while making a batch
+print("distinct", *used)
 """
 
 
@@ -241,4 +290,4 @@ def test_the_compiled_signer_under_address_sanitizer(tmp_path: Path) -> None:
                           env=sanitizer_env(own_malloc=True), cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.strip() == "signed 800"
+    assert done.stdout.strip() == "distinct 800 800"  # every nonce once, on both ways
