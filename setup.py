@@ -13,6 +13,8 @@ setup(ext_modules=[
     Extension("stirshaken_proxy.transaction._cmachine",
               ["stirshaken_proxy/transaction/_cmachine.c"], extra_compile_args=FLAGS,
               optional=True),
+    Extension("stirshaken_proxy.io._cpump", ["stirshaken_proxy/io/_cpump.c"],
+              extra_compile_args=FLAGS, optional=True),
     Extension("stirshaken_proxy.stir._es256", ["stirshaken_proxy/stir/_es256.c"],
               extra_compile_args=FLAGS, libraries=["crypto"], optional=True),
 ])

@@ -16,11 +16,17 @@ from typing import Protocol
 from ..engine.actions import Action, Fetch, PickNumber
 from ..engine.records import CallRecord
 from ..policy.health import HealthEvent
+from ..sip import message
 from ..sip.message import call_id_of
 from ..sip.transport import Peer, Send, Side, Transport
 from ..stir.signing import Picked
 from ..stir.verification import FetchRequest
-from .transports import SideTls, TcpConnection, TcpManager, UdpEndpoint
+from .transports import CompiledUdpEndpoint, SideTls, TcpConnection, TcpManager, UdpEndpoint
+
+try:
+    from . import _cpump  # the compiled core's datagram path (setup.py builds it)
+except ImportError:  # an install without a compiler: process and execute below
+    _cpump = None  # type: ignore[assignment]
 from .workers import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,17 @@ class Engine(Protocol):
     def number_picked(self, token: int, picked: Picked, now: float) -> list[Action]: ...
 
 
+class _Wake:
+    """The armed wake-up: when (None: none armed), and the deadlines it serves (those above
+    ``cover`` round up to ``at`` or later). The compiled core's Pump has the same two."""
+
+    __slots__ = ("at", "cover")
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self.cover = 0.0
+
+
 class EngineShell:
     """Runs one engine on real sockets."""
 
@@ -68,9 +85,16 @@ class EngineShell:
         self.pick: Callable[[PickNumber, Callable[[int, Picked], None]], None] | None = None
         self.record: Callable[[CallRecord], None] | None = None  # call records written behind
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        # A deadline above this rounds up to _timer_at or later: the armed wake-up serves it.
-        self._timer_cover = 0.0
+        self._wake: _Wake | _cpump.Pump = _Wake()
+        # The compiled core's datagram path: process and execute in C (io/_cpump.c), the
+        # methods below their reference.
+        self.compiled = _cpump is not None and message.compiled_core() is not None
+        if self.compiled:
+            pump = _cpump.Pump(engine.receive, engine.earliest_deadline, Send, _UDP, self.udp,
+                               self.carry_out, self._arm, self.failed)
+            self._wake = pump
+            self.process = pump.process  # type: ignore[method-assign, assignment]
+            self.execute = pump.execute  # type: ignore[method-assign, assignment]
         self._endpoints = 0
 
     # -- listeners ------------------------------------------------------------------------
@@ -103,9 +127,10 @@ class EngineShell:
 
         # One worker has no one to hand a message to: its datagrams go straight in.
         sink = self.feed if self.worker is not None else self.process
+        endpoint = CompiledUdpEndpoint if self.compiled and CompiledUdpEndpoint else UdpEndpoint
         for side, host, port in endpoints:
             _, proto = await loop.create_datagram_endpoint(
-                lambda side=side: UdpEndpoint(side, sink, self.counters),  # type: ignore[misc]
+                lambda side=side: endpoint(side, sink, self.counters),  # type: ignore[misc]
                 local_addr=(host, port), reuse_port=shared)
             if udp_buffer and proto.transport is not None:
                 _size_buffers(proto.transport.get_extra_info("socket"), udp_buffer, side)
@@ -154,15 +179,21 @@ class EngineShell:
     def process(self, data: bytes, peer: Peer) -> None:
         try:
             actions = self.engine.receive(data, peer, time.time())
-        except Exception:
-            self.counters["internal_errors"] += 1
-            log.exception("internal error on a message from %s:%d", peer.host, peer.port)
+        except Exception as exc:  # noqa: BLE001 - reported by failed(); the service goes on
+            self.failed(exc, peer)
             return
         self.execute(actions)
         # arm_timer's first test, here: after most messages the armed wake-up serves.
         deadline = self.engine.earliest_deadline()
-        if deadline is not None and (self._timer_at is None or deadline <= self._timer_cover):
+        wake = self._wake
+        if deadline is not None and (wake.at is None or deadline <= wake.cover):
             self._arm(deadline)
+
+    def failed(self, exc: BaseException, peer: Peer) -> None:
+        """The engine raised on a message: counted and logged; the service goes on."""
+        self.counters["internal_errors"] += 1
+        log.error("internal error on a message from %s:%d", peer.host, peer.port,
+                  exc_info=exc)
 
     def credentials_ready(self, urls: tuple[str, ...]) -> None:
         """Fetched credentials are in (io.fetcher.CredentialFeed tells every front end)."""
@@ -201,30 +232,34 @@ class EngineShell:
     # -- output ---------------------------------------------------------------------------
     def execute(self, actions: list[Action]) -> None:
         for action in actions:
-            if type(action) is Send:
+            if type(action) is Send and action.peer.transport is _UDP:
                 data, peer = action
-                if peer.transport is _UDP:
-                    transport = self.udp[peer.side].transport
-                    if transport is not None and not transport.is_closing():
-                        transport.sendto(data, (peer.host, peer.port))
-                else:
-                    self._send_stream(data, peer)
-            elif type(action) is HealthEvent:
-                if self.publish is not None:
-                    self.publish(action)
-            elif type(action) is Fetch:
-                if self.fetch is not None:
-                    self.fetch(action.request)
-                else:  # verification turned off by a reload meanwhile: let them go on
-                    self.credentials_ready((action.request.url,))
-            elif type(action) is CallRecord:
-                if self.record is not None:
-                    self.record(action)
-            elif type(action) is PickNumber:
-                if self.pick is not None:
-                    self.pick(action, self.number_picked)
-                else:  # no shared state (a reload turned it off): this replica decides
-                    self.number_picked(action.token, Picked(None, fallback=True))
+                transport = self.udp[peer.side].transport
+                if transport is not None and not transport.is_closing():
+                    transport.sendto(data, (peer.host, peer.port))
+            else:
+                self.carry_out(action)
+
+    def carry_out(self, action: Action) -> None:
+        """Any action but a UDP datagram to send (execute sends those itself)."""
+        if type(action) is Send:
+            self._send_stream(action.data, action.peer)
+        elif type(action) is HealthEvent:
+            if self.publish is not None:
+                self.publish(action)
+        elif type(action) is Fetch:
+            if self.fetch is not None:
+                self.fetch(action.request)
+            else:  # verification turned off by a reload meanwhile: let them go on
+                self.credentials_ready((action.request.url,))
+        elif type(action) is CallRecord:
+            if self.record is not None:
+                self.record(action)
+        elif type(action) is PickNumber:
+            if self.pick is not None:
+                self.pick(action, self.number_picked)
+            else:  # no shared state (a reload turned it off): this replica decides
+                self.number_picked(action.token, Picked(None, fallback=True))
 
     def _send_stream(self, data: bytes, peer: Peer) -> None:
         manager = self.tcp.get((peer.side, peer.transport))
@@ -260,7 +295,7 @@ class EngineShell:
         deadline = engine.next_deadline() if exact else engine.earliest_deadline()
         if deadline is None:
             return
-        if self._timer_at is not None and deadline > self._timer_cover:
+        if self._wake.at is not None and deadline > self._wake.cover:
             return  # the wake-up armed serves it (the rounding below would not arm earlier)
         self._arm(deadline)
 
@@ -270,18 +305,19 @@ class EngineShell:
         # hundreds of milliseconds and up): far fewer loop callbacks under load.
         resolution = self.timer_resolution
         deadline = math.ceil(deadline / resolution) * resolution
-        if self._timer_at is not None and self._timer_at <= deadline:
+        wake = self._wake
+        if wake.at is not None and wake.at <= deadline:
             return
         if self._timer is not None:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
-        self._timer_at = deadline
-        self._timer_cover = deadline - resolution
+        wake.at = deadline
+        wake.cover = deadline - resolution
         self._timer = loop.call_at(loop.time() + max(0.0, deadline - time.time()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._timer_at = None
+        self._wake.at = None
         try:
             actions = self.engine.on_timers(time.time())
         except Exception:

@@ -17,6 +17,11 @@ from ..sip.framing import PING, PONG, StreamFramer
 from ..sip.transport import Peer, Side, Transport
 from .tls import certificate_names, matches_name
 
+try:
+    from . import _cpump  # the compiled core's datagram path (setup.py builds it)
+except ImportError:  # an install without a compiler: UdpEndpoint and the shell's process
+    _cpump = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 Sink = Callable[[bytes, Peer], None]
@@ -52,6 +57,20 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable and the like: UDP is best effort, retransmission timers cover it.
         self.counters["udp_errors"] += 1
+
+
+CompiledUdpEndpoint: type[UdpEndpoint] | None = None
+if _cpump is not None:
+
+    class _CompiledUdpEndpoint(_cpump.Endpoint, asyncio.DatagramProtocol):
+        """UdpEndpoint with its methods in C (io/_cpump.c): the compiled core's."""
+
+        PEERS_LIMIT = UdpEndpoint.PEERS_LIMIT
+
+        def __init__(self, side: Side, sink: Sink, counters: Counter[str]) -> None:
+            super().__init__(side, sink, counters, Peer, Transport.UDP, self.PEERS_LIMIT)
+
+    CompiledUdpEndpoint = cast(type[UdpEndpoint], _CompiledUdpEndpoint)
 
 
 @dataclass(frozen=True, kw_only=True)
