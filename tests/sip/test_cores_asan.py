@@ -138,6 +138,35 @@ def sanitizer_env(*, own_malloc: bool = False) -> dict[str, str]:
     return env
 
 
+SUITE = """
+import importlib.machinery, importlib.util, sys
+name, so, check, tests = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+spec = importlib.util.spec_from_file_location(
+    name, so, loader=importlib.machinery.ExtensionFileLoader(name, so))
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+sys.modules[name] = module
+exec(check, {"module": module})
+import pytest
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *tests]))
+"""
+
+
+def suite_with_sanitized(tmp_path: Path, source: Path, name: str, check: str,
+                         tests: list[str]) -> None:
+    """Builds ``source`` with the sanitizers as module ``name``, puts it in place of the
+    installed one, runs ``check`` (Python, with ``module`` bound: that the package took the
+    sanitized build) and then pytest on ``tests``; every test must pass, none be skipped."""
+    so = tmp_path / (source.stem + "_asan.so")
+    build_sanitized(source, so)
+    done = subprocess.run([sys.executable, "-c", SUITE, name, str(so), check, *tests],
+                          env=sanitizer_env(own_malloc=True), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-4000:])
+    assert " passed" in done.stdout and "failed" not in done.stdout, done.stdout[-2000:]
+    assert "skipped" not in done.stdout, done.stdout[-2000:]
+
+
 @pytest.mark.skipif(_libasan() is None, reason="gcc with libasan is not installed")
 def test_the_compiled_core_under_address_sanitizer(tmp_path: Path) -> None:
     so = tmp_path / "_cmessage_asan.so"
