@@ -35,10 +35,53 @@
 
 static volatile unsigned long fork_generation = 0;
 
+/* At exit, OpenSSL frees its state (its own atexit handler, after Python's finalisation): no
+ * nonce thread may be inside OpenSSL then. Each marks itself busy around a nonce, under
+ * `exiting_lock`; at_exit (Py_AtExit) stops new nonces and waits for the busy ones. */
+static pthread_mutex_t exiting_lock = PTHREAD_MUTEX_INITIALIZER;
+static int exiting = 0, busy = 0;
+
 static void
 after_fork_in_child(void)
 {
     fork_generation++;
+    /* The parent's threads are not here: none of them is busy in this process. */
+    pthread_mutex_init(&exiting_lock, NULL);
+    busy = 0;
+}
+
+static void
+at_exit(void)
+{
+    struct timespec pause = {0, 200000};
+    pthread_mutex_lock(&exiting_lock);
+    exiting = 1;
+    for (int waited = 0; busy > 0 && waited < 5000; waited++) {  /* a nonce is ~50 µs */
+        pthread_mutex_unlock(&exiting_lock);
+        nanosleep(&pause, NULL);
+        pthread_mutex_lock(&exiting_lock);
+    }
+    pthread_mutex_unlock(&exiting_lock);
+}
+
+/* 0 and marked busy, or -1: the process is exiting (no more nonces on threads). */
+static int
+enter_openssl(void)
+{
+    pthread_mutex_lock(&exiting_lock);
+    int ok = !exiting;
+    if (ok)
+        busy++;
+    pthread_mutex_unlock(&exiting_lock);
+    return ok ? 0 : -1;
+}
+
+static void
+leave_openssl(void)
+{
+    pthread_mutex_lock(&exiting_lock);
+    busy--;
+    pthread_mutex_unlock(&exiting_lock);
 }
 
 typedef struct {
@@ -124,7 +167,14 @@ fill_ahead(void *arg)
         while (!self->stop && self->count < self->batch) {
             pthread_mutex_unlock(&self->lock);
             BIGNUM *kinv, *r;
+            if (enter_openssl() < 0) {  /* exiting: this thread makes no more */
+                pthread_mutex_lock(&self->lock);
+                self->stop = 1;
+                ctx = NULL;  /* nor frees it: OpenSSL may be freeing its own state */
+                break;
+            }
             int failed = make_nonce(self->thread_key, ctx, &kinv, &r) < 0;
+            leave_openssl();
             pthread_mutex_lock(&self->lock);
             if (failed)
                 break;  /* the signatures make their own meanwhile */
@@ -146,7 +196,7 @@ fill_ahead(void *arg)
     }
     self->filling = 0;
     pthread_mutex_unlock(&self->lock);
-    BN_CTX_free(ctx);
+    BN_CTX_free(ctx);  /* (NULL: nothing) */
     return NULL;
 }
 
@@ -528,8 +578,8 @@ PyInit__es256(void)
 {
     if (PyType_Ready(&SignerType) < 0)
         return NULL;
-    if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
-        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+    if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0 || Py_AtExit(at_exit) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork or Py_AtExit failed");
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);

@@ -149,6 +149,31 @@ def test_a_forked_child_makes_its_own_nonces(ahead: bool) -> None:
     assert signer.made == before[1]  # the parent still had its own
 
 
+EXIT_RUN = """
+import ctypes, sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from stirshaken_proxy.stir import _es256
+der = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+    serialization.NoEncryption())
+signer = _es256.Signer(der, 4096)
+signer.sign(b"x")  # the thread starts a batch of 4,096 (tens of ms)
+ctypes.pythonapi.Py_IncRef(ctypes.py_object(signer))  # never freed: its thread runs on
+print("exiting", signer.made < 4097)
+"""
+
+
+@compiled
+def test_a_process_exits_cleanly_while_the_thread_makes_nonces() -> None:
+    """At exit OpenSSL frees its state: a signer's thread still making a batch then (a
+    signer never freed) stops before, instead of using freed memory."""
+    for _ in range(8):
+        done = subprocess.run([sys.executable, "-c", EXIT_RUN], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert (done.returncode, done.stdout.strip()) == (0, "exiting True"), done.stderr[-2000:]
+
+
 @compiled
 @pytest.mark.parametrize("der", [
     b"",
