@@ -157,9 +157,10 @@ fill_ahead(void *arg)
     Signer *self = arg;
     BN_CTX *ctx = BN_CTX_new();
     pthread_mutex_lock(&self->lock);
+    int failed = 0;  /* the last batch stopped on a failure: wait to be woken, not spin */
     while (!self->stop) {
-        if (ctx == NULL || self->count > self->batch / 2) {
-            self->filling = 0;
+        if (ctx == NULL || failed || self->count > self->batch / 2) {
+            failed = 0;
             pthread_cond_wait(&self->wake, &self->lock);
             continue;
         }
@@ -173,7 +174,7 @@ fill_ahead(void *arg)
                 ctx = NULL;  /* nor frees it: OpenSSL may be freeing its own state */
                 break;
             }
-            int failed = make_nonce(self->thread_key, ctx, &kinv, &r) < 0;
+            failed = make_nonce(self->thread_key, ctx, &kinv, &r) < 0;
             leave_openssl();
             pthread_mutex_lock(&self->lock);
             if (failed)
@@ -189,12 +190,7 @@ fill_ahead(void *arg)
             }
         }
         self->filling = 0;
-        if (!self->stop && self->count > self->batch / 2)
-            continue;
-        if (!self->stop)  /* a failure: wait to be woken again rather than spin */
-            pthread_cond_wait(&self->wake, &self->lock);
     }
-    self->filling = 0;
     pthread_mutex_unlock(&self->lock);
     BN_CTX_free(ctx);  /* (NULL: nothing) */
     return NULL;
@@ -216,19 +212,29 @@ stop_thread(Signer *self)
     self->stop = 0;
 }
 
+/* What an initialised signer holds, let go: its thread stopped, its pool cleared, its keys
+ * and (in the generation that made them) its lock. The pool's arrays stay. */
 static void
-Signer_dealloc(Signer *self)
+release(Signer *self)
 {
     stop_thread(self);
     drop_pool(self);
-    PyMem_Free(self->kinv);
-    PyMem_Free(self->r);
     EC_KEY_free(self->key);
     EC_KEY_free(self->thread_key);
+    self->key = self->thread_key = NULL;
     if (self->ahead && self->generation == fork_generation) {
         pthread_cond_destroy(&self->wake);
         pthread_mutex_destroy(&self->lock);
     }
+    self->ahead = 0;
+}
+
+static void
+Signer_dealloc(Signer *self)
+{
+    release(self);
+    PyMem_Free(self->kinv);
+    PyMem_Free(self->r);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -263,18 +269,8 @@ Signer_init(Signer *self, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         return -1;
     }
-    if (self->key != NULL) {  /* __init__ called again: the first one's thread and pool go */
-        stop_thread(self);
-        drop_pool(self);
-        EC_KEY_free(self->key);
-        EC_KEY_free(self->thread_key);
-        self->key = self->thread_key = NULL;
-        if (self->ahead && self->generation == fork_generation) {
-            pthread_cond_destroy(&self->wake);
-            pthread_mutex_destroy(&self->lock);
-        }
-        self->ahead = 0;
-    }
+    if (self->key != NULL)  /* __init__ called again: the first one's thread and pool go */
+        release(self);
     PyMem_Free(self->kinv);
     PyMem_Free(self->r);
     self->kinv = PyMem_Calloc((size_t)batch, sizeof(BIGNUM *));
