@@ -18,6 +18,14 @@
 
 static PyObject *s_is_closing, *s_sendto, *s_transport;
 
+/* Each of `n` fields set to its new value (references taken; the old ones let go). */
+static void set_fields(PyObject **const slots[], PyObject *const values[], int n) {
+    for (int i = 0; i < n; i++) {
+        Py_INCREF(values[i]);
+        Py_XSETREF(*slots[i], values[i]);
+    }
+}
+
 typedef struct {
     PyObject_HEAD
     PyObject *side;
@@ -93,15 +101,12 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "send_type: a tuple type (Send)");
         return -1;
     }
-    PyObject *fields[8] = {receive, earliest, send_type, udp, endpoints, carry_out, arm, failed};
-    PyObject **slots[8] = {&self->receive, &self->earliest, &self->send_type, &self->udp,
-                           &self->endpoints, &self->carry_out, &self->arm, &self->failed};
-    for (int i = 0; i < 8; i++) {
-        Py_INCREF(fields[i]);
-        Py_XSETREF(*slots[i], fields[i]);
-    }
-    Py_INCREF(Py_None);
-    Py_XSETREF(self->at, Py_None);
+    PyObject *values[9] = {receive, earliest, send_type, udp, endpoints, carry_out, arm,
+                           failed, Py_None};
+    PyObject **const slots[9] = {&self->receive, &self->earliest, &self->send_type, &self->udp,
+                                 &self->endpoints, &self->carry_out, &self->arm,
+                                 &self->failed, &self->at};
+    set_fields(slots, values, 9);
     self->cover = 0.0;
     return 0;
 }
@@ -260,7 +265,6 @@ static PyMethodDef Pump_methods[] = {
 static PyMemberDef Pump_members[] = {
     {"cover", T_DOUBLE, offsetof(Pump, cover), 0,
      "a deadline above this rounds up to `at` or later"},
-    {"endpoints", T_OBJECT, offsetof(Pump, endpoints), READONLY, "side -> endpoint"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -332,16 +336,11 @@ static int Endpoint_init(Endpoint *self, PyObject *args, PyObject *kwds) {
     PyObject *peers = PyDict_New();
     if (peers == NULL)
         return -1;
-    PyObject *fields[5] = {side, sink, counters, peer_type, udp};
-    PyObject **slots[5] = {&self->side, &self->sink, &self->counters, &self->peer_type,
-                           &self->udp};
-    for (int i = 0; i < 5; i++) {
-        Py_INCREF(fields[i]);
-        Py_XSETREF(*slots[i], fields[i]);
-    }
+    PyObject *values[6] = {side, sink, counters, peer_type, udp, Py_None};
+    PyObject **const slots[6] = {&self->side, &self->sink, &self->counters, &self->peer_type,
+                                 &self->udp, &self->transport};
+    set_fields(slots, values, 6);
     Py_XSETREF(self->peers, peers);
-    Py_INCREF(Py_None);
-    Py_XSETREF(self->transport, Py_None);
     self->peers_limit = limit;
     return 0;
 }

@@ -7,7 +7,6 @@ from typing import Any
 class Pump:
     at: float | None
     cover: float
-    endpoints: dict[Any, Any]
     def __init__(self, receive: Callable[..., list[Any]],
                  earliest: Callable[[], float | None], send_type: type, udp: Any,
                  endpoints: dict[Any, Any], carry_out: Callable[[Any], None],

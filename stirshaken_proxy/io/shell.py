@@ -21,12 +21,14 @@ from ..sip.message import call_id_of
 from ..sip.transport import Peer, Send, Side, Transport
 from ..stir.signing import Picked
 from ..stir.verification import FetchRequest
-from .transports import CompiledUdpEndpoint, SideTls, TcpConnection, TcpManager, UdpEndpoint
-
-try:
-    from . import _cpump  # the compiled core's datagram path (setup.py builds it)
-except ImportError:  # an install without a compiler: process and execute below
-    _cpump = None  # type: ignore[assignment]
+from .transports import (  # _cpump: the compiled datagram path, None where it was not built
+    CompiledUdpEndpoint,
+    SideTls,
+    TcpConnection,
+    TcpManager,
+    UdpEndpoint,
+    _cpump,
+)
 from .workers import WorkerLink
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from ..sip.transport import Peer, Side, Transport
 from .tls import certificate_names, matches_name
 
 try:
-    from . import _cpump  # the compiled core's datagram path (setup.py builds it)
+    # The compiled datagram path (setup.py builds it); the shell takes its Pump from here.
+    from . import _cpump as _cpump
 except ImportError:  # an install without a compiler: UdpEndpoint and the shell's process
     _cpump = None  # type: ignore[assignment]
 
