@@ -1,7 +1,8 @@
 # stirshaken-proxy: slim, non-root, with a health check on the admin server.
 FROM python:3.11-slim AS build
 # gcc builds the compiled SIP core (parser, transactions, datagram path) and, with libssl-dev,
-# its ES256 signer (setup.py); without them the install falls back to Python and `cryptography`.
+# its ES256 signer, and compiles the engine with mypyc (setup.py; pip fetches mypy for the
+# build); without them the install falls back to Python and `cryptography`.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -12,7 +13,9 @@ RUN pip install --no-cache-dir --prefix=/install . \
 from stirshaken_proxy.sip.message import compiled_available; assert compiled_available(); \
 from stirshaken_proxy.stir.passport import compiled_signer_available as s; assert s(); \
 from stirshaken_proxy.transaction.machine import COMPILED; assert COMPILED; \
-from stirshaken_proxy.io.transports import CompiledUdpEndpoint; assert CompiledUdpEndpoint"
+from stirshaken_proxy.io.transports import CompiledUdpEndpoint; assert CompiledUdpEndpoint; \
+import stirshaken_proxy.engine.proxy; from stirshaken_proxy import engine_core; \
+assert engine_core() == 'compiled'"
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import engine_core
 from .config import Config, ConfigError, VerifyConfig, load_config
 from .engine.proxy import EngineConfig, ProxyEngine
 from .engine.redirect import RedirectEngine
@@ -347,7 +348,11 @@ class Application:
         self.config = await resolve_next_hops(self.config)
         tc = self.config.transport
         if use_core(self.config.sip_core) == "compiled":
-            log.info("SIP core: compiled (C)")
+            if engine_core() == "compiled":
+                log.info("SIP core: compiled (C); engine: compiled (mypyc)")
+            else:
+                log.warning("SIP core: compiled (C); engine: Python (not compiled in this "
+                            "install); it takes more CPU per call (README, performance)")
         else:
             log.warning("SIP core: Python%s; it takes more CPU per call (README, performance)",
                         "" if self.config.sip_core == "python" else
@@ -426,7 +431,8 @@ class Application:
 
     async def _start_admin(self) -> None:
         self.admin = admin = AdminServer(self.config.admin.host, self.config.admin.port,
-                                         readiness=self.readiness, core=core_in_use())
+                                         readiness=self.readiness, core=core_in_use(),
+                                         engine=engine_core())
         ac = self.config.auth
         self.certificates.add_to(admin, [s.serve_template for s in (ac.signing if ac else ())
                                          if s.serve_template])

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import engine_core
 from .config import AuthConfig, Config, ConfigError, load_config
 from .io.progress import MODES, Progress, wanted
 from .store import open_store
@@ -172,6 +173,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .store.base import StoreError
 
     config = load_config(args.config)
+    if config.sip_core == "python" and engine_core() == "compiled":
+        # The compiled engine was chosen when its modules were imported: the process starts
+        # again with the reference (their source).
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+                  {**os.environ, "STIRSHAKEN_CORE": "python"})
     setup_logging(config.log.level, config.log.format)
     _created(config)
     try:

@@ -21,11 +21,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class AdminServer:
     def __init__(self, host: str, port: int, *, readiness: Readiness,
-                 core: str = "python") -> None:
+                 core: str = "python", engine: str = "python") -> None:
         self.host = host
         self.port = port
         self.readiness = readiness
-        self.core = core  # the SIP core in use (compiled or python), named in /readyz
+        # Named in /readyz: the SIP core in use (compiled: C, or python) and how the engine
+        # runs (compiled by mypyc, or python: its source).
+        self.core = core
+        self.engine = engine
         self.app = web.Application()
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
@@ -43,7 +46,8 @@ class AdminServer:
     async def _readyz(self, request: web.Request) -> web.Response:
         checks = self.readiness()
         ready = all(checks.values())
-        return web.json_response({"ready": ready, "checks": checks, "core": self.core},
+        return web.json_response({"ready": ready, "checks": checks, "core": self.core,
+                                  "engine": self.engine},
                                  status=200 if ready else 503)
 
     async def start(self) -> None:

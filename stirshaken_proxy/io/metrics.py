@@ -17,6 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .. import engine_core
 from ..sip.message import core_in_use
 from ..stats import CATALOGUE, LatencyHistogram
 
@@ -122,8 +123,10 @@ class ServiceCollector(Collector):
             io.add_metric([event], value)
         yield io
         core = GaugeMetricFamily(PREFIX + "sip_core_info", "The SIP message core in use "
-                                 "(compiled: C; python: the reference)", labels=["core"])
-        core.add_metric([core_in_use()], 1)
+                                 "(compiled: C; python: the reference) and how the engine "
+                                 "runs (compiled: by mypyc; python: its source)",
+                                 labels=["core", "engine"])
+        core.add_metric([core_in_use(), engine_core()], 1)
         yield core
         yield GaugeMetricFamily(PREFIX + "sip_transactions", "Transactions in flight",
                                 value=snap["transactions"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from stirshaken_proxy.engine.actions import Fetch
@@ -116,7 +118,7 @@ def test_missing_identity_rejected_by_policy() -> None:
 
 def test_parked_requests_are_bounded(pki: Pki) -> None:
     e = setup()
-    e.config = type(e.config)(**{**e.config.__dict__, "max_parked": 1})
+    e.config = dataclasses.replace(e.config, max_parked=1)
     value = identity(token(pki.leaves["good"], URL, iat=T), URL)
     e.receive(invite(value, 1), CARRIER, T)
     out = e.receive(invite(value, 2), CARRIER, T)
