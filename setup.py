@@ -28,10 +28,18 @@ ENGINE = [
     "stirshaken_proxy/stir/passport.py",
     "stirshaken_proxy/sip/numbers.py",
     "stirshaken_proxy/sip/uri.py",
+    "stirshaken_proxy/sip/message.py",
     "stirshaken_proxy/policy/health.py",
     "stirshaken_proxy/policy/attestation.py",
     "stirshaken_proxy/policy/inventory.py",
     "stirshaken_proxy/policy/accounts.py",
+    "stirshaken_proxy/policy/presence.py",
+    "stirshaken_proxy/policy/digest.py",
+    "stirshaken_proxy/stir/verify.py",
+    "stirshaken_proxy/stir/verification.py",
+    "stirshaken_proxy/stir/rcd.py",
+    "stirshaken_proxy/engine/redirect.py",
+    "stirshaken_proxy/stats.py",
 ]
 
 

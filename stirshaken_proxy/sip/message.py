@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from types import ModuleType
+from typing import Protocol
 
 from . import uri
 from .errors import SipError, reason_phrase
@@ -119,6 +120,19 @@ class Header:
         self.end = end  # offset after its final CRLF
 
 
+class HeaderLine(Protocol):
+    """A header line: this module's Header or the compiled core's own type."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> str: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+
+
 class Via:
     """One Via value (RFC 3261 §20.42)."""
 
@@ -189,7 +203,7 @@ class SipMessage:
         self.uri = ""
         self.status = 0
         self.reason = ""
-        self.headers: list[Header] = []
+        self.headers: list[HeaderLine] = []
         self.index: dict[str, list[int]] = {}
         self.line_end = 0  # offset after the start line's CRLF
         self.head_end = 0  # offset of the CRLF that ends the header section

@@ -38,13 +38,19 @@ def outcome(data: bytes, core: str, cache: ParseCache | None = None, *, stream: 
         top = _via(msg.top_via())
         # Every slot set, and of the same type, on both cores.
         slots = [(name, type(getattr(msg, name)).__name__)
-                 for name in message.SipMessage.__slots__]
+                 for name in attributes(message.SipMessage)]
         return ("ok", *(getattr(msg, f) for f in FIELDS),
                 [(type(h).__name__ == "Header", h.name, h.value, h.start, h.end)
                  for h in msg.headers],
                 sorted(msg.index.items()), top, vias, slots, msg.serialize())
     finally:
         message.use_core(before)
+
+
+def attributes(cls: type) -> list[str]:
+    """The attributes a class of sip/message.py declares: its __slots__ when interpreted, the
+    list mypyc keeps when compiled (it has no __slots__ then)."""
+    return sorted(getattr(cls, "__mypyc_attrs__", None) or cls.__slots__)  # type: ignore[attr-defined]
 
 
 def same_on_both(data: bytes, **kw: Any) -> tuple[Any, ...]:
