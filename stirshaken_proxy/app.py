@@ -351,8 +351,10 @@ class Application:
             if engine_core() == "compiled":
                 log.info("SIP core: compiled (C); engine: compiled (mypyc)")
             else:
-                log.warning("SIP core: compiled (C); engine: Python (not compiled in this "
-                            "install); it takes more CPU per call (README, performance)")
+                log.warning("SIP core: compiled (C); engine: Python (%s); it takes more CPU "
+                            "per call (README, performance)",
+                            "STIRSHAKEN_CORE=python" if os.environ.get("STIRSHAKEN_CORE")
+                            == "python" else "not compiled in this install")
         else:
             log.warning("SIP core: Python%s; it takes more CPU per call (README, performance)",
                         "" if self.config.sip_core == "python" else

@@ -57,3 +57,24 @@ def test_calls_through_each_core(tmp_path: Path, core: str) -> None:
         assert svc.stop() == 0
     if core == "python":  # said at start, at the level the tests log (warning)
         assert "SIP core: Python; it takes more CPU per call (README, performance)" in svc.log()
+
+
+def test_the_environment_runs_the_engine_from_its_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STIRSHAKEN_CORE=python with the compiled core configured: the C modules in use, the
+    engine from its source, and the start log says why."""
+    if not compiled_available():
+        pytest.skip("the compiled core is not built in this install")
+    monkeypatch.setenv("STIRSHAKEN_CORE", "python")
+    ports = Ports.pick()
+    cfg = write_config(tmp_path / "proxy.toml", ports, sip='core = "compiled"',
+                       extra=signing_config(tmp_path, ports))
+    svc = Service(cfg, ports.admin, tmp_path / "proxy.log")
+    svc.start()
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{ports.admin}/readyz", timeout=5) as r:
+            ready = json.load(r)
+        assert (ready["core"], ready["engine"]) == ("compiled", "python")
+    finally:
+        assert svc.stop() == 0
+    assert "SIP core: compiled (C); engine: Python (STIRSHAKEN_CORE=python)" in svc.log()
