@@ -7,6 +7,10 @@ without the sockets. µs of engine time per call, per core, best of several roun
 
 ``--split`` prints the µs of each message of the call (INVITE, 180, 200, ACK, BYE, its 200).
 
+``--core`` chooses the C modules; the engine's modules are compiled by mypyc where they were
+built, and run from their source with STIRSHAKEN_CORE=python in the environment (each line
+says which).
+
 ``--profile`` prints cProfile's top functions instead. For instruction counts (repeatable on
 a busy machine) run it under ``valgrind --tool=callgrind`` twice, with --calls N and 2N, and
 divide the difference by N.
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench.inprocess import INVITE, signing_engine
+from stirshaken_proxy import engine_core
 from stirshaken_proxy.engine.proxy import ProxyEngine
 from stirshaken_proxy.sip import message
 from stirshaken_proxy.sip.message import parse_message
@@ -121,7 +126,7 @@ def main() -> None:
         for step, seconds in split.items():
             sys.stdout.write(f"{step:10} {seconds / args.calls * 1e6:7.1f} µs\n")
         sys.stdout.write(f"{'call':10} {sum(split.values()) / args.calls * 1e6:7.1f} µs "
-                         f"({message.core_in_use()} core)\n")
+                         f"({message.core_in_use()} core, engine {engine_core()})\n")
         return
     if args.profile:
         import cProfile
@@ -137,13 +142,15 @@ def main() -> None:
         message.use_core(args.core)
         e = signing_engine(Path(tempfile.mkdtemp()))
         per_call = calls(e, args.calls) / args.calls * 1e6
-        sys.stdout.write(f"{message.core_in_use():9} {per_call:8.1f} µs/call\n")
+        sys.stdout.write(f"{message.core_in_use():9} {per_call:8.1f} µs/call "
+                         f"(engine {engine_core()})\n")
         return
     cores = ["python", "compiled"] if message.compiled_available() else ["python"]
     got = {c: best_per_call(c, args.calls) for c in cores}
     for c, us in got.items():
         ratio = f"  ({us / got['python']:.2f}x the Python core)" if c != "python" else ""
-        sys.stdout.write(f"{c:9} {us:8.1f} µs of engine time per signed call{ratio}\n")
+        sys.stdout.write(f"{c:9} {us:8.1f} µs of engine time per signed call{ratio} "
+                         f"(engine {engine_core()})\n")
 
 
 if __name__ == "__main__":
