@@ -16,6 +16,7 @@ from importlib.util import spec_from_file_location
 from types import ModuleType
 
 __version__ = "0.1.0"
+_COMPILED_SUFFIXES = tuple(EXTENSION_SUFFIXES)
 
 
 def _engine_loads() -> bool:
@@ -38,13 +39,17 @@ class _FromSource:
             return None
         spec = PathFinder.find_spec(name, path)
         origin = spec.origin if spec is not None else None
-        if origin is None or not origin.endswith(tuple(EXTENSION_SUFFIXES)):
+        if origin is None or not origin.endswith(_COMPILED_SUFFIXES):
             return None
         source = os.path.join(os.path.dirname(origin), name.rpartition(".")[2] + ".py")
         return spec_from_file_location(name, source) if os.path.exists(source) else None
 
 
-if os.environ.get("STIRSHAKEN_CORE") == "python" or not _engine_loads():
+# Why the engine's modules come from their source (None: compiled where they were built).
+FROM_SOURCE: str | None = (
+    "STIRSHAKEN_CORE=python" if os.environ.get("STIRSHAKEN_CORE") == "python"
+    else None if _engine_loads() else "not compiled in this install, or it does not load")
+if FROM_SOURCE is not None:
     sys.meta_path.insert(0, _FromSource)
 
 
@@ -52,4 +57,4 @@ def engine_core() -> str:
     """How the engine runs: ``compiled`` (mypyc) or ``python`` (its source)."""
     module = sys.modules.get(__name__ + ".engine.proxy")
     origin = getattr(module, "__file__", None) or ""
-    return "compiled" if origin.endswith(tuple(EXTENSION_SUFFIXES)) else "python"
+    return "compiled" if origin.endswith(_COMPILED_SUFFIXES) else "python"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import engine_core
+from . import FROM_SOURCE, engine_core
 from .config import Config, ConfigError, VerifyConfig, load_config
 from .engine.proxy import EngineConfig, ProxyEngine
 from .engine.redirect import RedirectEngine
@@ -352,9 +352,7 @@ class Application:
                 log.info("SIP core: compiled (C); engine: compiled (mypyc)")
             else:
                 log.warning("SIP core: compiled (C); engine: Python (%s); it takes more CPU "
-                            "per call (README, performance)",
-                            "STIRSHAKEN_CORE=python" if os.environ.get("STIRSHAKEN_CORE")
-                            == "python" else "not compiled in this install")
+                            "per call (README, performance)", FROM_SOURCE)
         else:
             log.warning("SIP core: Python%s; it takes more CPU per call (README, performance)",
                         "" if self.config.sip_core == "python" else

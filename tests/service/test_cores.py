@@ -26,21 +26,32 @@ from tests.support import (
 pytestmark = [requires_sipp, pytest.mark.sipp]
 
 
-@pytest.mark.parametrize("core", ["python", "compiled"])
-def test_calls_through_each_core(tmp_path: Path, core: str) -> None:
-    if core == "compiled" and not compiled_available():
-        pytest.skip("the compiled core is not built in this install")
+def started(tmp_path: Path, core: str) -> tuple[Ports, Service]:
+    """The service signing calls, with ``[sip] core`` set to ``core``, started."""
     ports = Ports.pick()
     cfg = write_config(tmp_path / "proxy.toml", ports, sip=f'core = "{core}"',
                        extra=signing_config(tmp_path, ports))
     svc = Service(cfg, ports.admin, tmp_path / "proxy.log")
     svc.start()
+    return ports, svc
+
+
+def named_in_readyz(ports: Ports) -> tuple[str, str]:
+    """The SIP core and the engine's form, as /readyz names them."""
+    with urllib.request.urlopen(f"http://{HOST}:{ports.admin}/readyz", timeout=5) as r:
+        ready = json.load(r)
+    return ready["core"], ready["engine"]
+
+
+@pytest.mark.parametrize("core", ["python", "compiled"])
+def test_calls_through_each_core(tmp_path: Path, core: str) -> None:
+    if core == "compiled" and not compiled_available():
+        pytest.skip("the compiled core is not built in this install")
+    ports, svc = started(tmp_path, core)
     try:
         # The engine runs as the core says: compiled by mypyc with the compiled core, from its
         # source with the Python one (the service restarts itself on it: STIRSHAKEN_CORE).
-        with urllib.request.urlopen(f"http://{HOST}:{ports.admin}/readyz", timeout=5) as r:
-            ready = json.load(r)
-        assert (ready["core"], ready["engine"]) == (core, core)
+        assert named_in_readyz(ports) == (core, core)
         assert f'stirshaken_sip_core_info{{core="{core}",engine="{core}"}} 1.0' in \
             scrape(ports.admin)
         with SippUas("uas.xml", ports.carrier_next_hop, tmp_path) as uas:
@@ -66,15 +77,9 @@ def test_the_environment_runs_the_engine_from_its_source(
     if not compiled_available():
         pytest.skip("the compiled core is not built in this install")
     monkeypatch.setenv("STIRSHAKEN_CORE", "python")
-    ports = Ports.pick()
-    cfg = write_config(tmp_path / "proxy.toml", ports, sip='core = "compiled"',
-                       extra=signing_config(tmp_path, ports))
-    svc = Service(cfg, ports.admin, tmp_path / "proxy.log")
-    svc.start()
+    ports, svc = started(tmp_path, "compiled")
     try:
-        with urllib.request.urlopen(f"http://{HOST}:{ports.admin}/readyz", timeout=5) as r:
-            ready = json.load(r)
-        assert (ready["core"], ready["engine"]) == ("compiled", "python")
+        assert named_in_readyz(ports) == ("compiled", "python")
     finally:
         assert svc.stop() == 0
     assert "SIP core: compiled (C); engine: Python (STIRSHAKEN_CORE=python)" in svc.log()
