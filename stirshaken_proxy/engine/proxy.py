@@ -87,6 +87,12 @@ class SideConfig:
         return f"{host_text(self.advertise_host)}:{port}"
 
 
+def _send(data: bytes, peer: Peer) -> Send:
+    """Send(data, peer) by tuple.__new__: a NamedTuple's own __new__ is interpreted Python,
+    and the datagrams the engine forwards itself make one each."""
+    return tuple.__new__(Send, (data, peer))
+
+
 def host_text(host: str) -> str:
     """A host as it is written in SIP (an IPv6 reference in brackets)."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -220,8 +226,7 @@ class ProxyEngine:
     def record_calls(self, *, instance: str, worker: int) -> None:
         """Turn call records on (the application does, with [records] enabled)."""
         self.records.enabled = self.sti.recording = True
-        self.records.instance = instance
-        self.records.worker = worker
+        self.records.name(instance, worker)
 
     def replace(self, *, services: Services, config: EngineConfig | None = None) -> None:
         """A reload, in one step: new requests meet the new bundle (and limits and timers);
@@ -636,10 +641,10 @@ class ProxyEngine:
             # CANCEL and the ACK of a non-2xx carry the Route lines as forwarded (§9.1).
             ctx.route_lines = msg.joined("route", current=True)
             ctx.to_line = msg.joined("to", current=True)
-            ctx.ack = AckTemplate(
-                head=b"ACK " + ctx.ruri + b" SIP/2.0\r\n" + via + ctx.route_lines,
-                from_call_id=msg.joined("from", current=True) + msg.joined("call-id"),
-                cseq=msg.cseq)
+            # (head, from_call_id, cseq), by tuple.__new__ (see _send)
+            ctx.ack = tuple.__new__(AckTemplate, (
+                b"ACK " + ctx.ruri + b" SIP/2.0\r\n" + via + ctx.route_lines,
+                msg.joined("from", current=True) + msg.joined("call-id"), msg.cseq))
             client: ClientTransaction = self.machines.client_invite(
                 key=key, peer=dest, tu=self, config=self.config.timers, request=data,
                 ack_template=ctx.ack)
@@ -659,7 +664,7 @@ class ProxyEngine:
             self.stats[("sip_dropped", "too_large_once_edited")] += 1  # an ACK: no answer
             return
         self.stats[("sip_forwarded", dest.side, msg.method)] += 1
-        out.append(Send(data, dest))
+        out.append(_send(data, dest))
 
     def _on_cancel(self, msg: SipMessage, txn: ServerTransaction, now: float,
                    out: list[Action]) -> None:
@@ -727,7 +732,7 @@ class ProxyEngine:
         dest = Peer(_OPPOSITE[side], _UDP, addr[0], addr[1])
         if self.sti.replaced:  # a call whose caller ID we replaced
             self.sti.map_identities(msg, dest.side)
-        out.append(Send(msg.without_top_via(), dest))
+        out.append(_send(msg.without_top_via(), dest))
 
     # -- TransactionUser ------------------------------------------------------------------
     def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..stir.passport import Attestation
 from .accounts import Account
@@ -21,8 +21,10 @@ class Reason(enum.Enum):
     NEIGHBOUR_SPOOFING = "neighbour_spoofing"  # B: not owned and the callee's own NPA-NXX
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """(A NamedTuple, made by tuple.__new__ below: its own __new__ is interpreted Python, and
+    every signed call makes one.)"""
+
     level: Attestation
     reason: Reason
     account: str
@@ -36,15 +38,13 @@ def decide(account: Account, orig_tn: str, inventory: Inventory,
     "neighbour spoofing"); C for gateway traffic."""
     owner = inventory.owner(orig_tn)
     if account.gateway:
-        return Decision(level=Attestation.C, reason=Reason.GATEWAY, account=account.name,
-                        owner=owner)
+        return tuple.__new__(Decision, (Attestation.C, Reason.GATEWAY, account.name, owner))
     if owner == account.name:
-        return Decision(level=Attestation.A, reason=Reason.OWNED_NUMBER, account=account.name,
-                        owner=owner)
+        return tuple.__new__(Decision, (Attestation.A, Reason.OWNED_NUMBER, account.name, owner))
     if dest_tn is not None and is_neighbour(orig_tn, dest_tn):
         reason = Reason.NEIGHBOUR_SPOOFING
     elif owner is None:
         reason = Reason.NUMBER_NOT_IN_INVENTORY
     else:
         reason = Reason.NUMBER_OF_ANOTHER_ACCOUNT
-    return Decision(level=Attestation.B, reason=reason, account=account.name, owner=owner)
+    return tuple.__new__(Decision, (Attestation.B, reason, account.name, owner))

@@ -59,6 +59,13 @@ class HealthEvent(NamedTuple):
     seconds: float | None = None
 
 
+def _event(kind: HealthEventKind, tn: str, now: float, code: int, duration: float
+           ) -> HealthEvent:
+    """A call's HealthEvent (reason "", seconds None) by tuple.__new__: a NamedTuple's own
+    __new__ is interpreted Python, and every signed call makes three."""
+    return tuple.__new__(HealthEvent, (kind, tn, now, code, duration, "", None))
+
+
 @dataclass
 class _Bucket:
     hour: int
@@ -152,7 +159,7 @@ class NumberHealth:
             s.recent.popleft()
         s.bucket(now, self.limits.window_hours).attempts += 1
         s.last_used = now
-        return HealthEvent(HealthEventKind.ATTEMPT, tn, now)
+        return _event(HealthEventKind.ATTEMPT, tn, now, 0, 0.0)
 
     def final(self, tn: str, code: int, now: float) -> HealthEvent:
         self.dirty.add(tn)
@@ -162,7 +169,7 @@ class NumberHealth:
         if 200 <= code < 300:
             b.answered += 1
         self._judge(s, now)
-        return HealthEvent(HealthEventKind.FINAL, tn, now, code=code)
+        return _event(HealthEventKind.FINAL, tn, now, code, 0.0)
 
     def ended(self, tn: str, duration: float, now: float) -> HealthEvent:
         self.dirty.add(tn)
@@ -173,7 +180,7 @@ class NumberHealth:
         if duration < self.limits.short_call_seconds:
             b.short += 1
         self._judge(s, now)
-        return HealthEvent(HealthEventKind.ENDED, tn, now, duration=duration)
+        return _event(HealthEventKind.ENDED, tn, now, 0, duration)
 
     # -- state ----------------------------------------------------------------------------
     def state(self, tn: str, now: float, max_per_hour: int | None = None) -> State:

@@ -37,7 +37,11 @@ def canonical_tn(uri: str, *, country_code: str = "1") -> str | None:
 
 def canonical_digits(user: str, *, country_code: str = "1") -> str | None:
     # User parameters (RFC 3261 §19.1.6, RFC 4904 tgrp/trunk-context) are not part of the number.
-    number = unquote(user.partition(";")[0]).translate(_VISUAL)
+    number = user.partition(";")[0]
+    if "%" in number:
+        number = unquote(number)
+    if not number.isdigit() and not (number[:1] == "+" and number[1:].isdigit()):
+        number = number.translate(_VISUAL)  # (a number of digits has no separator to drop)
     international = number.startswith("+")
     if international:
         number = number[1:]
@@ -98,12 +102,16 @@ def calling_tn(pai_values: list[str], from_value: str | None, *,
                country_code: str = "1", memo: TnMemo | None = None) -> str | None:
     """The calling number: the first P-Asserted-Identity value holding a number (a tel URI or
     a sip URI with one), else From. ``memo``: remembers each value's number."""
-    of = memo.tn_of if memo is not None else _tn_of
+    # (memo.tn_of is called where it is named: a bound method taken as a value would be
+    # called through Python's calling convention by the compiled engine)
     for value in pai_values:
-        tn = of(value, country_code)
+        tn = memo.tn_of(value, country_code) if memo is not None else _tn_of(value, country_code)
         if tn is not None:
             return tn
-    return of(from_value, country_code) if from_value else None
+    if not from_value:
+        return None
+    return memo.tn_of(from_value, country_code) if memo is not None else _tn_of(from_value,
+                                                                                country_code)
 
 
 def diverted_from_tn(diversion: list[str], history_info: list[str], *,

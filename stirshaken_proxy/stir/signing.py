@@ -243,11 +243,12 @@ class Authenticator:
             events.append(health.attempt(orig, now))
         # _value_, not .value: Enum.value is a Python-level property (two calls each).
         self.stats[("calls_signed", account.name, level._value_, decision.reason._value_)] += 1
-        # Positional, in field order (identity, attest, reason, account, orig, dest, iat,
-        # substitution, events, more, branded): keywords cost twice as much, once per call.
-        return Signed(signer.identity_value(token), level, decision.reason,
-                      account.name, orig, dest, iat, pick, tuple(events), more,
-                      brand is not None)
+        # Every field, in order (identity, attest, reason, account, orig, dest, iat,
+        # substitution, events, more, branded), by tuple.__new__: a NamedTuple's own __new__
+        # is interpreted Python (and keywords cost twice as much), once per call.
+        return tuple.__new__(Signed, (signer.identity_value(token), level, decision.reason,
+                                      account.name, orig, dest, iat, pick, tuple(events), more,
+                                      brand is not None))
 
     def _brand(self, tn: str, account: str) -> Brand | None:
         """The number's own brand, else its account's."""

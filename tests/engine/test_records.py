@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from stirshaken_proxy.engine.records import CallRecord
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stirshaken_proxy.engine.records import CallRecord, json_text
 from stirshaken_proxy.sip.transport import Send
 from tests.engine.test_proxy import UAC, answer, carrier_peer, engine, invite
 
@@ -33,7 +38,7 @@ def test_an_answered_call_is_recorded_at_its_bye_with_its_duration() -> None:
     r = got[0]
     assert (r.call_id, r.direction, r.status, r.started, r.answered, r.ended, r.duration) == (
         "call-1", "outbound", 200, 100.0, 101.5, 161.5, 60.0)
-    assert r.id.startswith("a-0-") and len(e.records) == 0
+    assert r.id == "a-0-186a0-1" and len(e.records) == 0  # instance-worker-ms(hex)-count
 
 
 def test_a_failed_call_is_recorded_at_its_final_response() -> None:
@@ -64,3 +69,16 @@ def test_a_timed_out_call_is_recorded_with_its_408() -> None:
     out = e.on_timers(100.0 + 64 * 0.5 + 1)  # Timer B: 64*T1
     got = [a for a in out if isinstance(a, CallRecord)]
     assert [(r.status, r.answered) for r in got] == [(408, None)]
+
+
+_text = st.text(max_size=12)  # any code point: quotes, controls, non-ASCII, surrogates
+_maybe_text = st.none() | _text
+_time = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@given(st.builds(
+    CallRecord, _text, _text, _text, _maybe_text, _maybe_text, _maybe_text, _maybe_text,
+    _maybe_text, _maybe_text, _maybe_text, st.none() | st.integers(0, 699),
+    st.integers(0, 699), _time, st.none() | _time, _time, _time, _text, st.integers(0, 64)))
+def test_a_records_json_text_is_what_the_json_encoder_writes(record: CallRecord) -> None:
+    assert json_text(record) == json.dumps(record.as_json(), separators=(",", ":"))
