@@ -28,12 +28,21 @@ class IdentityMap:
     chosen: str  # "+" and the canonical chosen number
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class TrackedCall:
+    """(Its __init__ written out: dataclass's is interpreted Python, and every signed call
+    makes one.)"""
+
     tn: str  # the calling number signed, whose health the call counts in
-    answered_at: float = 0.0  # 0 until a 2xx
-    identities: IdentityMap | None = None
-    done: bool = False  # its final response (non-2xx) or BYE was counted
+    answered_at: float  # 0 until a 2xx
+    identities: IdentityMap | None
+    done: bool  # its final response (non-2xx) or BYE was counted
+
+    def __init__(self, *, tn: str, identities: IdentityMap | None = None) -> None:
+        self.tn = tn
+        self.answered_at = 0.0
+        self.identities = identities
+        self.done = False
 
 
 class CallTable(dict[str, _V]):

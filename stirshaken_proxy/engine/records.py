@@ -84,18 +84,33 @@ def _number(value: float) -> str:
     return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class RecordFacts:
-    """What the STI leg learned of a call while deciding it (set per request)."""
+    """What the STI leg learned of a call while deciding it (set per request). (Its __init__
+    written out: the one dataclass generates is interpreted Python, even in the compiled
+    engine, and every call makes one.)"""
 
-    account: str | None = None
-    orig: str | None = None
-    presented: str | None = None
-    dest: str | None = None
-    attest: str | None = None
-    attest_reason: str | None = None
-    verstat: str | None = None
-    verify_code: int | None = None
+    account: str | None
+    orig: str | None
+    presented: str | None
+    dest: str | None
+    attest: str | None
+    attest_reason: str | None
+    verstat: str | None
+    verify_code: int | None
+
+    def __init__(self, *, account: str | None = None, orig: str | None = None,
+                 presented: str | None = None, dest: str | None = None,
+                 attest: str | None = None, attest_reason: str | None = None,
+                 verstat: str | None = None, verify_code: int | None = None) -> None:
+        self.account = account
+        self.orig = orig
+        self.presented = presented
+        self.dest = dest
+        self.attest = attest
+        self.attest_reason = attest_reason
+        self.verstat = verstat
+        self.verify_code = verify_code
 
 
 _NO_FACTS = RecordFacts()  # (never changed: what a call the STI leg learned nothing of has)

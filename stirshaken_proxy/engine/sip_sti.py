@@ -119,9 +119,11 @@ def call_facts(msg: SipMessage, account: Account | None, policy: AuthPolicy,
                                     country_code=cc)
         return CallFacts(account, orig, dest, date, asked, reason=reason,
                          diverted_from=diverted if diverted != dest else None)
-    # Positional, in field order (account, orig, dest, date, presence_requested): once per
-    # call, where keywords cost twice as much.
-    return CallFacts(account, orig, dest, date, asked)
+    # Every field, in order (account, orig, dest, date, presence_requested, attest,
+    # more_dests, origid, reason, diverted_from), by tuple.__new__: once per call, where a
+    # NamedTuple's own __new__ is interpreted Python.
+    return tuple.__new__(CallFacts, (account, orig, dest, date, asked, None, (), None, None,
+                                     None))
 
 
 class DateLines:
