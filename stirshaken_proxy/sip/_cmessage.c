@@ -93,6 +93,27 @@ static Py_ssize_t find_crlf(const unsigned char *p, Py_ssize_t i, Py_ssize_t sto
     return -1;
 }
 
+/* Header names as written -> their canonical names, for names of at most NAME_BYTES bytes:
+ * a direct-mapped table, so that a name seen before costs no string, hash or dict lookup
+ * (every message repeats the same dozen). The canonical name is a function of the bytes
+ * alone (ParseCache.canonical), so an entry never goes stale; a name that canonical()
+ * refuses is never entered. A slot holds a reference to its canonical name. */
+#define NAME_SLOTS 256
+#define NAME_BYTES 30
+typedef struct {
+    unsigned char len; /* 0: empty */
+    unsigned char bytes[NAME_BYTES];
+    PyObject *canonical;
+} NameSlot;
+static NameSlot name_slots[NAME_SLOTS];
+
+static inline NameSlot *name_slot(const unsigned char *s, Py_ssize_t n) {
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 16777619u;
+    return &name_slots[(h ^ (h >> 16)) & (NAME_SLOTS - 1)];
+}
+
 /* index_headers(raw, pos, stop, names, canonical, headers, index) -> bool, called by
  * parse_fast: index the header lines of raw[pos:stop] (each ending in CRLF, none folded) as
  * message._parse_headers does: append a Header per line to ``headers`` and its position to
@@ -129,31 +150,45 @@ static PyObject *index_headers(PyObject *module, PyObject *const *args, Py_ssize
         const unsigned char *colon = memchr(p + pos, ':', (size_t)(eol - pos));
         if (colon == NULL || colon == p + pos)
             Py_RETURN_FALSE;
-        Py_ssize_t name_end = colon - p;
-        PyObject *raw_name = PyUnicode_DecodeLatin1((const char *)p + pos, name_end - pos, NULL);
-        if (raw_name == NULL)
-            return NULL;
-        PyObject *name = PyDict_GetItemWithError(names, raw_name); /* borrowed */
-        if (name != NULL && PyObject_IsTrue(name) == 1) {
+        Py_ssize_t name_end = colon - p, name_len = name_end - pos;
+        NameSlot *slot = name_len <= NAME_BYTES ? name_slot(p + pos, name_len) : NULL;
+        PyObject *name;
+        if (slot != NULL && slot->len == name_len &&
+            memcmp(slot->bytes, p + pos, (size_t)name_len) == 0) {
+            name = slot->canonical;
             Py_INCREF(name);
         } else {
-            if (PyErr_Occurred()) {
-                Py_DECREF(raw_name);
+            PyObject *raw_name = PyUnicode_DecodeLatin1((const char *)p + pos, name_len, NULL);
+            if (raw_name == NULL)
                 return NULL;
+            name = PyDict_GetItemWithError(names, raw_name); /* borrowed */
+            if (name != NULL && PyObject_IsTrue(name) == 1) {
+                Py_INCREF(name);
+            } else {
+                if (PyErr_Occurred()) {
+                    Py_DECREF(raw_name);
+                    return NULL;
+                }
+                name = PyObject_CallOneArg(canonical, raw_name);
+                if (name == NULL) {
+                    Py_DECREF(raw_name);
+                    return NULL;
+                }
+                if (!PyUnicode_Check(name)) {
+                    Py_DECREF(raw_name);
+                    Py_DECREF(name);
+                    PyErr_SetString(PyExc_TypeError, "canonical() must return a str");
+                    return NULL;
+                }
             }
-            name = PyObject_CallOneArg(canonical, raw_name);
-            if (name == NULL) {
-                Py_DECREF(raw_name);
-                return NULL;
-            }
-            if (!PyUnicode_Check(name)) {
-                Py_DECREF(raw_name);
-                Py_DECREF(name);
-                PyErr_SetString(PyExc_TypeError, "canonical() must return a str");
-                return NULL;
+            Py_DECREF(raw_name);
+            if (slot != NULL && name_len > 0) {
+                Py_INCREF(name);
+                Py_XSETREF(slot->canonical, name);
+                memcpy(slot->bytes, p + pos, (size_t)name_len);
+                slot->len = (unsigned char)name_len;
             }
         }
-        Py_DECREF(raw_name);
         Py_ssize_t vs = name_end + 1, ve = eol;
         while (vs < ve && is_ws(p[vs]))
             vs++;
@@ -415,7 +450,18 @@ static PyObject *via_fields(PyObject *module, PyObject *text) {
         Py_XDECREF(port_obj);
         goto failed;
     }
-    return Py_BuildValue("(NNNN)", transport, host, port_obj, params);
+    PyObject *fields = PyTuple_New(4);
+    if (fields == NULL) {
+        Py_DECREF(transport);
+        Py_DECREF(host);
+        Py_DECREF(port_obj);
+        goto failed;
+    }
+    PyTuple_SET_ITEM(fields, 0, transport); /* the references are the tuple's now */
+    PyTuple_SET_ITEM(fields, 1, host);
+    PyTuple_SET_ITEM(fields, 2, port_obj);
+    PyTuple_SET_ITEM(fields, 3, params);
+    return fields;
 other_form:
     Py_DECREF(params);
     Py_RETURN_NONE;

@@ -73,7 +73,9 @@ def test_a_calls_messages_through_one_long_lived_cache_each() -> None:
         for data in flow:
             assert outcome(data, "compiled", caches["compiled"]) == outcome(
                 data, "python", caches["python"])
-    assert caches["python"].names == caches["compiled"].names
+    # (the compiled core keeps the names it has seen in a table of its own as well: its
+    # ParseCache learns only the ones the table does not hold yet)
+    assert caches["compiled"].names.items() <= caches["python"].names.items()
     assert caches["python"].addresses == caches["compiled"].addresses
 
 
