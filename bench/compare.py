@@ -13,6 +13,11 @@ at its first step with failures or retransmissions. ``--no-capture`` leaves tcpd
 latency figures). ``--ours-workers 1,2`` runs stirshaken-proxy once per worker count.
 ``--baseline TREE`` also runs stirshaken-proxy from another source tree (a git worktree of an
 earlier commit), interleaved with the others, to measure a change before and after in one run.
+``--sipp-buffer BYTES`` gives both SIPp instances sockets of that size (SIPp's -buff_size;
+by default the system's, net.core.rmem_default). At 2,500 cps and above, a default-sized SIPp
+UAS socket overflows whenever SIPp falls behind for a few ms on this 2-core machine (its drops
+show in /proc/net/udp): SIPp retransmits, whichever proxy is under test. The proxies' own
+sockets are 4 MB.
 """
 
 from __future__ import annotations
@@ -101,7 +106,11 @@ def start_ours(work: Path, transport: str = "", workers: int = 1,
     ports = Ports.pick()
     transport = f"workers = {workers}\n{transport}"
     tag = f"{workers}{'-baseline' if tree else ''}"
+    # Capacity raised for the load as Kamailio's is (-m 4096: 4 GB of shared memory for its
+    # transactions): the default of 100,000 transactions (~50 per call/s: INVITE and BYE
+    # each linger 32 s) answers 503 above ~2,000 calls/s.
     cfg = write_config(work / f"proxy{tag}.toml", ports, transport=transport,
+                       sip="max_transactions = 1000000",
                        extra=signing_config(work, ports, refresh=2.0) + extra)
     python_path = None
     if tree is not None:  # the package at the top of the tree, or in src/ (older layout)
@@ -159,7 +168,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_step(proxy: Proxy, work: Path, rate: int, seconds: int, hold_ms: int,
-             capture: bool = True) -> dict[str, float]:
+             capture: bool = True, sipp_buffer: int = 0) -> dict[str, float]:
     calls = rate * seconds
     pcap = work / f"{proxy.listen_port}-{rate}.pcap"
     dump = subprocess.Popen(
@@ -168,12 +177,13 @@ def run_step(proxy: Proxy, work: Path, rate: int, seconds: int, hold_ms: int,
          f"(src port {proxy.out_port} and dst port {proxy.uas_port}))"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if capture else None
     time.sleep(0.5)
+    buffer = ("-buff_size", str(sipp_buffer)) if sipp_buffer else ()
     with SippUas("uas.xml", proxy.uas_port, work, time_limit=seconds * 3 + 60,
-                 trace_messages=False):
+                 trace_messages=False, extra=buffer):
         before = session_cpu_split(os.getsid(proxy.proc.pid))
         result = run_uac("uac.xml", proxy.listen_port, free_port(), work, calls=calls, rate=rate,
                          hold_ms=hold_ms, caller="12025550142", time_limit=seconds * 3 + 30,
-                         extra=("-l", str(rate * (hold_ms // 1000 + 3))))
+                         extra=("-l", str(rate * (hold_ms // 1000 + 3)), *buffer))
         after = session_cpu_split(os.getsid(proxy.proc.pid))
     user, system = after[0] - before[0], after[1] - before[1]
     calls_ok = max(1, result.successful)
@@ -198,6 +208,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--hold-ms", type=int, default=500)
     parser.add_argument("--kamailio-children", type=int, default=2)
+    parser.add_argument("--sipp-buffer", type=int, default=0,
+                        help="SIPp's socket buffers, bytes (default: the system's)")
     parser.add_argument("--only", choices=("kamailio", "ours"), help="run one proxy only")
     parser.add_argument("--no-capture", action="store_true",
                         help="no tcpdump (no INVITE latency; tcpdump's CPU is left to the rest)")
@@ -245,7 +257,7 @@ def main() -> None:
             for rate in rates:
                 for proxy in list(active):
                     row = run_step(proxy, work, rate, args.seconds, args.hold_ms,
-                                   capture=not args.no_capture)
+                                   capture=not args.no_capture, sipp_buffer=args.sipp_buffer)
                     results.setdefault(proxy.name, []).append(row)
                     print(f"{proxy.name:20s} {rate:6d} cps  {row['ok']:7.0f} ok "  # noqa: T201
                           f"{row['failed']:5.0f} failed {row['retrans']:6.0f} retrans  "
