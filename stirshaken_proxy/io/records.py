@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.records import CallRecord, json_text
-from ..store.base import RecordRow, Store
+from ..engine.records import CallRecord
+from ..store.base import RecordRow, Store, call_record_row
 
 log = logging.getLogger(__name__)
 _PURGE_EVERY = 3600.0
@@ -116,9 +116,7 @@ class RecordWriter:
 def _rows(records: list[CallRecord]) -> list[RecordRow]:
     rows = []
     for n, record in enumerate(records, 1):
-        # (store.base.record_row's row, from the record itself)
-        rows.append((record.id, record.started, record.account, record.direction,
-                     json_text(record)))
+        rows.append(call_record_row(record))
         if n % _ROWS_PER_TURN == 0:
             time.sleep(0)  # the GIL to the event loop's thread, if it waits for it
     return rows

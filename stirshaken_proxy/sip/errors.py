@@ -35,8 +35,11 @@ REASON_PHRASES: dict[int, str] = {
 }
 
 
+UNKNOWN_PHRASE = "Unknown"  # of a status not in REASON_PHRASES
+
+
 def reason_phrase(status: int) -> str:
-    return REASON_PHRASES.get(status, "Unknown")
+    return REASON_PHRASES.get(status, UNKNOWN_PHRASE)
 
 
 class SipError(Exception):

@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Protocol
 
 from . import uri
-from .errors import REASON_PHRASES, SipError
+from .errors import REASON_PHRASES, UNKNOWN_PHRASE, SipError
 from .uri import (
     NameAddr,
     ascii_digits,
@@ -649,7 +649,8 @@ def make_response(
     Via, From, Call-ID and CSeq lines are copied byte for byte; To gets our tag when it has
     none and the response is not 100 (§8.2.6.2).
     """
-    phrase = reason if reason is not None else REASON_PHRASES.get(status, "Unknown")
+    # (errors.reason_phrase's lookup, in place: that module is not compiled)
+    phrase = reason if reason is not None else REASON_PHRASES.get(status, UNKNOWN_PHRASE)
     parts = [b"SIP/2.0 %d %s\r\n" % (status, phrase.encode("utf-8")), request.joined("via"),
              request.joined("from")]
     to_idx = request.index.get("to")

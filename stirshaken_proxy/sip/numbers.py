@@ -102,16 +102,17 @@ def calling_tn(pai_values: list[str], from_value: str | None, *,
                country_code: str = "1", memo: TnMemo | None = None) -> str | None:
     """The calling number: the first P-Asserted-Identity value holding a number (a tel URI or
     a sip URI with one), else From. ``memo``: remembers each value's number."""
-    # (memo.tn_of is called where it is named: a bound method taken as a value would be
-    # called through Python's calling convention by the compiled engine)
     for value in pai_values:
-        tn = memo.tn_of(value, country_code) if memo is not None else _tn_of(value, country_code)
+        tn = _tn_by(memo, value, country_code)
         if tn is not None:
             return tn
-    if not from_value:
-        return None
-    return memo.tn_of(from_value, country_code) if memo is not None else _tn_of(from_value,
-                                                                                country_code)
+    return _tn_by(memo, from_value, country_code) if from_value else None
+
+
+def _tn_by(memo: TnMemo | None, value: str, country_code: str) -> str | None:
+    # (memo.tn_of is called where it is named: a bound method taken as a value would be
+    # called through Python's calling convention by the compiled engine)
+    return memo.tn_of(value, country_code) if memo is not None else _tn_of(value, country_code)
 
 
 def diverted_from_tn(diversion: list[str], history_info: list[str], *,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..engine.records import CallRecord, json_text
 from ..policy.digest import Credential
 from ..policy.inventory import Inventory, NumberBlock, Packed
 from ..policy.numbers import (
@@ -176,6 +177,12 @@ def record_row(record: dict[str, Any]) -> RecordRow:
     """A call record (as JSON) as the call_records row of either backend."""
     return (record["id"], record["started"], record.get("account"), record["direction"],
             _COMPACT_JSON(record))
+
+
+def call_record_row(record: CallRecord) -> RecordRow:
+    """``record_row(record.as_json())`` without the dict: the JSON written by the compiled
+    engine (engine.records.json_text, the same text)."""
+    return record.id, record.started, record.account, record.direction, json_text(record)
 
 
 class HealthStore(Protocol):
