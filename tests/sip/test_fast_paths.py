@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from stirshaken_proxy.sip.numbers import canonical_digits
@@ -19,15 +19,18 @@ _USER = st.lists(st.sampled_from(
     max_size=18).map("".join)
 
 
+@example("%3-0", "44")  # (an escape made by dropping a separator)
 @given(_USER, st.sampled_from(["1", "44"]))
 def test_a_number_reads_the_same_with_or_without_the_fast_paths(user: str, cc: str) -> None:
     """canonical_digits skips unquote without a '%' and the separators' removal for a run
     of digits; given the text those steps make, it must answer the same."""
     number = user.partition(";")[0]
     assume(";" not in unquote(number))  # (an escaped ';' would end the number a second time)
-    general = unquote(number).translate(_VISUAL)  # no '%' to unquote, no separator left
-    assert canonical_digits(user, country_code=cc) == canonical_digits(general,
-                                                                      country_code=cc)
+    general = unquote(number).translate(_VISUAL)  # no separator left
+    # A '%' left after unquoting is no digit: no number. (Read again, "%3-0" would become the
+    # escape "%30" once its separator is gone.)
+    expected = None if "%" in general else canonical_digits(general, country_code=cc)
+    assert canonical_digits(user, country_code=cc) == expected
 
 
 @given(st.text(alphabet=st.sampled_from([*"aZ09-.!%*_+`'~ ;:\"@", "\u00e9", "\u0663"]),
