@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from ..policy.digest import Authorized, Banned, DigestAuth
 from ..sip.errors import SipError
-from ..sip.message import ParseCache, SipMessage, make_response, parse_message
+from ..sip.message import ParseCache, SipMessage, make_response, parse_message, untracked
 from ..sip.transport import Peer, Send, Side, Transport
 from ..sip.uri import parse_name_addr, parse_uri, split_values
 from ..stats import Stats
@@ -444,7 +444,9 @@ class ProxyEngine:
                 services.digest.call_ended(msg.call_id, now)
         m = self.machines
         cls = m.server_invite if method == "INVITE" else m.server_non_invite
-        txn = cls(key=key, peer=source, tu=self, config=self.config.timers, request=msg)
+        # (the key out of the cyclic GC too: its Peer, a tuple subclass, would keep it tracked)
+        txn = cls(key=untracked(key), peer=source, tu=self, config=self.config.timers,
+                  request=msg)
         self.server_txns[key] = txn
         if method == "INVITE":
             txn.send_response(self._respond(msg, 100), 100, now, out)
@@ -632,7 +634,9 @@ class ProxyEngine:
             self.stats[("sip_dropped", "too_large_once_edited")] += 1
             server.send_response(self._respond(msg, 513), 513, now, out)
             return
-        ctx = _Context(_FORWARD, server)
+        # Out of the cyclic GC (it and its transactions live up to 64*T1): its links to
+        # them are the only cycle, and a transaction cuts its own when it ends (release).
+        ctx: _Context = untracked(_Context(_FORWARD, server))
         server.context = ctx
         key = (branch, msg.method)
         if msg.method == "INVITE":
@@ -642,9 +646,9 @@ class ProxyEngine:
             ctx.route_lines = msg.joined("route", current=True)
             ctx.to_line = msg.joined("to", current=True)
             # (head, from_call_id, cseq), by tuple.__new__ (see _send)
-            ctx.ack = tuple.__new__(AckTemplate, (
+            ctx.ack = untracked(tuple.__new__(AckTemplate, (
                 b"ACK " + ctx.ruri + b" SIP/2.0\r\n" + via + ctx.route_lines,
-                msg.joined("from", current=True) + msg.joined("call-id"), msg.cseq))
+                msg.joined("from", current=True) + msg.joined("call-id"), msg.cseq)))
             client: ClientTransaction = self.machines.client_invite(
                 key=key, peer=dest, tu=self, config=self.config.timers, request=data,
                 ack_template=ctx.ack)

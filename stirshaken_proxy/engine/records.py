@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple
 
+from ..sip.message import untracked
+
 OUTBOUND = "outbound"  # from the dialer side: signed toward the carrier
 INBOUND = "inbound"  # from the carrier side: verified toward the PBX
 
@@ -155,7 +157,8 @@ class CallLog:
               out: list[Any]) -> None:
         if not self.enabled:
             return
-        self.open_calls[call_id] = _Open(call_id, direction, facts or _NO_FACTS, now)
+        # (out of the cyclic GC, as its facts and its record: none refers back to anything)
+        self.open_calls[call_id] = untracked(_Open(call_id, direction, facts or _NO_FACTS, now))
         if len(self.open_calls) > self.max_calls:
             oldest = next(iter(self.open_calls))
             out.append(self._record(self.open_calls.pop(oldest), now))
@@ -191,12 +194,12 @@ class CallLog:
         # In field order (see CallRecord), made by tuple.__new__: a NamedTuple's own __new__
         # is interpreted Python, and one record is made for every call. (hex(): int's
         # __format__ is called through its generic method path.)
-        return tuple.__new__(CallRecord, (
+        return untracked(tuple.__new__(CallRecord, (
             f"{self._prefix}{hex(int(call.started * 1000))[2:]}-{next(self._seq)}",
             call.call_id, call.direction, f.account, f.orig, f.presented, f.dest, f.attest,
             f.attest_reason, f.verstat, f.verify_code, call.status or 0, call.started,
             answered, now, round(now - answered, 3) if answered is not None else 0.0,
-            self.instance, self.worker))
+            self.instance, self.worker)))
 
 
 __all__ = ["INBOUND", "OUTBOUND", "CallLog", "CallRecord", "RecordFacts"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..sip.message import SipMessage
+from ..sip.message import SipMessage, untracked
 from ..sip.numbers import TnMemo
 from ..sip.transport import Peer, Side
 from ..stats import Stats
@@ -106,9 +106,10 @@ class StiLeg:
         picked, self.picked = self.picked, None
         outcome = auth.sign(facts, now, picked=picked, defer=True)
         if self.recording:  # (only made when call records are on)
-            self.learned = learned = RecordFacts(
+            # (out of the cyclic GC, as the call's other objects that hold no cycle)
+            self.learned = learned = untracked(RecordFacts(
                 account=account.name if account is not None else None, orig=facts.orig,
-                presented=facts.orig, dest=facts.dest)
+                presented=facts.orig, dest=facts.dest))
             if type(outcome) is Signed:
                 learned.presented = outcome.orig
                 learned.attest = outcome.attest._value_  # (not .value: a Python property)
@@ -136,7 +137,8 @@ class StiLeg:
                 msg.append_header(self._dates.line(outcome.iat))
             if outcome.events or identities is not None:
                 out.extend(outcome.events)
-                self.calls.add(msg.call_id, TrackedCall(tn=outcome.orig, identities=identities))
+                self.calls.add(msg.call_id, untracked(TrackedCall(tn=outcome.orig,
+                                                                  identities=identities)))
                 if identities is not None:
                     self.replaced.add(msg.call_id, identities)
             if log.isEnabledFor(logging.DEBUG):
@@ -166,9 +168,9 @@ class StiLeg:
                       extra={"call_id": msg.call_id, "verdict": verdict.verstat.value,
                              "reason": verdict.reason})
         if self.recording:
-            self.learned = RecordFacts(orig=facts.orig, presented=facts.orig, dest=facts.dest,
-                                       attest=verdict.attest, verstat=verdict.verstat.value,
-                                       verify_code=verdict.code)
+            self.learned = untracked(RecordFacts(
+                orig=facts.orig, presented=facts.orig, dest=facts.dest, attest=verdict.attest,
+                verstat=verdict.verstat.value, verify_code=verdict.code))
         if policy.rejects(verdict):
             code, phrase, reason = rejection(verdict)
             return Rejection(status=code, reason=phrase, headers=(reason,))

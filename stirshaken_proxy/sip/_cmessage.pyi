@@ -1,6 +1,8 @@
 # The compiled core (_cmessage.c); the Python code in message.py is the reference.
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 class Header:
     name: str
@@ -28,3 +30,4 @@ class TimerHeap:
     def earliest(self) -> float | None: ...
     def next_deadline(self) -> float | None: ...
     def pop_due(self, now: float) -> list[tuple[Any, Any]]: ...
+def untracked(obj: _T) -> _T: ...

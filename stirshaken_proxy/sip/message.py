@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from . import uri
 from .errors import REASON_PHRASES, UNKNOWN_PHRASE, SipError
@@ -62,6 +62,19 @@ def compiled_core() -> ModuleType | None:
 
 def compiled_available() -> bool:
     return _built is not None
+
+
+_T = TypeVar("_T")
+
+
+def _same(obj: _T) -> _T:
+    return obj
+
+
+# untracked(obj) -> obj: out of the cyclic GC's lists, for the objects a call keeps for
+# seconds that no reference cycle can include (_cmessage.c says why). Memory management
+# only: the same with either core, so it is the C function wherever that was built.
+untracked = _built.untracked if _built is not None else _same
 
 
 use_core("auto")

@@ -573,6 +573,10 @@ static PyObject *Txn_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     Txn *self = (Txn *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
+    /* Out of the cyclic GC's lists (see _cmessage.c's untracked): a transaction lives up to
+     * 64*T1 and four are made a call. Its one cycle, through its context, is cut by release()
+     * when it ends; the engine (tu) holds it only while it runs. */
+    PyObject_GC_UnTrack(self);
     self->kind = kind;
     self->state = TERMINATED;
     PyObject **fields[] = {&self->key, &self->peer, &self->tu, &self->config, &self->context,
