@@ -186,3 +186,26 @@ def test_records_are_counted_and_streamed_by_window(tmp_path: Path) -> None:
         check_records_window(store)
     finally:
         store.close()
+
+
+def test_a_flush_of_many_records_is_written_whole_in_statements_of_many_rows(
+        tmp_path: Path) -> None:
+    """A flush larger than one multi-row INSERT (600 rows: 256 + 256 + 88): every record and
+    its outbox entry written once, in order; an id written before is kept as it was (at
+    least once), even inside the same flush."""
+    store = NumberStore(tmp_path / "inv.db")
+    try:
+        rows = [record_row({"id": f"r{i:03d}", "started": 1000.0 + i, "direction": "outbound",
+                            "account": "acme"}) for i in range(600)]
+        again = record_row({"id": "r005", "started": 9999.0, "direction": "inbound",
+                            "account": "other"})
+        assert store.add_records([*rows, again], outbox=True, outbox_max=10_000) == 0
+        assert store.count_records(0.0) == 600
+        got = list(store.records(0.0))
+        assert [r["id"] for r in got] == [f"r{i:03d}" for i in range(600)]
+        assert got[5]["started"] == 1005.0 and got[5]["account"] == "acme"
+        due = store.outbox_due(float("inf"), 1000)
+        assert [i for i, _, _ in due] == [f"r{i:03d}" for i in range(600)]
+        assert due[599][1] == rows[599][4]  # the JSON, as written
+    finally:
+        store.close()
