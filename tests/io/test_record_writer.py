@@ -1,6 +1,6 @@
 """The call-record writer: what the shell queues reaches the store and the JSON Lines export
-whole and once, rows made in the writer's thread in turns; past the queue's bound a record
-is counted as dropped, never silently lost."""
+whole and once, in several multi-row INSERTs; past the queue's bound a record is counted as
+dropped, never silently lost."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 from stirshaken_proxy.engine.records import CallRecord
-from stirshaken_proxy.io import records as records_module
 from stirshaken_proxy.io.records import RecordsConfig, RecordWriter
+from stirshaken_proxy.store import sqlite as sqlite_store
 from stirshaken_proxy.store.sqlite import NumberStore
 
 NOW = time.time() - 3600  # within keep_days: a flush purges older records
@@ -30,7 +30,7 @@ async def test_every_record_is_written_once_in_several_turns(tmp_path: Path) -> 
     counters: Counter[str] = Counter()
     writer = RecordWriter(RecordsConfig(jsonl_dir=tmp_path / "jsonl"),
                           lambda: NumberStore(tmp_path / "s.db"), counters=counters)
-    count = 3 * records_module._ROWS_PER_TURN + 5  # the thread hands back the GIL 3 times
+    count = 3 * sqlite_store._ROWS_PER_INSERT + 5  # four INSERTs
     for i in range(count):
         writer.add(_record(i))
     await writer.flush()
