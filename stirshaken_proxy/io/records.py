@@ -8,8 +8,8 @@ is queued, on the event loop's thread; the writer's thread only inserts them (mu
 INSERTs, the store's). Made in the writer's thread, the rows kept it wanting the GIL through
 a whole flush: every time the loop let go of the GIL it woke the writer, and each such
 hand-off cost both threads more than the row (at 5,000 calls/s the writer's threads spent
-11-12 µs a call, 3.7 with the rows made on the loop, whose own time did not change
-measurably). The database statements leave the GIL while SQLite works."""
+9.8-12.5 µs a call in five runs, 3.7 in two with the rows made on the loop, whose own time
+did not change measurably). The database statements leave the GIL while SQLite works."""
 
 from __future__ import annotations
 

@@ -1480,7 +1480,7 @@ static PyTypeObject TimerHeapType = {
  * link back is cut when it ends, as a transaction's context is): reference counting alone
  * then frees it. */
 static PyObject *untracked(PyObject *self, PyObject *obj) {
-    if (PyObject_IS_GC(obj) && PyObject_GC_IsTracked(obj))
+    if (PyObject_GC_IsTracked(obj)) /* (0 for a type the collector does not know) */
         PyObject_GC_UnTrack(obj);
     Py_INCREF(obj);
     return obj;

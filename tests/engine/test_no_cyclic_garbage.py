@@ -19,8 +19,6 @@ _CHECK = """
 import gc, json, sys
 from collections import Counter
 from pathlib import Path
-
-import pytest
 from bench.call_flow import calls
 from bench.inprocess import signing_engine
 
@@ -65,8 +63,6 @@ def test_a_whole_signed_call_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
 _GROWTH = """
 import gc, json, sys, tracemalloc
 from pathlib import Path
-
-import pytest
 from bench.call_flow import calls
 from bench.inprocess import signing_engine
 
@@ -109,8 +105,6 @@ _YOUNG = """
 import gc, json, sys
 from collections import Counter
 from pathlib import Path
-
-import pytest
 from bench.call_flow import calls
 from bench.inprocess import signing_engine
 from stirshaken_proxy.sip import message
