@@ -13,7 +13,6 @@ import re
 import socket
 import time
 import tomllib
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +37,7 @@ from .sip.message import CORES, compiled_available
 from .sip.transport import Side, Transport
 from .sip.uri import ascii_digits
 from .stir.credentials import CachePolicy, SigningCertificate, SigningCertificateError, check_signing_chain
+from .stir.passport import ClaimError, check_origid
 from .stir.rcd import RcdError, check_name
 from .stir.signing import AuthPolicy, NeighbourSpoofing, UnsignedCalls
 from .stir.verification import OnFailure, VerifyPolicy
@@ -1027,9 +1027,9 @@ def _auth(src: _Source, data: dict[str, Any], created: list[DevPki], *,
         if any(a.name == v["name"] for a in accounts):
             raise src.error("accounts", "name", f"duplicate name {v['name']!r}", i)
         try:
-            uuid.UUID(v["origid"])
-        except ValueError:
-            raise src.error("accounts", "origid", f"{v['origid']!r} is not a UUID", i) from None
+            check_origid(v["origid"])
+        except ClaimError as exc:
+            raise src.error("accounts", "origid", exc.text, i) from None
         if v["signing"] not in signing:
             known = ", ".join(sorted(signing)) or "none configured"
             raise src.error("accounts", "signing",

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,7 +30,7 @@ from ..engine.services import Services
 from ..policy.accounts import Account
 from ..sip.numbers import canonical_digits
 from ..stats import Stats
-from ..stir.passport import Attestation
+from ..stir.passport import Attestation, ClaimError, check_origid
 from ..stir.signing import CallFacts, Refusal, Signed, Unsigned
 from ..stir.verify import Verstat
 from .fetcher import CredentialFeed
@@ -71,6 +71,56 @@ class ApiError(Exception):
                                         "variables": self.variables}}}
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
         return web.json_response(body, status=self.status, headers=headers)
+
+
+MAX_JSON_DEPTH = 32  # nesting of a request body (ATIS-1000082's bodies have 3 levels)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 §6)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, or the ATIS 400 (SVC4006) whatever is wrong with it: not
+    UTF-8 (strictly, RFC 8259 §8.1: no surrogates), not JSON, NaN or Infinity (or a number
+    that overflows to it), a number too long to convert, or nested deeper than MAX_JSON_DEPTH
+    (checked before parsing, so no body makes the parser recurse far)."""
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        _check_depth(raw)
+    try:
+        return json.loads(raw.decode(), parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ApiError("SVC4006", f"not JSON ({str(exc)[:120]})") from None
+
+
+def _check_depth(raw: bytes) -> None:
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:  # brackets outside strings: the nesting the parser would recurse into
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    raise ApiError("SVC4006", f"nested deeper than {MAX_JSON_DEPTH} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
 
 
 def key_hash(key: str) -> str:
@@ -179,10 +229,7 @@ class RestApi:
                            status=413) from None
         if not raw:
             raise ApiError("SVC4000")
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError("SVC4006", f"not JSON ({exc})") from None
+        data = parse_json(raw)
         if not isinstance(data, dict) or wrapper not in data:
             raise ApiError("SVC4001", wrapper)
         inner = data[wrapper]
@@ -240,9 +287,9 @@ class RestApi:
         orig = self._tn(body, "orig", many=False, cc=cc)[0]
         origid = self._field(body, "origid", str)
         try:
-            uuid.UUID(origid)
-        except ValueError:
-            raise ApiError("SVC4005", "origid", "must be a UUID (RFC 4122)") from None
+            check_origid(origid)
+        except ClaimError as exc:
+            raise ApiError("SVC4005", "origid", exc.text) from None
         outcome = auth.sign(CallFacts(account=account, orig=orig, dest=dests[0], date=iat,
                                       attest=attest, more_dests=tuple(dests[1:]),
                                       origid=origid), self.clock())
@@ -250,6 +297,8 @@ class RestApi:
             return web.json_response({"signingResponse": {"identity": outcome.identity}})
         if isinstance(outcome, Refusal) and outcome.cause == "stale_date":
             raise ApiError("SVC4005", "iat", f"more than {auth.policy.max_date_skew} s from now")
+        if isinstance(outcome, Refusal) and outcome.cause == "invalid_claim":
+            raise ApiError("SVC4005", outcome.field, outcome.detail)
         reason = (outcome.phrase if isinstance(outcome, Refusal) else
                   outcome.reason if isinstance(outcome, Unsigned) else "no number free")
         raise ApiError("POL4030", f"account {account.name}: {reason}")

@@ -64,7 +64,8 @@ class Account:
     business: Business | None = None
 
     def __post_init__(self) -> None:
-        uuid.UUID(self.origid)
+        if str(uuid.UUID(self.origid)) != self.origid:  # signed as given: canonical only
+            raise ValueError(f"origid {self.origid!r} is not a UUID in canonical form")
 
 
 class AccountDirectory:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import enum
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -61,8 +62,52 @@ def b64url_decode(text: str) -> bytes:
 
 
 def canonical_json(value: Any) -> str:
-    """RFC 8225 §9: keys in lexicographic order, no whitespace."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    """RFC 8225 §9: keys in lexicographic order, no whitespace. Every JOSE header and claim
+    set we sign is this encoder's output (``Signer.claims`` writes the same text directly, as
+    its test shows). NaN and infinities are no JSON (RFC 8259 §6): refused."""
+    try:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                          allow_nan=False)
+    except ValueError as exc:
+        raise ClaimError("claims", str(exc)) from None
+
+
+class ClaimError(ValueError):
+    """A claim value we do not sign as given: ``field`` names it (``orig.tn``, ``origid``)."""
+
+    def __init__(self, field: str, text: str) -> None:
+        super().__init__(f"{field}: {text}")
+        self.field = field
+        self.text = text
+
+
+MAX_TN = 15  # digits of an E.164 number (ITU-T E.164 §6)
+MAX_DESTS = 32  # called numbers one PASSporT may name
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+def check_tn(value: object, field: str) -> str:
+    """A canonical telephone number (RFC 8224 §8.3): ASCII digits only, 1 to 15 of them."""
+    if not isinstance(value, str) or not value.isdigit() or not value.isascii() \
+            or len(value) > MAX_TN:
+        raise ClaimError(field, f"{value!r} is not a canonical telephone number "
+                         f"(1 to {MAX_TN} digits)")
+    return value
+
+
+def check_origid(value: object) -> str:
+    """RFC 8588 §4 origid: a UUID in its canonical text (RFC 4122 §3: 8-4-4-4-12 lowercase
+    hexadecimal digits), exactly; anything else is refused, not rewritten."""
+    if not isinstance(value, str) or _UUID.match(value) is None:
+        raise ClaimError("origid", f"{value!r} is not a UUID in canonical form "
+                         "(RFC 4122: 8-4-4-4-12 lowercase hexadecimal digits)")
+    return value
+
+
+def check_iat(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 40:
+        raise ClaimError("iat", f"{value!r} is not a positive number of seconds")
+    return value
 
 
 def der_to_raw(der: bytes) -> bytes:
@@ -132,8 +177,11 @@ class Signer:
 
     def claims(self, *, attest: Attestation, orig: str, dest: list[str], iat: int,
                origid: str) -> str:
-        """The claims in canonical form: attest, dest, iat, orig, origid (sorted keys).
-        TNs are digits only, origid a UUID: no JSON escaping is needed (callers ensure it)."""
+        """The claims in canonical form: attest, dest, iat, orig, origid (sorted keys), the
+        text ``canonical_json`` makes of them (tested). Each value is checked first (raises
+        ClaimError): digits and a canonical UUID need no JSON escaping, and nothing else
+        gets in."""
+        check_claims(orig=orig, dest=dest, iat=iat, origid=origid)
         dests = '","'.join(dest)
         return (f'{{"attest":"{attest._value_}","dest":{{"tn":["{dests}"]}},"iat":{iat},'
                 f'"orig":{{"tn":"{orig}"}},"origid":"{origid}"}}')
@@ -150,6 +198,9 @@ class Signer:
                   origid: str, extra: dict[str, Any]) -> str:
         """A SHAKEN PASSporT with more claims (Rich Call Data: rcd, rcdi, crn), in
         canonical JSON (RFC 8225 §9)."""
+        check_claims(orig=orig, dest=dest, iat=iat, origid=origid)
+        if not extra.keys().isdisjoint(("attest", "dest", "iat", "orig", "origid")):
+            raise ClaimError("claims", "an extension may not replace a SHAKEN claim")
         claims = {"attest": attest.value, "dest": {"tn": dest}, "iat": iat,
                   "orig": {"tn": orig}, "origid": origid, **extra}
         return self.sign_claims(canonical_json(claims))
@@ -157,6 +208,8 @@ class Signer:
     def sign_div(self, *, orig: str, dest: list[str], div: str, iat: int) -> str:
         """A div PASSporT (RFC 8946): the call from ``orig`` to ``div`` was diverted to
         ``dest``. Returns the Identity header value (``ppt=div``)."""
+        check_claims(orig=orig, dest=dest, iat=iat)
+        check_tn(div, "div.tn")
         claims = canonical_json({"dest": {"tn": dest}, "div": {"tn": div}, "iat": iat,
                                  "orig": {"tn": orig}})
         token = self.sign_claims(claims, self._div_header_b64)
@@ -165,6 +218,21 @@ class Signer:
     def identity_value(self, token: str) -> str:
         """RFC 8224 §4: ``<full PASSporT>;info=<x5u>;alg=ES256;ppt=shaken``."""
         return token + self._info
+
+
+def check_claims(*, orig: str, dest: list[str], iat: int, origid: str | None = None) -> None:
+    """The claims every PASSporT we sign carries, checked (raises ClaimError naming the
+    field): a few string tests a call, on the hot path."""
+    if not isinstance(orig, str) or not orig.isdigit() or not orig.isascii() \
+            or len(orig) > MAX_TN:
+        check_tn(orig, "orig.tn")
+    if not dest or len(dest) > MAX_DESTS:
+        raise ClaimError("dest.tn", f"1 to {MAX_DESTS} called numbers")
+    for tn in dest:
+        check_tn(tn, "dest.tn")
+    check_iat(iat)
+    if origid is not None:
+        check_origid(origid)
 
 
 class PassportError(Exception):

@@ -51,19 +51,36 @@ def digest_matches(expected: str, body: bytes) -> bool:
 
 
 def _text(value: str, what: str, limit: int) -> str:
-    """Printable text: no control or format characters, trimmed, bounded."""
+    """The display text we sign (RFC 9795 ``nam``, RFC 9796 ``crn``): what a handset shows as
+    a caller's name, so plain text that looks the same wherever it is shown. NFC-normalised
+    Unicode, trimmed, at most ``limit`` characters, of letters, marks, digits, punctuation,
+    symbols and the ASCII space only: no control or format characters (bidirectional
+    overrides, zero-width joiners), no other spaces or line separators, no private-use or
+    unassigned code points, and no ``<`` or ``>`` (markup). Returns the text to sign; a value
+    that breaks a rule is refused, never cleaned."""
     if not isinstance(value, str):
         raise RcdError(f"{what} must be text")
-    value = value.strip()
+    value = unicodedata.normalize("NFC", value.strip(" "))
     if not value:
         raise RcdError(f"{what} is empty")
     if len(value) > limit:
         raise RcdError(f"{what} has {len(value)} characters, more than {limit}")
-    bad = [c for c in value if unicodedata.category(c)[0] == "C"]
+    bad = [c for c in value if c != " " and (unicodedata.category(c)[0] in "CZ" or c in "<>")]
     if bad:
         codes = ", ".join(f"U+{ord(c):04X}" for c in bad[:3])
-        raise RcdError(f"{what} contains control characters ({codes})")
+        kind = ("markup" if all(c in "<>" for c in bad) else
+                "spaces other than U+0020" if all(unicodedata.category(c)[0] == "Z" for c in bad)
+                else "control characters")
+        raise RcdError(f"{what} contains {kind} ({codes}): plain text only")
     return value
+
+
+def is_display_text(value: str, limit: int = MAX_NAME) -> bool:
+    """``value`` is display text exactly as ``_text`` would sign it."""
+    try:
+        return _text(value, "text", limit) == value
+    except RcdError:
+        return False
 
 
 def check_name(name: str) -> str:
@@ -89,7 +106,16 @@ def check_logo_url(url: str) -> str:
 
 
 def claims(brand: Brand, reason: str | None) -> dict[str, Any]:
-    """The rcd, rcdi and crn claims for a call."""
+    """The rcd, rcdi and crn claims for a call. Every value is checked again here, where
+    it is signed, whichever way it came in (config, CLI, the store written by another tool):
+    raises RcdError rather than sign text that is not display text."""
+    if not is_display_text(brand.name):
+        raise RcdError(f"brand name {brand.name!r} is not display text")
+    if brand.logo and (check_logo_url(brand.logo) != brand.logo
+                       or not _DIGEST_RE.match(brand.logo_digest)):
+        raise RcdError(f"brand logo {brand.logo!r} has no well-formed digest")
+    if reason and not is_display_text(reason, MAX_REASON):
+        raise RcdError(f"call reason {reason!r} is not display text")
     rcd: dict[str, str] = {"nam": brand.name}
     out: dict[str, Any] = {"rcd": rcd}
     if brand.logo:
@@ -151,4 +177,4 @@ def parse_claims(passport_claims: dict[str, Any]) -> RcdClaims | None:
 
 __all__ = ["MAX_NAME", "MAX_REASON", "Brand", "RcdClaims", "RcdError",
            "check_logo_url", "check_name", "check_reason", "claims", "digest_matches",
-           "integrity", "parse_claims"]
+           "integrity", "is_display_text", "parse_claims"]

@@ -22,8 +22,8 @@ from ..policy.health import HealthEvent, NumberHealth
 from ..policy.inventory import Inventory
 from ..policy.presence import Pool, Selection, choose, ranked
 from ..stats import LatencyHistogram, Stats
-from .passport import Attestation, Signer
-from .rcd import Brand
+from .passport import Attestation, ClaimError, Signer
+from .rcd import Brand, RcdError
 from .rcd import claims as rcd_claims
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ class Refusal:
     phrase: str
     cause: str
     retry_after: int | None = None
+    field: str = ""  # invalid_claim: the claim refused (orig.tn, dest.tn, origid, iat)
+    detail: str = ""  # and why
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -227,15 +229,33 @@ class Authenticator:
         origid = facts.origid or account.origid
         brand = self._brand(orig, account.name) if level is Attestation.A and self.brands \
             else None
-        if brand is not None:  # only a caller fully attested for the number is named
-            token = signer.sign_with(attest=level, orig=orig, dest=dests, iat=iat,
-                                     origid=origid, extra=rcd_claims(brand, facts.reason))
-            self.stats[("calls_branded", account.name)] += 1
-        else:
-            token = signer.sign(attest=level, orig=orig, dest=dests, iat=iat, origid=origid)
+        try:
+            extra = None
+            if brand is not None:  # only a caller fully attested for the number is named
+                try:
+                    extra = rcd_claims(brand, facts.reason)
+                except RcdError as exc:  # never signed; the call keeps its attestation
+                    self.stats[("brand_refused", account.name)] += 1
+                    log.warning("brand of %s not signed: %s", orig, exc)
+                    brand = None
+            if extra is not None:
+                token = signer.sign_with(attest=level, orig=orig, dest=dests, iat=iat,
+                                         origid=origid, extra=extra)
+                self.stats[("calls_branded", account.name)] += 1
+            else:
+                token = signer.sign(attest=level, orig=orig, dest=dests, iat=iat,
+                                    origid=origid)
+        except ClaimError as exc:
+            return self._refuse(400, "Bad Request", "invalid_claim", field=exc.field,
+                                detail=exc.text)
         more: tuple[str, ...] = ()
         if facts.diverted_from is not None and facts.diverted_from != dest:
-            more = (signer.sign_div(orig=orig, dest=[dest], div=facts.diverted_from, iat=iat),)
+            try:
+                more = (signer.sign_div(orig=orig, dest=[dest], div=facts.diverted_from,
+                                        iat=iat),)
+            except ClaimError as exc:
+                return self._refuse(400, "Bad Request", "invalid_claim", field=exc.field,
+                                    detail=exc.text)
             self.stats[("calls_diverted_signed", account.name)] += 1
         if self.clock is not None:
             self.latency.observe(self.clock() - started)
@@ -270,10 +290,11 @@ class Authenticator:
             return Refusal(status=403, phrase="Forbidden", cause=reason)
         return Unsigned(reason=reason)
 
-    def _refuse(self, status: int, phrase: str, cause: str,
-                retry_after: int | None = None) -> Refusal:
+    def _refuse(self, status: int, phrase: str, cause: str, retry_after: int | None = None,
+                field: str = "", detail: str = "") -> Refusal:
         self.stats[("sign_refused", cause)] += 1
-        return Refusal(status=status, phrase=phrase, cause=cause, retry_after=retry_after)
+        return Refusal(status=status, phrase=phrase, cause=cause, retry_after=retry_after,
+                       field=field, detail=detail)
 
 
 __all__ = ["AuthPolicy", "Authenticator", "CallFacts", "NeedsNumber", "NeighbourSpoofing",

@@ -23,7 +23,7 @@ from stirshaken_proxy.engine.services import Services
 from stirshaken_proxy.engine.sources import SourceFilter
 from stirshaken_proxy.io.fetcher import CredentialFeed, Fetcher
 from stirshaken_proxy.io.keys import DevPki, init_dev_pki, load_private_key
-from stirshaken_proxy.io.rest import RestApi, key_hash
+from stirshaken_proxy.io.rest import ApiError, RestApi, key_hash, parse_json
 from stirshaken_proxy.policy.accounts import Account, AccountDirectory
 from stirshaken_proxy.policy.inventory import Inventory, NumberBlock
 from stirshaken_proxy.stats import Stats
@@ -193,6 +193,23 @@ BAD: list[tuple[str, str, Any, str | None, dict[str, str], int, str, str, str | 
      "serviceException", "SVC4005", "orig.tn"),
     ("origid not a UUID", "/stir/v1/signing", signing(origid="x"), KEY, {}, 400,
      "serviceException", "SVC4005", "origid"),
+    # uuid.UUID reads these, but none is the canonical text a PASSporT may carry as given.
+    ("origid after a tab", "/stir/v1/signing", signing(origid="\t" + ORIGID.replace("-", "")[1:]),
+     KEY, {}, 400, "serviceException", "SVC4005", "origid"),
+    ("origid in capitals", "/stir/v1/signing", signing(origid=ORIGID.upper()), KEY, {}, 400,
+     "serviceException", "SVC4005", "origid"),
+    ("origid in braces", "/stir/v1/signing", signing(origid="{" + ORIGID + "}"), KEY, {}, 400,
+     "serviceException", "SVC4005", "origid"),
+    ("origid as a URN", "/stir/v1/signing", signing(origid="urn:uuid:" + ORIGID), KEY, {},
+     400, "serviceException", "SVC4005", "origid"),
+    ("origid not text", "/stir/v1/signing", signing(origid=7), KEY, {}, 400,
+     "serviceException", "SVC4005", "origid"),
+    ("1,000-deep JSON", "/stir/v1/signing", b"[" * 1000 + b"]" * 1000, KEY, {}, 400,
+     "serviceException", "SVC4006", None),
+    ("NaN", "/stir/v1/signing", b'{"signingRequest":{"iat":NaN}}', KEY, {}, 400,
+     "serviceException", "SVC4006", None),
+    ("not UTF-8", "/stir/v1/signing", b'{"signingRequest":"\xff"}', KEY, {}, 400,
+     "serviceException", "SVC4006", None),
     ("body over the limit", "/stir/v1/signing", b"{" + b" " * LIMIT + b"}", KEY, {}, 413,
      "serviceException", "SVC4006", None),
     ("unknown resource", "/stir/v1/other", signing(), KEY, {}, 404, "serviceException",
@@ -289,3 +306,20 @@ async def test_signing_reads_national_numbers_with_the_signing_policy(tmp_path: 
     assert status == 200, body
     claims = decode_passport(body["signingResponse"]["identity"].split(";")[0]).claims
     assert claims["orig"] == {"tn": "2025550142"} and claims["attest"] == "A"
+
+
+@pytest.mark.parametrize("raw", [b"[" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000,
+                                 b"[" * 1_000_000 + b"]" * 1_000_000, b"[1e999999999]",
+                                 b"-Infinity", b'"\xed\xa0\x80"', b"\xff"])
+def test_no_body_gets_past_the_parser_but_as_the_atis_400(raw: bytes) -> None:
+    with pytest.raises(ApiError) as info:
+        value = parse_json(raw)
+        assert value != value or value is None  # 1e999999999 is inf: refused below
+        raise AssertionError(f"parsed {str(value)[:40]}")
+    assert info.value.message_id == "SVC4006" and len(str(info.value)) < 300
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    text = {"signingRequest": {"orig": {"tn": "[" * 200 + "{" * 200 + "\\\"["}}}
+    assert parse_json(json.dumps(text).encode()) == text
+    assert parse_json(b"[" * 32 + b"]" * 32) is not None

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -21,10 +22,12 @@ from stirshaken_proxy.stir.certs import (
 )
 from stirshaken_proxy.stir.passport import (
     Attestation,
+    ClaimError,
     Signer,
     SigningIdentity,
     b64url,
     b64url_decode,
+    canonical_json,
     decode_passport,
 )
 
@@ -111,3 +114,58 @@ def _secsipidx(value: str, cert: Path, ca: Path) -> subprocess.CompletedProcess[
         ["secsipidx", "-c", "-identity", value, "-p", str(cert), "-ca-file", str(ca),
          "-ca-inter", str(ca), "-cert-verify", "7", "-expire", "300"],
         capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_the_fast_claims_are_the_canonical_encoders_text(pki: Path) -> None:
+    s = signer(pki)
+    fast = s.claims(attest=Attestation.B, orig="12025550100",
+                    dest=["12025550199", "442079460000"], iat=1700000000, origid=ORIGID)
+    assert fast == canonical_json({"attest": "B", "iat": 1700000000, "origid": ORIGID,
+                                   "dest": {"tn": ["12025550199", "442079460000"]},
+                                   "orig": {"tn": "12025550100"}})
+
+
+@pytest.mark.parametrize(("claim", "value", "field"), [
+    ("origid", "\t" + ORIGID.replace("-", "")[1:], "origid"),  # uuid.UUID reads it
+    ("origid", ORIGID.upper(), "origid"),
+    ("origid", "{" + ORIGID + "}", "origid"),
+    ("origid", ORIGID + "\n", "origid"),
+    ("orig", "1202555010\"", "orig.tn"),
+    ("orig", "+12025550100", "orig.tn"),
+    ("orig", "١٢٠٢٥٥٥٠١٠٠", "orig.tn"),  # digits, but not ASCII ones
+    ("orig", "1" * 16, "orig.tn"),
+    ("orig", "", "orig.tn"),
+    ("dest", ["12025550199", "x"], "dest.tn"),
+    ("dest", [], "dest.tn"),
+    ("dest", ["12025550199"] * 33, "dest.tn"),
+    ("iat", -1, "iat"),
+])
+def test_a_claim_we_would_not_sign_as_given_is_refused(pki: Path, claim: str, value: object,
+                                                        field: str) -> None:
+    s = signer(pki)
+    claims: dict[str, Any] = {"attest": Attestation.A, "orig": "12025550100",
+                              "dest": ["12025550199"], "iat": 1700000000, "origid": ORIGID}
+    claims[claim] = value
+    for sign in (s.sign, lambda **c: s.sign_with(**c, extra={"crn": "ok"})):
+        with pytest.raises(ClaimError) as info:
+            sign(**claims)
+        assert info.value.field == field
+    if claim != "origid":
+        del claims["attest"], claims["origid"]
+        with pytest.raises(ClaimError):
+            s.sign_div(**claims, div="12025550111")
+
+
+def test_extensions_are_canonical_json_and_cannot_replace_shaken_claims(pki: Path) -> None:
+    s = signer(pki)
+    base: dict[str, Any] = {"attest": Attestation.A, "orig": "12025550100",
+                            "dest": ["12025550199"], "iat": 1700000000, "origid": ORIGID}
+    token = s.sign_with(**base, extra={"crn": "Zoë \"quoted\" \\ </script>"})
+    raw = b64url_decode(token.split(".")[1])
+    assert raw.decode() == canonical_json(json.loads(raw))
+    with pytest.raises(ClaimError, match="may not replace"):
+        s.sign_with(**base, extra={"orig": {"tn": "19995550100"}})
+    with pytest.raises(ClaimError):
+        s.sign_with(**base, extra={"crn": float("nan")})
+    with pytest.raises(ClaimError, match=r"div\.tn"):
+        s.sign_div(orig="12025550100", dest=["12025550199"], div="abc", iat=1700000000)

@@ -19,6 +19,7 @@ from stirshaken_proxy.stir.rcd import (
     check_reason,
     digest_matches,
     integrity,
+    is_display_text,
     parse_claims,
 )
 from stirshaken_proxy.stir.signing import Authenticator, AuthPolicy, CallFacts, Signed
@@ -168,6 +169,13 @@ def test_a_failing_div_does_not_fail_a_valid_shaken(pki: Pki) -> None:
     (check_name, "Acme\x07Sales", "control characters (U+0007)"),
     (check_reason, "Pay\u202eyour bill", "control characters (U+202E)"),
     (check_reason, "r" * 65, "65 characters, more than 64"),
+    (check_name, "<b>Acme</b>", "markup (U+003C, U+003E, U+003C)"),
+    (check_name, "Acme\u200bSales", "control characters (U+200B)"),  # zero-width space
+    (check_name, "Acme\u2028Sales", "spaces other than U+0020 (U+2028)"),
+    (check_name, "Acme\u00a0Sales", "spaces other than U+0020 (U+00A0)"),
+    (check_name, "Acme\tSales", "control characters (U+0009)"),
+    (check_name, "Acme\ue000", "control characters (U+E000)"),  # private use
+    (check_reason, "Bill\u0085", "control characters (U+0085)"),
     (check_logo_url, "http://brand.example.org/a.png", "is not an https URL"),
     (check_logo_url, "https://u:p@brand.example.org/a.png", "without credentials"),
     (check_logo_url, "https:///a.png", "must name a host"),
@@ -216,3 +224,26 @@ def test_a_separate_rcd_passport_names_the_caller_of_a_valid_shaken(pki: Pki) ->
     alone = core.verify([identity(rcd, X5U, ppt="rcd")], orig="12025550142",
                         dest="12025550199", date=None, now=T)
     assert isinstance(alone, Verdict) and alone.verstat is Verstat.FAILED
+
+
+def test_display_text_is_plain_nfc_text_trimmed_of_spaces() -> None:
+    assert check_name("  Zoë's Café & Co. — Sales #1  ") == "Zoë's Café & Co. — Sales #1"
+    assert check_name("Cafe\u0301") == "Caf\u00e9"  # NFC: one code point as signed
+    assert check_name("東京 営業部") == "東京 営業部"
+    assert is_display_text("Acme Sales") and not is_display_text(" Acme")
+    assert not is_display_text("Cafe\u0301") and not is_display_text("A\x00")
+
+
+def test_a_stored_brand_that_is_not_display_text_is_never_signed(pki: Pki) -> None:
+    """Written to the store by another tool, past the CLI's checks: the call is still signed
+    (attestation A), without rcd, and counted."""
+    for bad in (Brand(name="Acme\x1b[2J"), Brand(name="<script>x</script>"),
+                Brand(name="Acme", logo=LOGO, logo_digest="md5-x")):
+        auth = authenticator(pki, {"account:acme": bad})
+        out = auth.sign(CallFacts(ACME, "12025550142", "12025550199"), T)
+        assert isinstance(out, Signed) and not out.branded and out.attest.value == "A"
+        assert "rcd" not in decode_passport(out.identity.split(";")[0]).claims
+        assert auth.stats[("brand_refused", "acme")] == 1
+    auth = authenticator(pki, {"account:acme": BRAND})
+    out = auth.sign(CallFacts(ACME, "12025550142", "12025550199", reason="Pay\x00"), T)
+    assert isinstance(out, Signed) and not out.branded
