@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -32,7 +33,7 @@ from .io.dispatch import WorkerDispatch
 from .io.fetcher import CredentialFeed, Fetcher, tls_context
 from .io.gcwatch import GcWatch
 from .io.metrics import exposition, make_registry, merge, snapshot
-from .io.records import RecordWriter
+from .io.records import Journal, RecordWriter
 from .io.renewal import Renewer
 from .io.rest import RestApi
 from .io.shared_health import SharedHealth
@@ -376,6 +377,10 @@ class Application:
             self.records = RecordWriter(rc, store_of, counters=self.counters,
                                         worker=self.worker_index)
             shell.record = self.records.add
+            await self.records.recover(Journal(
+                rc.journal_dir or ac.store_path.parent,
+                "records-journal-" + re.sub(r"[^A-Za-z0-9_.-]", "_", ac.store_instance)
+                + f"-w{self.worker_index}"))
             self._recording = asyncio.get_running_loop().create_task(self.records.run())
             if self.config.webhook is not None and self.worker_index == 0:
                 self.webhook = WebhookSender(self.config.webhook, store_of,
@@ -385,7 +390,10 @@ class Application:
             self.dispatch = WorkerDispatch(self.worker, shell, snapshot=lambda: snapshot(self),
                                            counters=self.counters)
             self.dispatch.health = self.health
+            self.dispatch.digest = lambda: self.parts.digest if self.parts is not None else None
             shell.publish = self.dispatch.publish
+            if self.parts is not None and self.parts.digest is not None:
+                self.parts.digest.publish = self.dispatch.publish_digest
         ac = self.config.auth
         if ac is not None and ac.health_redis and self.health is not None:
             self.shared = SharedHealth(
@@ -432,7 +440,8 @@ class Application:
     async def _start_admin(self) -> None:
         self.admin = admin = AdminServer(self.config.admin.host, self.config.admin.port,
                                          readiness=self.readiness, core=core_in_use(),
-                                         engine=engine_core())
+                                         engine=engine_core(),
+                                         limits=self.config.admin.limits, stats=self.stats)
         ac = self.config.auth
         self.certificates.add_to(admin, [s.serve_template for s in (ac.signing if ac else ())
                                          if s.serve_template])
@@ -552,6 +561,8 @@ class Application:
         self._wire(parts)
         if self.dispatch is not None:
             self.dispatch.health = self.health
+            if parts.digest is not None:
+                parts.digest.publish = self.dispatch.publish_digest
         self.parts, self.config = parts, new
         self.certificates.update(parts.served, time.time())
         if self.renewer is not None:

@@ -411,7 +411,7 @@ def _health(config: Config, args: argparse.Namespace) -> int:
     if limits is None:
         raise ConfigError(f"{config.path}: [health] enabled = false")
     try:
-        with urllib.request.urlopen(_admin_url(config, "/numbers/health"), timeout=5) as r:
+        with urllib.request.urlopen(_admin_request(config, "/numbers/health"), timeout=5) as r:
             reports: list[dict[str, object]] = json.loads(r.read())
     except (urllib.error.URLError, OSError, ValueError):
         opened = _open_store(config)  # the service does not answer: what it wrote behind
@@ -445,6 +445,19 @@ def _admin_url(config: Config, path: str) -> str:
     return f"http://{config.admin.host}:{config.admin.port}{path}"
 
 
+def _admin_request(config: Config, path: str, method: str = "GET") -> Any:
+    """A request to the admin API with the config's admin credential (HTTP Basic), when it
+    has one (every endpoint but /healthz, /readyz, /metrics and the certificates needs it)."""
+    import base64
+    import urllib.request
+
+    headers = {}
+    if config.admin.password_file is not None:
+        basic = base64.b64encode(f"{config.admin.user}:{config.admin.password}".encode())
+        headers["Authorization"] = f"Basic {basic.decode()}"
+    return urllib.request.Request(_admin_url(config, path), method=method, headers=headers)
+
+
 def _admin_post(config: Config, args: argparse.Namespace) -> int:
     import json
     import urllib.error
@@ -453,17 +466,13 @@ def _admin_post(config: Config, args: argparse.Namespace) -> int:
 
     query = {"hours": str(args.hours), "reason": args.reason} \
         if args.numbers_command == "quarantine" else {}
-    url = _admin_url(config, f"/numbers/{urllib.parse.quote(args.tn)}/"
-                             f"{args.numbers_command}?" + urllib.parse.urlencode(query))
-    import base64
-
+    path = (f"/numbers/{urllib.parse.quote(args.tn)}/{args.numbers_command}?"
+            + urllib.parse.urlencode(query))
     if config.admin.password_file is None:
         _err(f"{config.path}: [admin] password_file is not set: the admin API takes no "
              "changes without its credential")
         return EXIT_CONFIG
-    basic = base64.b64encode(f"{config.admin.user}:{config.admin.password}".encode()).decode()
-    request = urllib.request.Request(url, method="POST",
-                                     headers={"Authorization": f"Basic {basic}"})
+    request = _admin_request(config, path, "POST")
     try:
         with urllib.request.urlopen(request, timeout=5) as r:
             report = json.loads(r.read())

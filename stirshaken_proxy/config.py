@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .engine.flood import FloodConfig
 from .engine.proxy import CARRIER, DIALER, EngineConfig, SideConfig
 from .engine.redirect import RedirectConfig
+from .io.httpguard import HttpLimits
 from .io.keys import DevPki, KeyFileError, load_private_key, write_dev_pki
 from .io.records import RecordsConfig
 from .io.tls import DevTlsFiles, TlsSettings, TlsSetupError, write_dev_tls
@@ -49,6 +50,10 @@ class ConfigError(Exception):
     """A problem in the configuration, phrased for the operator."""
 
 
+ADMIN_LIMITS = HttpLimits(max_connections=256, max_per_source=32)
+REST_LIMITS = HttpLimits()
+
+
 @dataclass(frozen=True, kw_only=True)
 class AdminConfig:
     host: str = "127.0.0.1"
@@ -57,6 +62,7 @@ class AdminConfig:
     user: str = "admin"
     password_file: Path | None = None  # the credential of the Trust Center and the API
     password: str = field(default="", repr=False)  # read from password_file at load
+    limits: HttpLimits = ADMIN_LIMITS  # connections, header and body deadlines (io.httpguard)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +76,8 @@ class RestConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # clients must present a certificate it signed
     max_in_flight: int = 256  # requests handled at once; past this, 503
+    max_in_flight_per_account: int = 64  # of them, one account's at most
+    limits: HttpLimits = REST_LIMITS  # connections, header and body deadlines (io.httpguard)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,6 +234,8 @@ _RECORDS_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "flush_interval": ((int, float), 2.0),
     "queue_max": ((int,), 100_000),  # records waiting to be written; past this, counted drops
     "jsonl_dir": ((str,), ""),  # also write rotated JSON Lines files here
+    "journal_dir": ((str,), ""),  # records not yet stored, kept across a crash (default:
+    # the folder of [store] path)
     "webhook_url": ((str,), ""),  # POST batches of records here (CRM logging)
     "webhook_secret_file": ((str,), ""),  # the HMAC-SHA256 key of the signature header
     "webhook_batch": ((int,), 100),
@@ -272,6 +282,10 @@ _ADMIN_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "enabled": ((bool,), True),
     "user": ((str,), "admin"),
     "password_file": ((str,), ""),  # state-changing requests and the Trust Center need it
+    "header_timeout": ((int, float), ADMIN_LIMITS.header_timeout),
+    "body_timeout": ((int, float), ADMIN_LIMITS.body_timeout),
+    "max_connections": ((int,), ADMIN_LIMITS.max_connections),
+    "max_connections_per_source": ((int,), ADMIN_LIMITS.max_per_source),
 }
 _REDIRECT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "listen": ((str,), None),
@@ -283,6 +297,11 @@ _REST_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "listen": ((str,), None),
     "max_body_bytes": ((int,), 16384),
     "max_in_flight": ((int,), 256),
+    "max_in_flight_per_account": ((int,), 64),
+    "header_timeout": ((int, float), HttpLimits.header_timeout),
+    "body_timeout": ((int, float), HttpLimits.body_timeout),
+    "max_connections": ((int,), HttpLimits.max_connections),
+    "max_connections_per_source": ((int,), HttpLimits.max_per_source),
     "tls_certificate": ((str,), ""),
     "tls_key": ((str,), ""),
     "tls_client_ca": ((str,), ""),
@@ -717,6 +736,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
                             "characters")
     if not admin["user"] or ":" in admin["user"]:
         raise src.error("admin", "user", "must be a name without ':'")
+    admin_limits = _http_limits(src, "admin", admin)
     log = _section(src, data, "log", _LOG_KEYS)
     if log["level"] not in ("debug", "info", "warning", "error"):
         raise src.error("log", "level", "must be debug, info, warning or error")
@@ -757,6 +777,8 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
                             flush_interval=float(rv["flush_interval"]),
                             queue_max=rv["queue_max"],
                             jsonl_dir=Path(rv["jsonl_dir"]) if rv["jsonl_dir"] else None,
+                            journal_dir=Path(rv["journal_dir"]) if rv["journal_dir"]
+                            else None,
                             webhook=webhook is not None,
                             outbox_max=rv["webhook_outbox_max"])
     created: list[DevPki] = []
@@ -779,7 +801,7 @@ def load_config(path: str | Path, *, extra_sections: tuple[str, ...] = (),
         transport=TransportConfig(**{k: transport[k] for k in _TRANSPORT_KEYS}),
         admin=AdminConfig(host=admin_host, port=admin_port, enabled=admin["enabled"],
                           user=admin["user"], password_file=password_file,
-                          password=password),
+                          password=password, limits=admin_limits),
         log=LogConfig(level=log["level"], format=log["format"]),
         raw=data, created_keys=tuple(created), sip_core=sip["core"])
 
@@ -798,10 +820,23 @@ def _redirect(src: _Source, data: dict[str, Any], engine: EngineConfig) -> Redir
         retry_after=engine.retry_after, server_name=engine.server_name, flood=engine.flood)
 
 
+def _http_limits(src: _Source, section: str, v: dict[str, Any]) -> HttpLimits:
+    _positive(src, section, v, "header_timeout", "body_timeout", "max_connections",
+              "max_connections_per_source")
+    if v["max_connections_per_source"] > v["max_connections"]:
+        raise src.error(section, "max_connections_per_source", "must be at most "
+                        "max_connections")
+    return HttpLimits(header_timeout=float(v["header_timeout"]),
+                      body_timeout=float(v["body_timeout"]),
+                      max_connections=v["max_connections"],
+                      max_per_source=v["max_connections_per_source"])
+
+
 def _rest(src: _Source, data: dict[str, Any]) -> RestConfig:
     v = _section(src, data, "rest", _REST_KEYS)
     host, port = parse_hostport(src, "rest", "listen", v["listen"])
-    _positive(src, "rest", v, "max_body_bytes", "max_in_flight")
+    _positive(src, "rest", v, "max_body_bytes", "max_in_flight", "max_in_flight_per_account")
+    limits = _http_limits(src, "rest", v)
     files: dict[str, Path | None] = {}
     for key in ("tls_certificate", "tls_key", "tls_client_ca"):
         files[key] = Path(v[key]) if v[key] else None
@@ -814,6 +849,7 @@ def _rest(src: _Source, data: dict[str, Any]) -> RestConfig:
                         "(tls_certificate and tls_key)")
     return RestConfig(host=host, port=port, max_body_bytes=v["max_body_bytes"],
                       max_in_flight=v["max_in_flight"],
+                      max_in_flight_per_account=v["max_in_flight_per_account"], limits=limits,
                       tls_certificate=files["tls_certificate"], tls_key=files["tls_key"],
                       tls_client_ca=files["tls_client_ca"])
 

@@ -44,6 +44,9 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...]]] = {
     "redirect_acks_absorbed": ("ACKs for the redirect server's final answers", ()),
     "rest_requests": ("ATIS-1000082 REST requests, by endpoint and HTTP status",
                       ("endpoint", "status")),
+    "http_refused": ("HTTP connections and requests the REST or admin server refused: "
+                     "per_source, max_connections, malformed, body_timeout, account_share",
+                     ("server", "reason")),
 }
 
 

@@ -124,13 +124,18 @@ def admin_password_file(folder: Path) -> Path:
     return path
 
 
-def admin_post(port: int, path: str) -> urllib.request.Request:
-    """A POST to the admin API with the test credential (HTTP Basic)."""
+def with_credential(url: str, method: str = "GET") -> urllib.request.Request:
+    """A request to the admin API with the test credential (HTTP Basic)."""
     import base64
 
     token = base64.b64encode(f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode()).decode()
-    return urllib.request.Request(f"http://{HOST}:{port}{path}", method="POST",
+    return urllib.request.Request(url, method=method,
                                   headers={"Authorization": f"Basic {token}"})
+
+
+def admin_post(port: int, path: str) -> urllib.request.Request:
+    """A POST to the admin API with the test credential (HTTP Basic)."""
+    return with_credential(f"http://{HOST}:{port}{path}", "POST")
 
 
 def run_cli(args: list[str], stdin: str = "") -> tuple[int, str, str]:

@@ -92,6 +92,16 @@ ERRORS = [
 
 
 ERRORS += [
+    (BASE + '[admin]\nmax_connections = 10\nmax_connections_per_source = 11\n',
+     ":11: [admin] max_connections_per_source: must be at most max_connections"),
+    (BASE + '[rest]\nlisten = "127.0.0.1:8090"\nbody_timeout = 0\n',
+     ":11: [rest] body_timeout: must be greater than 0, not 0"),
+    (BASE + '[rest]\nlisten = "127.0.0.1:8090"\nmax_in_flight_per_account = "all"\n',
+     ":11: [rest] max_in_flight_per_account: must be int, not str"),
+    (BASE + '[[signing]]\nkey = "KEY"\nx5u = "https://a.example/c.pem"\n\n'
+     '[[accounts]]\nname = "a"\norigid = "5F3F3F7A-4C1B-4D1E-9A37-0D2C9B6A1E01"\n',
+     ":15: [[accounts]] #1 origid: '5F3F3F7A-4C1B-4D1E-9A37-0D2C9B6A1E01' is not a UUID in "
+     "canonical form"),
     (BASE + '[verify]\ntrust_anchors = []\n',
      ":10: [verify] trust_anchors: needs at least one STI-CA root certificate"),
     (BASE + '[verify]\n', ":9: [verify] trust_anchors: is required"),

@@ -481,10 +481,11 @@ class ProxyEngine:
         if decision is not None:
             self.stats[("sip_rejected", str(decision.status))] += 1
             data = self._respond(msg, decision.status, decision.reason, extra=decision.headers)
-            txn.send_response(data, decision.status, now, out)
             if initial and decision.status >= 300 and decision.status != 407:
+                # (the record before the answer: journaled before the call's end leaves)
                 records.answered_here(msg.call_id, _DIRECTION[source.side], learned,
                                       decision.status, now, out)
+            txn.send_response(data, decision.status, now, out)
             return
         if initial:
             records.start(msg.call_id, _DIRECTION[source.side], learned, now, out)
@@ -776,9 +777,9 @@ class ProxyEngine:
             # transport failed as a 503 (§8.1.3.1).
             status = 503 if ctx.transport_error else 408
             request = server.request  # (the final response lets go of it)
-            server.send_response(self._respond(request, status), status, now, out)
             if isinstance(txn, self.machines.client_invite) and self.records.open_calls:
-                self.records.final(request.call_id, status, now, out)
+                self.records.final(request.call_id, status, now, out)  # (before the answer)
+            server.send_response(self._respond(request, status), status, now, out)
 
     def on_timer_c(self, txn: ClientInvite, now: float, out: list[Action]) -> None:
         """§16.8: Timer C fired. CANCEL the branch; if it still has no final answer when

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from ..policy.health import HealthEvent, NumberHealth
 from ..sip.numbers import canonical_digits
+from .httpguard import Guard, GuardedRunner, HttpLimits, body_deadline, plain_error
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class AdminServer:
     def __init__(self, host: str, port: int, *, readiness: Readiness,
-                 core: str = "python", engine: str = "python") -> None:
+                 core: str = "python", engine: str = "python",
+                 limits: HttpLimits | None = None,
+                 stats: Counter[tuple[str, ...]] | None = None) -> None:
         self.host = host
         self.port = port
         self.readiness = readiness
@@ -29,7 +33,10 @@ class AdminServer:
         # runs (compiled by mypyc, or python: its source).
         self.core = core
         self.engine = engine
-        self.app = web.Application()
+        self.guard = Guard("admin", limits or HttpLimits(max_connections=256,
+                                                        max_per_source=32),
+                           plain_error, stats)
+        self.app = web.Application(middlewares=[body_deadline(self.guard.limits, self.guard)])
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         self._runner: web.AppRunner | None = None
@@ -51,7 +58,7 @@ class AdminServer:
                                  status=200 if ready else 503)
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = GuardedRunner(self.app, self.guard)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -115,9 +122,10 @@ class HealthApi:
         log.info("number %s released by the operator", tn)
         return 200, health.report(tn, time.time())
 
-    def add_to(self, admin: AdminServer, guard: Callable[[Handler], Handler]) -> None:
-        """``guard``: the credential check every state-changing endpoint goes through."""
-        admin.add_get("/numbers/health", self.report)
+    def add_to(self, admin: AdminServer, guard: Callable[..., Handler]) -> None:
+        """``guard``: the admin credential check (the report names every number and why it
+        is quarantined: it needs the credential too)."""
+        admin.add_get("/numbers/health", guard(self.report, reads=True))
         admin.add_post("/numbers/{tn}/quarantine", guard(self.quarantine))
         admin.add_post("/numbers/{tn}/release", guard(self.release))
 

@@ -1,6 +1,7 @@
 """What workers tell each other over their links (see io.workers): messages of calls another
 worker owns, writes for TCP connections another worker holds, number-health events for the
-replicas, metric snapshots for worker 0's /metrics, and readiness."""
+replicas, digest authentication failures and successes (an address's tries are counted once
+for the whole service), metric snapshots for worker 0's /metrics, and readiness."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from ..policy.digest import DigestAuth
 from ..policy.health import HealthEvent, NumberHealth
 from .shell import EngineShell
-from .workers import HEALTH, MESSAGE, READY, SEND, STATS, STATS_REPLY, WorkerLink, decode_peer
+from .workers import DIGEST, HEALTH, MESSAGE, READY, SEND, STATS, STATS_REPLY, WorkerLink, decode_peer
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ class WorkerDispatch:
         self.snapshot = snapshot  # this worker's metrics, as plain values
         self.counters = counters
         self.health: NumberHealth | None = None  # the replica events apply to
+        self.digest: Callable[[], DigestAuth | None] = lambda: None  # the checker in use
         self.ready: set[int] = set()  # workers that said they listen
         self.peer_snapshots: list[dict[str, Any]] = []  # the others' last metrics
         self.stopped = False  # past this, only health events are taken (the last ones)
@@ -36,6 +39,9 @@ class WorkerDispatch:
 
     def publish(self, event: HealthEvent) -> None:
         self.link.event(HEALTH, event)
+
+    def publish_digest(self, event: tuple[str, str, float]) -> None:
+        self.link.event(DIGEST, event)
 
     def on_link(self, kind: bytes, origin: int, datagram: bytes) -> None:
         link = self.link
@@ -52,6 +58,10 @@ class WorkerDispatch:
         elif kind == HEALTH:
             if self.health is not None:
                 self.health.apply(link.value(datagram))
+        elif kind == DIGEST:
+            digest = self.digest()
+            if digest is not None:
+                digest.shared(link.value(datagram))
         elif kind == STATS:
             link.event(STATS_REPLY, (link.value(datagram), self.snapshot()), to=origin)
         elif kind == READY:

@@ -14,13 +14,15 @@ account may not sign that, 403) and POL5030 (overload, 503) are ours, in the sam
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +36,7 @@ from ..stir.passport import Attestation, ClaimError, check_origid
 from ..stir.signing import CallFacts, Refusal, Signed, Unsigned
 from ..stir.verify import Verstat
 from .fetcher import CredentialFeed
+from .httpguard import Guard, GuardedRunner, read_body
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,8 @@ class ApiError(Exception):
         kind = "serviceException" if self.message_id.startswith("SVC") else "policyException"
         body = {"requestError": {kind: {"messageId": self.message_id, "text": text,
                                         "variables": self.variables}}}
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else \
+            {"Retry-After": "1"} if self.status == 503 else None
         return web.json_response(body, status=self.status, headers=headers)
 
 
@@ -142,6 +146,8 @@ class RestApi:
         self.stats = stats
         self.clock = clock
         self._in_flight = 0
+        self._in_flight_by_account: Counter[str] = Counter()
+        self.guard = Guard("rest", config.limits, self._malformed, stats)
         self.app = web.Application(client_max_size=config.max_body_bytes,
                                    middlewares=[self._errors])
         self.app.router.add_route("*", "/stir/v1/signing", self._signing)
@@ -161,7 +167,7 @@ class RestApi:
         return context
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = GuardedRunner(self.app, self.guard)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port,
                            ssl_context=self.ssl_context())
@@ -178,13 +184,7 @@ class RestApi:
         """Every answer is JSON: ours, aiohttp's own (404, 405, 413) and any failure."""
         endpoint = request.path.rsplit("/", 1)[-1] or "/"
         try:
-            if self._in_flight >= self.config.max_in_flight:
-                raise ApiError("POL5030")
-            self._in_flight += 1
-            try:
-                response = await handler(request)
-            finally:
-                self._in_flight -= 1
+            response = await handler(request)
         except ApiError as exc:
             response = exc.response()
         except web.HTTPNotFound:
@@ -197,8 +197,41 @@ class RestApi:
         except Exception:
             log.exception("REST request %s failed", request.path)
             response = ApiError("POL5000").response()
+        if response.status == 408:
+            response.force_close()  # the rest of the body is not waited for
         self.stats[("rest_requests", endpoint, str(response.status))] += 1
         return response
+
+    @staticmethod
+    def _malformed(status: int, reason: str) -> tuple[bytes, str]:
+        """The answer to a request that is not HTTP (io.httpguard), in ATIS-1000082's form."""
+        error = ApiError("SVC4006", f"not an HTTP request ({status} {reason})", status=status)
+        text = ERRORS[error.message_id][0].replace("%1", error.variables[0])
+        body = {"requestError": {"serviceException": {"messageId": "SVC4006", "text": text,
+                                                      "variables": error.variables}}}
+        return json.dumps(body).encode(), JSON
+
+    @contextlib.contextmanager
+    def _share(self, account: Account) -> Iterator[None]:
+        """Admission of an authenticated request, before its body is read: at most
+        ``max_in_flight_per_account`` of one account's requests at once (one account's
+        clients, however slow or many, cannot hold the others' share), and ``max_in_flight``
+        in all; past either, 503 with Retry-After."""
+        name = account.name
+        if self._in_flight_by_account[name] >= self.config.max_in_flight_per_account:
+            self.stats[("http_refused", "rest", "account_share")] += 1
+            raise ApiError("POL5030")
+        if self._in_flight >= self.config.max_in_flight:
+            raise ApiError("POL5030")
+        self._in_flight += 1
+        self._in_flight_by_account[name] += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._in_flight_by_account[name] -= 1
+            if self._in_flight_by_account[name] <= 0:
+                del self._in_flight_by_account[name]
 
     # -- the parts of every request ------------------------------------------------------------
     def _account(self, request: web.Request) -> Account:
@@ -223,10 +256,14 @@ class RestApi:
         if request.content_type != JSON:
             raise ApiError("SVC4004", JSON)
         try:
-            raw = await request.read()
+            raw = await read_body(request, self.config.limits)
         except web.HTTPRequestEntityTooLarge:
             raise ApiError("SVC4006", f"larger than {self.config.max_body_bytes} bytes",
                            status=413) from None
+        except web.HTTPRequestTimeout:
+            self.guard.refused("body_timeout")
+            raise ApiError("SVC4006", f"not received within {self.config.limits.body_timeout:g} s",
+                           status=408) from None
         if not raw:
             raise ApiError("SVC4000")
         data = parse_json(raw)
@@ -269,6 +306,10 @@ class RestApi:
     # -- the endpoints --------------------------------------------------------------------------
     async def _signing(self, request: web.Request) -> web.Response:
         account = self._account(request)
+        with self._share(account):
+            return await self._sign(request, account)
+
+    async def _sign(self, request: web.Request, account: Account) -> web.Response:
         body = await self._body(request, "signingRequest")
         services = self.services()
         auth = services.authenticator if services is not None else None
@@ -304,7 +345,10 @@ class RestApi:
         raise ApiError("POL4030", f"account {account.name}: {reason}")
 
     async def _verification(self, request: web.Request) -> web.Response:
-        self._account(request)
+        with self._share(self._account(request)):
+            return await self._verify(request)
+
+    async def _verify(self, request: web.Request) -> web.Response:
         body = await self._body(request, "verificationRequest")
         services = self.services()
         cc = services.verify_policy.country_code if services is not None else "1"

@@ -53,16 +53,25 @@ class AdminAuth:
         self._failures: dict[str, list[float]] = {}  # address -> recent failed logins
 
     def throttled(self, address: str, now: float) -> bool:
+        """The address failed MAX_LOGIN_FAILURES times within LOGIN_WINDOW: neither the
+        login form nor Basic credentials are checked for it until the window passes (the
+        right password included: a guesser learns nothing)."""
         recent = [t for t in self._failures.get(address, ()) if t > now - LOGIN_WINDOW]
-        self._failures[address] = recent
+        if recent:
+            self._failures[address] = recent
+        else:
+            self._failures.pop(address, None)
         return len(recent) >= MAX_LOGIN_FAILURES
+
+    def failed(self, address: str, now: float) -> None:
+        if len(self._failures) >= MAX_SESSIONS:
+            self._failures.clear()
+        self._failures.setdefault(address, []).append(now)
 
     def login(self, user: str, password: str, now: float, address: str = "") -> str | None:
         if self.credential is None or self.throttled(address, now) \
                 or not self.credential.matches(user, password):
-            if len(self._failures) >= MAX_SESSIONS:
-                self._failures.clear()
-            self._failures.setdefault(address, []).append(now)
+            self.failed(address, now)
             return None
         self._sessions = {t: s for t, s in self._sessions.items() if s[0] > now}
         while len(self._sessions) >= MAX_SESSIONS:
@@ -81,28 +90,41 @@ class AdminAuth:
     def logout(self, request: web.Request) -> None:
         self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
 
-    def basic(self, request: web.Request) -> bool:
+    def basic(self, request: web.Request, now: float | None = None) -> bool | None:
+        """Whether the request's Basic credentials are right: None when it has none. A
+        wrong one counts as a failed login of its address."""
         header = request.headers.get("Authorization", "")
         if self.credential is None or not header.startswith("Basic "):
-            return False
+            return None
         try:
             user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
-            return False
-        return self.credential.matches(user, password)
+            user = password = ""
+        if self.credential.matches(user, password):
+            return True
+        self.failed(request.remote or "", time.time() if now is None else now)
+        return False
 
-    def guard(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        """A state-changing API endpoint: Basic credentials, or a page session with its
-        CSRF token in ``X-CSRF-Token``; else a JSON 401/403."""
+    def guard(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]], *,
+              reads: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """An admin API endpoint: Basic credentials, or a page session (with its CSRF token
+        in ``X-CSRF-Token`` unless the endpoint only ``reads``); else a JSON 401, 403 (no
+        credential configured) or 429 (the address is throttled: too many failures)."""
         async def guarded(request: web.Request) -> web.StreamResponse:
             if self.credential is None:
                 return web.json_response({"error": "no admin credential is configured "
                                           "([admin] password_file)"}, status=403)
-            csrf = self.session(request, time.time())
-            if not self.basic(request) and (
-                    csrf is None or not hmac.compare_digest(
-                        request.headers.get("X-CSRF-Token", ""), csrf)):
+            now = time.time()
+            if self.throttled(request.remote or "", now):
+                return web.json_response(
+                    {"error": "too many failed logins from this address: wait a minute"},
+                    status=429, headers={"Retry-After": str(int(LOGIN_WINDOW))})
+            basic = self.basic(request, now)
+            if basic is None:
+                csrf = self.session(request, now)
+                basic = csrf is not None and (reads or hmac.compare_digest(
+                    request.headers.get("X-CSRF-Token", ""), csrf))
+            if not basic:
                 return web.json_response({"error": "admin credential required"}, status=401,
                                          headers={"WWW-Authenticate": 'Basic realm="admin"'})
             return await handler(request)
@@ -179,7 +201,9 @@ autocomplete="current-password"></label></p><p><button id="login">Log in</button
         form = await request.post()
         address = request.remote or ""
         if self.auth.throttled(address, time.time()):
-            return await self.login_form(request, "Too many failed logins: wait a minute.")
+            answer = await self.login_form(request, "Too many failed logins: wait a minute.")
+            answer.set_status(429)
+            return answer
         token = self.auth.login(str(form.get("user", "")), str(form.get("password", "")),
                                 time.time(), address)
         if token is None:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MESSAGE = b"M"  # a SIP message another worker received: process it as received
 SEND = b"O"  # bytes for a TCP connection the receiving worker holds
 HEALTH = b"H"  # a number-health event for the replica
+DIGEST = b"D"  # a digest authentication failure or success of an address (policy.digest)
 STATS = b"S"  # asks for a metrics snapshot
 STATS_REPLY = b"R"
 READY = b"Y"  # a worker is listening (worker 0 is ready when all are)

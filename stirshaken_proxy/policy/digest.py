@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -129,6 +130,10 @@ class DigestAuth:
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._banned: dict[str, float] = {}
         self._calls: OrderedDict[str, float] = OrderedDict()  # Call-ID -> admitted until
+        # Tells the other workers (and they this one) of each failure and success, so that
+        # an address has max_failures tries against the whole service, not against each
+        # worker its Call-IDs happen to land on: ("failed" | "passed", host, time).
+        self.publish: Callable[[tuple[str, str, float]], None] | None = None
 
     def set_credentials(self, credentials: list[Credential]) -> None:
         self.credentials = {c.username: c for c in credentials}
@@ -205,10 +210,29 @@ class DigestAuth:
         if nc <= self._nc.get(nonce, 0):
             return self._failed(host, now, "replay")
         self._remember(self._nc, nonce, nc)
-        self._failures.pop(host, None)
+        if self._failures.pop(host, None) is not None and self.publish is not None:
+            self.publish(("passed", host, now))
         return Authorized(account=cred.account, username=cred.username, header=index)
 
     def _failed(self, host: str, now: float, reason: str) -> Challenge | Banned:
+        if self.publish is not None:
+            self.publish(("failed", host, now))
+        if self._count_failure(host, now):
+            return Banned(reason=reason)
+        return Challenge(reason=reason)
+
+    def shared(self, event: tuple[str, str, float]) -> None:
+        """A failure or success another worker saw (``publish`` there)."""
+        kind, host, when = event
+        if kind == "failed":
+            self._count_failure(host, when)
+        elif kind == "passed":
+            self._failures.pop(host, None)
+
+    def _count_failure(self, host: str, now: float) -> bool:
+        """Counts a failure; True when it bans the address."""
+        if self.banned(host, now):
+            return True
         count, since = self._failures.get(host, (0, now))
         if now - since > self.config.failure_window:
             count, since = 0, now
@@ -219,8 +243,8 @@ class DigestAuth:
             if len(self._banned) >= _MAX_TRACKED:
                 self._banned.clear()
             self._banned[host] = now + self.config.ban_seconds
-            return Banned(reason=reason)
-        return Challenge(reason=reason)
+            return True
+        return False
 
     # -- calls admitted by credentials ------------------------------------------------------
     def admit_call(self, call_id: str, now: float) -> None:

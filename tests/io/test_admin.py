@@ -79,6 +79,35 @@ async def test_changes_need_the_credential(admin: tuple[str, NumberHealth],
         for path in ("/numbers/12025550142/quarantine?hours=2", "/numbers/12025550142/release"):
             async with session.post(base + path, headers=auth) as r:
                 assert r.status == 401 and (await r.json())["error"]
-        async with session.get(base + "/numbers/health") as r:  # reading needs none
-            assert r.status == 200
+        async with session.get(base + "/numbers/health", headers=auth) as r:  # reading too
+            assert r.status == 401 and r.headers["WWW-Authenticate"] == 'Basic realm="admin"'
+        async with session.get(base + "/numbers/health", headers=CREDENTIAL) as r:
+            assert r.status == 200 and await r.json() == []
     assert not health.numbers
+
+
+async def test_wrong_basic_credentials_are_throttled_like_logins(
+        admin: tuple[str, NumberHealth]) -> None:
+    """50 wrong passwords from one address, then the right one: refused (429) until the
+    window passes, on every endpoint that takes the credential; another address is not
+    affected."""
+    base, _ = admin
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for n in range(50):
+            async with session.post(base + "/numbers/12025550142/release",
+                                    headers=basic("admin", f"guess-{n}")) as r:
+                statuses.append(r.status)
+        assert statuses == [401] * 5 + [429] * 45
+        for method, path in (("POST", "/numbers/12025550142/release"),
+                             ("GET", "/numbers/health")):
+            async with session.request(method, base + path, headers=CREDENTIAL) as r:
+                assert r.status == 429 and r.headers["Retry-After"] == "60"
+                assert "too many failed logins" in (await r.json())["error"]
+        async with session.get(base + "/healthz") as r:  # what needs no credential answers
+            assert r.status == 200
+    port = int(base.rsplit(":", 1)[1])
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+    async with aiohttp.ClientSession(connector=connector) as other, \
+            other.get(f"http://127.0.0.1:{port}/numbers/health", headers=CREDENTIAL) as r:
+        assert r.status == 200

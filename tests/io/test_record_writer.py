@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from stirshaken_proxy.engine.records import CallRecord
-from stirshaken_proxy.io.records import RecordsConfig, RecordWriter
+from stirshaken_proxy.io.records import Journal, RecordsConfig, RecordWriter
 from stirshaken_proxy.store import sqlite as sqlite_store
 from stirshaken_proxy.store.sqlite import NumberStore
 
@@ -55,3 +55,49 @@ async def test_past_the_queue_bound_records_are_counted_as_dropped(tmp_path: Pat
     assert counters["records_dropped"] == 15 and len(writer.queue) == 10
     await writer.close()
     assert counters["records_written"] == 10
+
+
+async def test_the_journal_holds_what_the_store_has_not_committed(tmp_path: Path) -> None:
+    """Each record is in the journal from ``add`` on; a failed write keeps it (sealed) for
+    the next flush; a committed one leaves no journal behind; a run that died with records
+    journaled has them written first at the next start, once (at least once: an id written
+    before stays as it was), and a line cut short is counted and skipped."""
+    counters: Counter[str] = Counter()
+    broken = True
+
+    def store() -> NumberStore:
+        if broken:
+            raise OSError("the store is down")
+        return NumberStore(tmp_path / "s.db")
+
+    journal = Journal(tmp_path / "j", "records-journal-i1-w0")
+    writer = RecordWriter(RecordsConfig(), store, counters=counters)
+    assert await writer.recover(journal) == 0
+    for i in range(5):
+        writer.add(_record(i))
+    assert len(journal.path.read_text().splitlines()) == 5  # in the kernel's keeping
+    await writer.flush()  # fails: kept, sealed
+    assert counters["records_write_failures"] == 1 and len(writer.queue) == 5
+    for i in range(5, 8):
+        writer.add(_record(i))
+    left = journal.left_behind()
+    assert len(left) == 2 and sum(len(p.read_text().splitlines()) for p in left) == 8
+    broken = False
+    await writer.flush()
+    assert counters["records_written"] == 8 and journal.left_behind() == [journal.path]
+    assert journal.path.read_text() == ""
+    # A run that dies (no close) with three records journaled, one of them stored already.
+    for i in (7, 8, 9):
+        writer.add(_record(i))
+    with open(journal.path, "a") as f:
+        f.write('{"id": "cut-sh')  # a power loss mid-line
+    again: Counter[str] = Counter()
+    second = RecordWriter(RecordsConfig(), store, counters=again)
+    assert await second.recover(Journal(tmp_path / "j", "records-journal-i1-w0")) == 3
+    assert again["records_journal_unreadable"] == 1 and again["records_recovered"] == 3
+    await second.close()
+    assert not list((tmp_path / "j").iterdir())  # all committed: nothing left
+    s = NumberStore(tmp_path / "s.db")
+    stored = list(s.records(0.0))
+    s.close()
+    assert stored == [_record(i).as_json() for i in range(10)]

@@ -151,3 +151,56 @@ ban_seconds = 60
         assert banned.successful == 0 and banned.failed == 1
         assert counter(scrape(ports.admin), "authorized") == 6
         assert counter(scrape(ports.admin), "banned") >= 1
+
+
+def test_two_workers_count_an_addresss_failures_once(tmp_path: Path) -> None:
+    """Wrong passwords in calls owned by one worker, then the other, alternately: the
+    address has max_failures tries against the service, not against each worker, and its
+    ban holds on both."""
+    from stirshaken_proxy.io.workers import owner_of
+
+    ports = Ports.pick()
+    extra = signing_config(tmp_path, ports, sources="[]") + f"""
+[digest]
+realm = "{REALM}"
+algorithms = ["MD5"]
+max_failures = 4
+ban_seconds = 60
+"""
+    cfg = write_config(tmp_path / "proxy.toml", ports, extra=extra, dialer_sources="[]",
+                       transport="workers = 2")
+    set_credentials(cfg, "dialer1", "right-password")
+    ids = {0: [f"w0-{n}" for n in range(200) if owner_of(f"w0-{n}".encode(), 2) == 0][:4],
+           1: [f"w1-{n}" for n in range(200) if owner_of(f"w1-{n}".encode(), 2) == 1][:4]}
+    with running_service(cfg, ports.admin, tmp_path / "proxy.log") as svc:
+        answers = [wrong_attempt(ports.dialer, ids[n % 2][n // 2]) for n in range(4)]
+        assert answers == [b"SIP/2.0 407 Proxy Authentication Required"] * 3 + [
+            b"SIP/2.0 403 Forbidden (authentication failures)"], answers
+        for worker in (0, 1):  # banned on both, whoever owns the call (the other worker
+            # hears of the failure over the workers' link: within milliseconds)
+            deadline = time.monotonic() + 3
+            attempt = 0
+            while True:
+                attempt += 1
+                got = _first_answer(ports.dialer, ids[worker][3], f"b{worker}{attempt}")
+                if got.startswith(b"SIP/2.0 403") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert got.startswith(b"SIP/2.0 403"), got
+        assert "Traceback" not in svc.log()
+
+
+def _first_answer(port: int, call_id: str, branch: str) -> bytes:
+    """The final answer to an INVITE without credentials."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        s.settimeout(3)
+        s.sendto((f"INVITE sip:12025550199@{HOST}:{port} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP {HOST}:{s.getsockname()[1]};branch=z9hG4bK{branch}\r\n"
+                  f"From: <sip:12025550100@{HOST}>;tag=w\r\nTo: <sip:12025550199@{HOST}>\r\n"
+                  f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+                  "Content-Length: 0\r\n\r\n").encode(), (HOST, port))
+        got = s.recv(65536)
+        while got.startswith(b"SIP/2.0 1"):
+            got = s.recv(65536)
+        return got

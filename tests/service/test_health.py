@@ -24,6 +24,7 @@ from tests.support import (
     free_port,
     run_uac,
     signing_config,
+    with_credential,
     write_config,
 )
 
@@ -37,7 +38,8 @@ def cli(cfg: Path, *args: str) -> str:
 
 
 def health(port: int) -> dict[str, dict[str, object]]:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/numbers/health", timeout=5) as r:
+    with urllib.request.urlopen(with_credential(f"http://{HOST}:{port}/numbers/health"),
+                                timeout=5) as r:
         return {row["tn"]: row for row in json.loads(r.read())}
 
 

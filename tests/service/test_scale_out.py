@@ -33,6 +33,7 @@ from tests.support import (
     running_service,
     scrape,
     signing_config,
+    with_credential,
     write_config,
 )
 
@@ -157,7 +158,8 @@ def _presented(messages: str) -> Counter[str]:
 
 
 def _health(port: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/numbers/health", timeout=5) as r:
+    with urllib.request.urlopen(with_credential(f"http://{HOST}:{port}/numbers/health"),
+                                timeout=5) as r:
         return {row["tn"]: row["calls_last_hour"] for row in json.loads(r.read())}
 
 

@@ -27,6 +27,7 @@ from tests.support import (
     run_uac,
     running_service,
     signing_config,
+    with_credential,
     write_config,
 )
 
@@ -89,7 +90,7 @@ def test_log_in_see_numbers_and_chart_quarantine_one(tmp_path: Path) -> None:
             assert page.locator("#records tr").count() == 1 + 2
             cookies = {c["name"]: c["value"] for c in page.context.cookies()}
             browser.close()
-        with urllib.request.urlopen(base + "/numbers/health", timeout=5) as r:
+        with urllib.request.urlopen(with_credential(base + "/numbers/health"), timeout=5) as r:
             states = {n["tn"]: n["state"] for n in json.loads(r.read())}
         assert states["12025550142"] == "quarantined"
         # A form with the session but not its CSRF token is refused; no session: log in.
@@ -100,7 +101,7 @@ def test_log_in_see_numbers_and_chart_quarantine_one(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(forged, timeout=5)
         assert info.value.code == 403
-        with urllib.request.urlopen(base + "/numbers/health", timeout=5) as r:
+        with urllib.request.urlopen(with_credential(base + "/numbers/health"), timeout=5) as r:
             assert {n["tn"]: n["state"] for n in json.loads(r.read())}["12025550143"] == "healthy"
         assert "Traceback" not in svc.log()
     assert (shots / "trust-center.png").stat().st_size > 10_000
