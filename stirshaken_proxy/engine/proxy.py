@@ -213,6 +213,11 @@ class ProxyEngine:
         }
         self._server_header = b"Server: " + config.server_name.encode() + b"\r\n"
         self.flood = FloodGuard(config.flood)
+        # The wall clock, for what is signed and recorded (iat, the Date check, freshness,
+        # call records, number health), read where it is needed; ``now`` (monotonic in the
+        # service: io.shell) drives the timers, the flood buckets, nonces' age and caches.
+        # None: ``now`` is both (tests driving a clock of their own).
+        self.wall_clock: Callable[[], float] | None = None
         self._flood_exempt = self._exempt(config)
         # Per side, per source address: (trusted by the flood guard, refused by the side's
         # source list), as _admission decides them; kept until a reload replaces the lists.
@@ -437,9 +442,10 @@ class ProxyEngine:
                 msg, 503, extra=(b"Retry-After: %d\r\n" % self.config.retry_after,)), source))
             return
         if method == "BYE":
-            self.sti.call_ended(self.services, msg.call_id, now, out)
+            wall = self._wall(now)
+            self.sti.call_ended(self.services, msg.call_id, wall, out)
             if self.records.open_calls:
-                self.records.ended(msg.call_id, now, out)
+                self.records.ended(msg.call_id, wall, out)
             if services.digest is not None:
                 services.digest.call_ended(msg.call_id, now)
         m = self.machines
@@ -484,11 +490,11 @@ class ProxyEngine:
             if initial and decision.status >= 300 and decision.status != 407:
                 # (the record before the answer: journaled before the call's end leaves)
                 records.answered_here(msg.call_id, _DIRECTION[source.side], learned,
-                                      decision.status, now, out)
+                                      decision.status, self._wall(now), out)
             txn.send_response(data, decision.status, now, out)
             return
         if initial:
-            records.start(msg.call_id, _DIRECTION[source.side], learned, now, out)
+            records.start(msg.call_id, _DIRECTION[source.side], learned, self._wall(now), out)
         self._forward_stateful(msg, source, txn, now, out)
 
     def _check(self, msg: SipMessage, source: Peer, now: float,
@@ -517,9 +523,10 @@ class ProxyEngine:
                 if isinstance(outcome, Rejection):
                     return outcome
                 account = outcome
-            return self.sti.authenticate(self.services, msg, source, now, out, named=account)
+            return self.sti.authenticate(self.services, msg, source, self._wall(now), out,
+                                         named=account)
         if self.services.verification is not None and is_initial_invite(msg):
-            return self.sti.verify(self.services, msg, now, out)
+            return self.sti.verify(self.services, msg, self._wall(now), out)
         return None
 
     # -- digest authentication (RFC 3261 §22.3, RFC 8760) --------------------------------
@@ -739,6 +746,10 @@ class ProxyEngine:
             self.sti.map_identities(msg, dest.side)
         out.append(_send(msg.without_top_via(), dest))
 
+    def _wall(self, now: float) -> float:
+        clock = self.wall_clock
+        return now if clock is None else clock()
+
     # -- TransactionUser ------------------------------------------------------------------
     def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float,
                     out: list[Action]) -> None:
@@ -755,9 +766,10 @@ class ProxyEngine:
             return  # 100 Trying is hop by hop (§16.7 step 3)
         if status >= 200 and invite and not ctx.final_seen:
             ctx.final_seen = True
-            self.sti.call_final(self.services, msg.call_id, status, now, out)
+            wall = self._wall(now)
+            self.sti.call_final(self.services, msg.call_id, status, wall, out)
             if self.records.open_calls:  # (a re-INVITE's has its final status already)
-                self.records.final(msg.call_id, status, now, out)
+                self.records.final(msg.call_id, status, wall, out)
         server = ctx.server
         if server is None:
             return
@@ -778,7 +790,8 @@ class ProxyEngine:
             status = 503 if ctx.transport_error else 408
             request = server.request  # (the final response lets go of it)
             if isinstance(txn, self.machines.client_invite) and self.records.open_calls:
-                self.records.final(request.call_id, status, now, out)  # (before the answer)
+                # (before the answer)
+                self.records.final(request.call_id, status, self._wall(now), out)
             server.send_response(self._respond(request, status), status, now, out)
 
     def on_timer_c(self, txn: ClientInvite, now: float, out: list[Action]) -> None:

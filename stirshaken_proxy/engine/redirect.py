@@ -95,6 +95,8 @@ class RedirectEngine:
         self.services = services
         self.stats: Stats = stats if stats is not None else Stats()
         self.flood = FloodGuard(config.flood)
+        # The wall clock for what is signed (iat, the Date check, freshness): as ProxyEngine's.
+        self.wall_clock: Callable[[], float] | None = None
         self.draining = False
         self._verify_sources = SourceFilter(config.verify_sources)
         self._tag = rng(4).hex()
@@ -264,7 +266,7 @@ class RedirectEngine:
             self.stats[("sign_refused", "bad_call_reason")] += 1
             self._answer(msg, source, key, 400, "Bad Call Reason", (), now, out)
             return
-        outcome = auth.sign(facts, now)
+        outcome = auth.sign(facts, now if self.wall_clock is None else self.wall_clock())
         if isinstance(outcome, Refusal):
             self._answer(msg, source, key, outcome.status, outcome.phrase,
                          refusal_headers(outcome), now, out)
@@ -291,7 +293,8 @@ class RedirectEngine:
         verification = services.verification
         assert verification is not None
         policy = services.verify_policy
-        verdict = verify_message(msg, verification, policy, now)
+        verdict = verify_message(msg, verification, policy,
+                                 now if self.wall_clock is None else self.wall_clock())
         if isinstance(verdict, NeedsCredentials):
             if len(self._pending) >= self.config.max_parked:
                 self.stats[("sip_overload_responses",)] += 1

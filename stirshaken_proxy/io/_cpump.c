@@ -186,7 +186,7 @@ static PyObject *Pump_process(Pump *self, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts); /* time.time() */
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic(): the timers' clock (io.shell) */
     PyObject *now = PyFloat_FromDouble((double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
     if (now == NULL)
         return NULL;

@@ -69,7 +69,7 @@ def snapshot(app: Application) -> dict[str, Any]:
             "tcp": {f"{side}/{transport}": len(m.connections)
                     for (side, transport), m in (shell.tcp.items() if shell is not None else ())},
             "flood_bans": engine.flood.banned_total if engine is not None else 0,
-            "flood_banned": len(engine.flood.banned(time.time())) if engine is not None else 0,
+            "flood_banned": len(engine.flood.banned(time.monotonic())) if engine is not None else 0,
             "histograms": histograms, "cache": cache,
             "cpu": {app.worker_index: user + system}}
 

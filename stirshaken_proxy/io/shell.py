@@ -44,6 +44,8 @@ class Engine(Protocol):
 
     def next_deadline(self) -> float | None: ...
 
+    wall_clock: Callable[[], float] | None  # set by the shell: time.time
+
     # Asked after every message: the proxy's is its timer heap's own (C) method.
     @property
     def earliest_deadline(self) -> Callable[[], float | None]: ...
@@ -72,6 +74,10 @@ class EngineShell:
     def __init__(self, engine: Engine, *, counters: Counter[str],
                  timer_resolution: float, worker: WorkerLink | None = None) -> None:
         self.engine = engine
+        # Timers on the monotonic clock (an NTP step neither fires them early nor stalls
+        # them: every ``now`` given to the engine is time.monotonic(), as in the C pump);
+        # what is signed and recorded on the wall clock, which the engine reads.
+        engine.wall_clock = time.time
         self.counters = counters  # I/O events (the engine keeps its own)
         self.timer_resolution = timer_resolution
         self.worker = worker
@@ -180,7 +186,7 @@ class EngineShell:
 
     def process(self, data: bytes, peer: Peer) -> None:
         try:
-            actions = self.engine.receive(data, peer, time.time())
+            actions = self.engine.receive(data, peer, time.monotonic())
         except Exception as exc:  # noqa: BLE001 - reported by failed(); the service goes on
             self.failed(exc, peer)
             return
@@ -200,7 +206,7 @@ class EngineShell:
     def credentials_ready(self, urls: tuple[str, ...]) -> None:
         """Fetched credentials are in (io.fetcher.CredentialFeed tells every front end)."""
         try:
-            actions = self.engine.credentials_ready(urls, time.time())
+            actions = self.engine.credentials_ready(urls, time.monotonic())
         except Exception:
             self.counters["internal_errors"] += 1
             log.exception("internal error resuming requests for %s", ", ".join(urls))
@@ -211,7 +217,7 @@ class EngineShell:
     def transport_failed(self, peer: Peer) -> None:
         """An outbound connection failed: the requests waiting on it are answered now."""
         try:
-            actions = self.engine.transport_failed(peer, time.time())
+            actions = self.engine.transport_failed(peer, time.monotonic())
         except Exception:
             self.counters["internal_errors"] += 1
             log.exception("internal error failing the requests toward %s:%d", peer.host,
@@ -223,7 +229,7 @@ class EngineShell:
     def number_picked(self, token: int, picked: Picked) -> None:
         """The shared number health's answer to a PickNumber."""
         try:
-            actions = self.engine.number_picked(token, picked, time.time())
+            actions = self.engine.number_picked(token, picked, time.monotonic())
         except Exception:
             self.counters["internal_errors"] += 1
             log.exception("internal error resuming a request after its caller ID pick")
@@ -315,13 +321,13 @@ class EngineShell:
         loop = asyncio.get_running_loop()
         wake.at = deadline
         wake.cover = deadline - resolution
-        self._timer = loop.call_at(loop.time() + max(0.0, deadline - time.time()), self._on_timer)
+        self._timer = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._wake.at = None
         try:
-            actions = self.engine.on_timers(time.time())
+            actions = self.engine.on_timers(time.monotonic())
         except Exception:
             self.counters["internal_errors"] += 1
             log.exception("internal error in timers")

@@ -7,6 +7,7 @@ timers need, and an engine that raises loses the datagram, not the service."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import random
@@ -221,3 +222,50 @@ def test_error_received_is_counted() -> None:
         endpoint.error_received(ConnectionRefusedError())
         endpoint.error_received(ConnectionRefusedError())
         assert counters["udp_errors"] == 2, cls
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("step", [3600.0, -3600.0], ids=["forward", "back"])
+async def test_a_wall_clock_step_moves_no_timer(ends: Ends, core: str, step: float) -> None:
+    """The wall clock steps an hour (NTP, an operator) while an INVITE waits for its answer:
+    its Timer B still fires after 64*T1 on the monotonic clock, neither at once (forward) nor
+    an hour late (back), and the call's record has the wall clock's times, before and after
+    the step."""
+    import time
+
+    from stirshaken_proxy.transaction import TimerConfig
+
+    t1 = 0.05
+    base = ends.engine().engine
+    engine = ProxyEngine(dataclasses.replace(base.config, timers=TimerConfig(t1=t1)),
+                         base.services, rng=random.Random(5).randbytes)
+    engine.record_calls(instance="t", worker=0)
+    before = message.core_in_use()
+    message.use_core(core)
+    try:
+        shell = EngineShell(engine, counters=Counter(), timer_resolution=0.01)
+    finally:
+        message.use_core(before)
+    records: list[Any] = []
+    shell.record = records.append
+    await shell.listen([(Side.DIALER, HOST, ends.dialer_port),
+                        (Side.CARRIER, HOST, ends.carrier_port)], tcp=False, shared=False,
+                       max_message_size=65535, max_tcp_connections=8,
+                       max_tcp_pending_bytes=1 << 16, tcp_connect_timeout=1.0)
+    try:
+        sent = time.monotonic()
+        ends.uac.sendto(invite(ends, 7), (HOST, ends.dialer_port))
+        assert (await read(ends.uac)).startswith(b"SIP/2.0 100 Trying")
+        assert parse_message(await read(ends.uas)).method == "INVITE"  # then no answer
+        engine.wall_clock = lambda: time.time() + step
+        answer = b""
+        while not answer.startswith(b"SIP/2.0 408"):
+            answer = await read(ends.uac, timeout=64 * t1 * 4)
+        waited = time.monotonic() - sent
+    finally:
+        await shell.close()
+    assert 64 * t1 * 0.95 <= waited < 64 * t1 * 4, waited
+    (record,) = records
+    assert record.status == 408
+    assert abs(record.started - time.time()) < 30  # before the step
+    assert abs(record.ended - (time.time() + step)) < 30  # after it
