@@ -224,7 +224,7 @@ def main() -> None:
                         "false')")
     args = parser.parse_args()
     args.ours_extra = args.ours_extra.replace("\\n", "\n")
-    for tool in ("kamailio", "sipp", "tcpdump"):
+    for tool in ("kamailio", "sipp", *(() if args.no_capture else ("tcpdump",))):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install kamailio "
                              "kamailio-secsipid-modules sip-tester tcpdump)")

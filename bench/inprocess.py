@@ -183,7 +183,7 @@ def bench_verify_warm(n: int) -> Callable[[], None]:
 
 
 def bench_compiled_es256(n: int) -> Callable[[], None]:
-    """The compiled core's signer (stir/_es256.c): the whole JWS, nonces made in batches."""
+    """The compiled core's signer (stir/_es256.c): the whole JWS, each nonce drawn as it signs."""
     sign = jws_signer(ec.generate_private_key(ec.SECP256R1()), compiled=True)
     payload = "x" * 200
 

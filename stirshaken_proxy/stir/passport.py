@@ -3,7 +3,7 @@
 Signing is on the hot path of every outbound INVITE, so the JOSE header and the fixed claim
 fragments are encoded once per signing identity; a call only formats its own claims, signs,
 and writes the raw r||s that JWS ES256 wants (RFC 7518 §3.4). With the compiled core in use
-the signature comes from ``_es256`` (OpenSSL, nonces made in batches: see its header);
+the signature comes from ``_es256`` (OpenSSL's EVP signing, hedged nonces: see its header);
 ``cryptography`` is the reference and the fallback.
 """
 
@@ -36,7 +36,6 @@ except ImportError:  # built without OpenSSL's headers (or without a C compiler)
     _es256 = None
 
 _ES256 = ec.ECDSA(hashes.SHA256())
-NONCE_BATCH = 32  # ES256 nonces the compiled signer makes at a time
 
 
 class Attestation(enum.Enum):
@@ -127,7 +126,7 @@ def jws_signer(key: ec.EllipticCurvePrivateKey, *, compiled: bool | None = None
             raise ValueError("the compiled ES256 signer was not built in this install")
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        sign_jws: Callable[[str, str], str] = _es256.Signer(der, NONCE_BATCH).sign_jws
+        sign_jws: Callable[[str, str], str] = _es256.Signer(der).sign_jws
         return sign_jws
 
     def reference(header_b64: str, payload: str) -> str:
