@@ -65,13 +65,17 @@ class ApiError(Exception):
         self.variables = list(variables)
         self.status = status if status is not None else ERRORS[message_id][1]
 
-    def response(self) -> web.Response:
+    def body(self) -> dict[str, Any]:
+        """The ATIS-1000082 requestError body."""
         text = ERRORS[self.message_id][0]
         for n, value in enumerate(self.variables, 1):
             text = text.replace(f"%{n}", value)
         kind = "serviceException" if self.message_id.startswith("SVC") else "policyException"
-        body = {"requestError": {kind: {"messageId": self.message_id, "text": text,
+        return {"requestError": {kind: {"messageId": self.message_id, "text": text,
                                         "variables": self.variables}}}
+
+    def response(self) -> web.Response:
+        body = self.body()
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else \
             {"Retry-After": "1"} if self.status == 503 else None
         return web.json_response(body, status=self.status, headers=headers)
@@ -206,10 +210,7 @@ class RestApi:
     def _malformed(status: int, reason: str) -> tuple[bytes, str]:
         """The answer to a request that is not HTTP (io.httpguard), in ATIS-1000082's form."""
         error = ApiError("SVC4006", f"not an HTTP request ({status} {reason})", status=status)
-        text = ERRORS[error.message_id][0].replace("%1", error.variables[0])
-        body = {"requestError": {"serviceException": {"messageId": "SVC4006", "text": text,
-                                                      "variables": error.variables}}}
-        return json.dumps(body).encode(), JSON
+        return json.dumps(error.body()).encode(), JSON
 
     @contextlib.contextmanager
     def _share(self, account: Account) -> Iterator[None]:
